@@ -1,0 +1,278 @@
+//! The API an app calls. Every call is local and synchronous: it answers
+//! from the device database and never waits on the network. Sync runs in
+//! the background once [`Engine::start_sync`] is called on a tokio runtime.
+
+use crate::error::{EngineError, Result};
+use crate::model::*;
+use crate::progress_doc;
+use crate::replica::Replica;
+use crate::store;
+use crate::sync::driver::{self, RelayConfig};
+use protocol::DocumentId;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{Notify, broadcast, watch};
+
+/// Longest item id, notes, mode the engine accepts.
+const MAX_TEXT: usize = 4096;
+const MAX_ID: usize = 256;
+const DATABASE_FILE: &str = "progress.sqlite3";
+
+/// Who this device is and where it keeps its data.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub data_dir: PathBuf,
+    pub user_id: String,
+    pub device_id: String,
+}
+
+/// State shared between the API and the sync driver.
+pub(crate) struct Shared {
+    replica: Mutex<Replica>,
+    pub(crate) device_id: String,
+    pub(crate) events: broadcast::Sender<ChangeEvent>,
+    /// Wakes the sync driver when the app wrote something.
+    pub(crate) local_changes: Notify,
+    changed_docs: Mutex<Vec<DocumentId>>,
+    status: Mutex<SyncStatus>,
+}
+
+impl Shared {
+    /// Runs `f` on the replica, then publishes the events it produced.
+    pub(crate) fn with_replica<T>(&self, f: impl FnOnce(&mut Replica) -> Result<T>) -> Result<T> {
+        let (out, events) = {
+            let mut replica = self.replica.lock().map_err(|_| EngineError::Poisoned)?;
+            let out = f(&mut replica);
+            (out, replica.take_events())
+        };
+        for e in events {
+            driver::emit(self, e);
+        }
+        out
+    }
+
+    pub(crate) fn take_changed_docs(&self) -> Vec<DocumentId> {
+        let mut docs = self.changed_docs.lock().map(|mut d| std::mem::take(&mut *d)).unwrap_or_default();
+        docs.sort();
+        docs.dedup();
+        docs
+    }
+
+    fn local_change(&self, doc: DocumentId) {
+        if let Ok(mut d) = self.changed_docs.lock() {
+            d.push(doc);
+        }
+        self.local_changes.notify_one();
+    }
+
+    fn update_status(&self, f: impl FnOnce(&mut SyncStatus)) {
+        let snapshot = match self.status.lock() {
+            Ok(mut s) => {
+                f(&mut s);
+                s.clone()
+            }
+            Err(_) => return,
+        };
+        driver::emit(self, ChangeEvent::Sync(snapshot));
+    }
+
+    pub(crate) fn set_connected(&self, connected: bool, error: Option<String>) {
+        self.update_status(|s| {
+            s.connected = connected;
+            if error.is_some() || connected {
+                s.last_error = error;
+            }
+        });
+    }
+
+    pub(crate) fn set_synced(&self, at: TimestampMs) {
+        self.update_status(|s| s.last_sync_at = Some(at));
+    }
+}
+
+/// A user's progress on this device.
+pub struct Engine {
+    shared: Arc<Shared>,
+    sync: Mutex<Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>>,
+}
+
+impl Engine {
+    /// Opens (or creates) the device database under `config.data_dir`. Cost
+    /// does not grow with history: nothing is replayed or loaded eagerly.
+    pub fn open(config: EngineConfig) -> Result<Engine> {
+        check_id("user_id", &config.user_id)?;
+        check_id("device_id", &config.device_id)?;
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| EngineError::InvalidInput(format!("data_dir {}: {e}", config.data_dir.display())))?;
+        let replica = Replica::open(&config.data_dir.join(DATABASE_FILE), &config.user_id)?;
+        let (events, _) = broadcast::channel(256);
+        Ok(Engine {
+            shared: Arc::new(Shared {
+                replica: Mutex::new(replica),
+                device_id: config.device_id,
+                events,
+                local_changes: Notify::new(),
+                changed_docs: Mutex::new(Vec::new()),
+                status: Mutex::new(SyncStatus::default()),
+            }),
+            sync: Mutex::new(None),
+        })
+    }
+
+    fn replica<T>(&self, f: impl FnOnce(&mut Replica) -> Result<T>) -> Result<T> {
+        self.shared.with_replica(f)
+    }
+
+    /// Starts a study session at `started_at`.
+    pub fn start_session(&self, mode: &str, started_at: TimestampMs) -> Result<Session> {
+        check_text("mode", mode)?;
+        let session = Session {
+            id: uuid::Uuid::new_v4().to_string(),
+            started_at,
+            ended_at: None,
+            device_id: self.shared.device_id.clone(),
+            mode: mode.to_owned(),
+            counts: SessionCounts::default(),
+            notes: String::new(),
+        };
+        let doc = self.replica(|r| {
+            r.local_change(&progress_doc::partition_of(started_at), |tx| progress_doc::put_session(tx, &session))
+        })?;
+        self.shared.local_change(doc);
+        Ok(session)
+    }
+
+    /// Ends a session with the app's tallies and notes.
+    pub fn end_session(&self, id: &str, ended_at: TimestampMs, counts: SessionCounts, notes: &str) -> Result<Session> {
+        check_text("notes", notes)?;
+        let (session, doc) = self.replica(|r| {
+            let mut session =
+                store::session(r.store.conn(), id)?.ok_or_else(|| EngineError::UnknownSession(id.to_owned()))?;
+            if ended_at < session.started_at {
+                return Err(EngineError::InvalidInput("ended_at is before started_at".into()));
+            }
+            session.ended_at = Some(ended_at);
+            session.counts = counts;
+            session.notes = notes.to_owned();
+            let doc = r.local_change(&progress_doc::partition_of(session.started_at), |tx| {
+                progress_doc::put_session(tx, &session)
+            })?;
+            store::upsert_session(r.store.conn(), &session)?;
+            Ok((session, doc))
+        })?;
+        self.shared.local_change(doc);
+        Ok(session)
+    }
+
+    /// Records a review. When this returns, the review is on disk and the
+    /// item's memory state is updated.
+    pub fn record_review(&self, new: NewReview) -> Result<Review> {
+        check_id("item_id", &new.item_id)?;
+        if let Some(s) = &new.session_id {
+            check_id("session_id", s)?;
+        }
+        let review = Review {
+            id: uuid::Uuid::new_v4().to_string(),
+            item_id: new.item_id,
+            rating: new.rating,
+            reviewed_at: new.reviewed_at,
+            duration_ms: new.duration_ms,
+            device_id: self.shared.device_id.clone(),
+            session_id: new.session_id,
+        };
+        let doc = self.replica(|r| {
+            r.local_change(&progress_doc::partition_of(review.reviewed_at), |tx| progress_doc::put_review(tx, &review))
+        })?;
+        self.shared.local_change(doc);
+        Ok(review)
+    }
+
+    /// The item's FSRS state, or `None` if it was never reviewed.
+    pub fn memory_state(&self, item_id: &str) -> Result<Option<MemoryState>> {
+        self.replica(|r| Ok(store::memory_state(r.store.conn(), item_id)?.map(|m| m.state)))
+    }
+
+    /// Items due at `now`, most overdue first.
+    pub fn due_items(&self, now: TimestampMs, limit: u32) -> Result<Vec<MemoryState>> {
+        self.replica(|r| store::due_items(r.store.conn(), now, limit))
+    }
+
+    /// Every item's memory state, ordered by item id.
+    pub fn memory_states(&self) -> Result<Vec<MemoryState>> {
+        self.replica(|r| store::all_memory_states(r.store.conn()))
+    }
+
+    /// Sessions started in `[from, to)`.
+    pub fn sessions(&self, from: TimestampMs, to: TimestampMs) -> Result<Vec<Session>> {
+        self.replica(|r| store::sessions_between(r.store.conn(), from, to))
+    }
+
+    pub fn review_count(&self) -> Result<u64> {
+        self.replica(|r| store::review_count(r.store.conn()))
+    }
+
+    /// Where sync stands, including how many documents await the relay.
+    pub fn sync_status(&self) -> Result<SyncStatus> {
+        let pending = self.replica(|r| Ok(r.dirty_docs()?.len() as u32))?;
+        let mut status = self.shared.status.lock().map_err(|_| EngineError::Poisoned)?.clone();
+        status.pending_documents = pending;
+        Ok(status)
+    }
+
+    /// Change events: merged reviews and sessions, sync status.
+    pub fn subscribe(&self) -> broadcast::Receiver<ChangeEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// The saved bytes of every document, by id (for convergence checks and export).
+    pub fn export_documents(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        self.replica(|r| {
+            let mut out = Vec::new();
+            for id in r.doc_ids()? {
+                out.push((id.to_string(), r.doc(&id)?.save()));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Starts background sync on the current tokio runtime. Calling it again
+    /// replaces the previous sync task.
+    pub fn start_sync(&self, config: RelayConfig) -> Result<()> {
+        self.stop_sync();
+        let (tx, rx) = watch::channel(false);
+        let task = tokio::spawn(driver::run(self.shared.clone(), config, rx));
+        *self.sync.lock().map_err(|_| EngineError::Poisoned)? = Some((tx, task));
+        Ok(())
+    }
+
+    /// Stops background sync (the app goes offline). Local calls keep working.
+    pub fn stop_sync(&self) {
+        if let Ok(mut guard) = self.sync.lock() {
+            if let Some((tx, task)) = guard.take() {
+                let _ = tx.send(true);
+                task.abort();
+            }
+        }
+        self.shared.set_connected(false, None);
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop_sync();
+    }
+}
+
+fn check_id(field: &str, value: &str) -> Result<()> {
+    if value.is_empty() || value.len() > MAX_ID || value.chars().any(char::is_control) {
+        return Err(EngineError::InvalidInput(format!("{field} must be 1..={MAX_ID} bytes without control characters")));
+    }
+    Ok(())
+}
+
+fn check_text(field: &str, value: &str) -> Result<()> {
+    if value.len() > MAX_TEXT {
+        return Err(EngineError::InvalidInput(format!("{field} is longer than {MAX_TEXT} bytes")));
+    }
+    Ok(())
+}

@@ -1,0 +1,23 @@
+//! The progress engine an app embeds.
+//!
+//! A user's study sessions and reviews live in Automerge documents (one per
+//! month, see [`progress_doc`]) persisted in SQLite on the device; FSRS
+//! memory states are derived from the merged reviews and materialized so
+//! queries stay fast at any history size; a background task syncs with the
+//! relay over WebSocket when a network exists. The app sees only the typed
+//! API of [`Engine`]; no Automerge type leaks.
+
+mod engine;
+pub mod error;
+mod memory;
+pub mod model;
+pub mod progress_doc;
+pub mod replica;
+pub mod store;
+pub mod sync;
+
+pub use engine::{Engine, EngineConfig};
+pub use error::{EngineError, Result};
+pub use model::*;
+pub use sync::client::{ProtocolError, SyncClient};
+pub use sync::driver::RelayConfig;

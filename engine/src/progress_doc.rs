@@ -1,0 +1,237 @@
+//! How sessions and reviews are laid out in Automerge documents.
+//!
+//! A user's progress is split into one document per calendar month (UTC) of
+//! the event's time: a heavy user's five years is 60 documents of a few
+//! thousand reviews each, so no single document grows without bound, and a
+//! device only loads the month it writes to or syncs.
+//!
+//! Each document's root is a flat map: `r/<review id>` → review map,
+//! `s/<session id>` → session map. Keys are unique ids, so two devices that
+//! create entries concurrently never create the same key, and Automerge's
+//! per-key last-writer-wins never hides one device's entry behind another's.
+//! (Nested containers created concurrently under one key would conflict;
+//! that is why there is no `reviews` sub-map.)
+//!
+//! Document ids are derived from (user, month), so every device of a user
+//! names the month's document the same way without coordination.
+
+use crate::model::{Rating, Review, Session, SessionCounts, TimestampMs};
+use automerge::transaction::Transactable;
+use automerge::{Automerge, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value};
+use protocol::DocumentId;
+use std::collections::BTreeSet;
+
+const REVIEW_PREFIX: &str = "r/";
+const SESSION_PREFIX: &str = "s/";
+
+/// The document id of `user_id`'s progress for `partition` ("YYYY-MM").
+pub fn doc_id(user_id: &str, partition: &str) -> DocumentId {
+    DocumentId::derive(&["progress/v1", user_id, partition])
+}
+
+/// The partition ("YYYY-MM", UTC) an event at `ts` belongs to.
+pub fn partition_of(ts: TimestampMs) -> String {
+    let days = ts.div_euclid(86_400_000);
+    let (y, m, _) = civil_from_days(days);
+    format!("{y:04}-{m:02}")
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
+/// (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+pub fn review_key(id: &str) -> String {
+    format!("{REVIEW_PREFIX}{id}")
+}
+
+pub fn session_key(id: &str) -> String {
+    format!("{SESSION_PREFIX}{id}")
+}
+
+/// Writes a new review object. Reviews are immutable once written.
+pub fn put_review<T: Transactable>(tx: &mut T, r: &Review) -> Result<(), automerge::AutomergeError> {
+    let obj = tx.put_object(ROOT, review_key(&r.id), ObjType::Map)?;
+    tx.put(&obj, "item", r.item_id.as_str())?;
+    tx.put(&obj, "rating", r.rating as u64)?;
+    tx.put(&obj, "at", ScalarValue::Timestamp(r.reviewed_at))?;
+    tx.put(&obj, "duration_ms", r.duration_ms as u64)?;
+    tx.put(&obj, "device", r.device_id.as_str())?;
+    if let Some(session) = &r.session_id {
+        tx.put(&obj, "session", session.as_str())?;
+    }
+    Ok(())
+}
+
+/// Writes a whole session object (on start) or its changed fields (on end).
+pub fn put_session<T: Transactable>(tx: &mut T, s: &Session) -> Result<(), automerge::AutomergeError> {
+    let key = session_key(&s.id);
+    let obj = match tx.get(ROOT, key.as_str())? {
+        Some((Value::Object(ObjType::Map), id)) => id,
+        _ => tx.put_object(ROOT, key.as_str(), ObjType::Map)?,
+    };
+    tx.put(&obj, "started_at", ScalarValue::Timestamp(s.started_at))?;
+    match s.ended_at {
+        Some(t) => tx.put(&obj, "ended_at", ScalarValue::Timestamp(t))?,
+        None => tx.put(&obj, "ended_at", ScalarValue::Null)?,
+    }
+    tx.put(&obj, "device", s.device_id.as_str())?;
+    tx.put(&obj, "mode", s.mode.as_str())?;
+    tx.put(&obj, "reviewed", s.counts.reviewed as u64)?;
+    tx.put(&obj, "correct", s.counts.correct as u64)?;
+    tx.put(&obj, "new_items", s.counts.new_items as u64)?;
+    tx.put(&obj, "notes", s.notes.as_str())?;
+    Ok(())
+}
+
+fn get_str(doc: &Automerge, obj: &ObjId, key: &str) -> Option<String> {
+    match doc.get(obj, key).ok()?? {
+        (Value::Scalar(s), _) => match s.as_ref() {
+            ScalarValue::Str(t) => Some(t.to_string()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn get_i64(doc: &Automerge, obj: &ObjId, key: &str) -> Option<i64> {
+    match doc.get(obj, key).ok()?? {
+        (Value::Scalar(s), _) => match s.as_ref() {
+            ScalarValue::Int(i) | ScalarValue::Timestamp(i) => Some(*i),
+            ScalarValue::Uint(u) => i64::try_from(*u).ok(),
+            ScalarValue::F64(f) if f.is_finite() => Some(*f as i64),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn object_at(doc: &Automerge, key: &str) -> Option<ObjId> {
+    match doc.get(ROOT, key).ok()?? {
+        (Value::Object(ObjType::Map), id) => Some(id),
+        _ => None,
+    }
+}
+
+/// Reads the review stored under `key`; `None` if absent or malformed (a
+/// peer can write anything into a document, so nothing here may panic).
+pub fn read_review(doc: &Automerge, key: &str) -> Option<Review> {
+    let id = key.strip_prefix(REVIEW_PREFIX)?;
+    let obj = object_at(doc, key)?;
+    let rating = Rating::from_u8(u8::try_from(get_i64(doc, &obj, "rating")?).ok()?)?;
+    Some(Review {
+        id: id.to_string(),
+        item_id: get_str(doc, &obj, "item")?,
+        rating,
+        reviewed_at: get_i64(doc, &obj, "at")?,
+        duration_ms: u32::try_from(get_i64(doc, &obj, "duration_ms").unwrap_or(0)).unwrap_or(0),
+        device_id: get_str(doc, &obj, "device").unwrap_or_default(),
+        session_id: get_str(doc, &obj, "session"),
+    })
+}
+
+pub fn read_session(doc: &Automerge, key: &str) -> Option<Session> {
+    let id = key.strip_prefix(SESSION_PREFIX)?;
+    let obj = object_at(doc, key)?;
+    let count = |k: &str| u32::try_from(get_i64(doc, &obj, k).unwrap_or(0)).unwrap_or(0);
+    Some(Session {
+        id: id.to_string(),
+        started_at: get_i64(doc, &obj, "started_at")?,
+        ended_at: get_i64(doc, &obj, "ended_at"),
+        device_id: get_str(doc, &obj, "device").unwrap_or_default(),
+        mode: get_str(doc, &obj, "mode").unwrap_or_default(),
+        counts: SessionCounts { reviewed: count("reviewed"), correct: count("correct"), new_items: count("new_items") },
+        notes: get_str(doc, &obj, "notes").unwrap_or_default(),
+    })
+}
+
+/// What changed between two versions of a document, by root key.
+#[derive(Debug, Default)]
+pub struct Touched {
+    pub reviews: BTreeSet<String>,
+    pub sessions: BTreeSet<String>,
+}
+
+/// Root keys whose entries changed from `before` to the current heads.
+pub fn touched_since(doc: &Automerge, before: &[ChangeHash]) -> Touched {
+    let after = doc.get_heads();
+    let mut touched = Touched::default();
+    for patch in doc.diff(before, &after) {
+        let key = match (patch.path.first(), &patch.action) {
+            (Some((_, automerge::Prop::Map(k))), _) => k.clone(),
+            (None, automerge::PatchAction::PutMap { key, .. }) => key.clone(),
+            _ => continue,
+        };
+        if key.starts_with(REVIEW_PREFIX) {
+            touched.reviews.insert(key);
+        } else if key.starts_with(SESSION_PREFIX) {
+            touched.sessions.insert(key);
+        }
+    }
+    touched
+}
+
+/// Every review and session key in a document (used when a document
+/// arrives whole, e.g. on a device bootstrapping from the relay).
+pub fn all_keys(doc: &Automerge) -> Touched {
+    let mut touched = Touched::default();
+    for key in doc.keys(ROOT) {
+        if key.starts_with(REVIEW_PREFIX) {
+            touched.reviews.insert(key);
+        } else if key.starts_with(SESSION_PREFIX) {
+            touched.sessions.insert(key);
+        }
+    }
+    touched
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use automerge::transaction::CommitOptions;
+
+    #[test]
+    fn partitions_are_utc_months() {
+        assert_eq!(partition_of(0), "1970-01");
+        // 2026-11-30T23:59:59.999Z and one millisecond later.
+        assert_eq!(partition_of(1_796_083_199_999), "2026-11");
+        assert_eq!(partition_of(1_796_083_200_000), "2026-12");
+        assert_eq!(partition_of(951_782_400_000), "2000-02"); // 2000-02-29 (leap day)
+        assert_eq!(partition_of(-1), "1969-12");
+    }
+
+    #[test]
+    fn review_round_trips_and_concurrent_entries_both_survive() {
+        let r = |id: &str, device: &str| Review {
+            id: id.into(),
+            item_id: "item".into(),
+            rating: Rating::Good,
+            reviewed_at: 1000,
+            duration_ms: 5,
+            device_id: device.into(),
+            session_id: None,
+        };
+        let mut a = Automerge::new();
+        let mut b = Automerge::new();
+        a.transact_with::<_, _, automerge::AutomergeError, _>(|_| CommitOptions::default(), |tx| put_review(tx, &r("1", "a")))
+            .unwrap();
+        b.transact_with::<_, _, automerge::AutomergeError, _>(|_| CommitOptions::default(), |tx| put_review(tx, &r("2", "b")))
+            .unwrap();
+        let before = a.get_heads();
+        a.merge(&mut b).unwrap();
+        assert_eq!(read_review(&a, &review_key("1")), Some(r("1", "a")));
+        assert_eq!(read_review(&a, &review_key("2")), Some(r("2", "b")));
+        let touched = touched_since(&a, &before);
+        assert_eq!(touched.reviews.into_iter().collect::<Vec<_>>(), vec![review_key("2")]);
+    }
+}

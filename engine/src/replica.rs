@@ -1,0 +1,231 @@
+//! The device's replica of a user's progress: documents, their storage and
+//! the materialized views, kept consistent.
+//!
+//! Everything that changes a document goes through [`Replica::local_change`]
+//! (the app wrote something) or [`Replica::remote_change`] (a peer's changes
+//! merged). Both persist the new chunk and update the materialized tables in
+//! one SQLite transaction. The replica holds no socket and no clock: the
+//! engine API and the sync client call it, and so can the simulator.
+
+use crate::error::{EngineError, Result};
+use crate::memory::Scheduler;
+use crate::model::ChangeEvent;
+use crate::progress_doc;
+use crate::store::{self, Store};
+use automerge::{ActorId, Automerge, ChangeHash};
+use protocol::DocumentId;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// How many documents stay loaded. A month of a heavy user is a few MB in
+/// memory; two covers "the month being written" plus "the one being synced".
+const DOC_CACHE_CAPACITY: usize = 2;
+/// Chunks written since the last snapshot before the document is compacted.
+const COMPACT_AFTER_CHUNKS: u64 = 64;
+/// Partition recorded for a document that arrived from a peer before any of
+/// its entries could be read.
+const UNKNOWN_PARTITION: &str = "unknown";
+
+struct CachedDoc {
+    doc: Automerge,
+    last_used: u64,
+}
+
+pub struct Replica {
+    pub(crate) store: Store,
+    pub(crate) scheduler: Scheduler,
+    pub(crate) user_id: String,
+    /// Fresh per open: an actor id must never be reused with an older state.
+    actor: ActorId,
+    cache: HashMap<DocumentId, CachedDoc>,
+    clock: u64,
+    /// Events for the app, drained by the engine after each call.
+    pending_events: Vec<ChangeEvent>,
+}
+
+impl Replica {
+    pub fn open(path: &Path, user_id: &str) -> Result<Replica> {
+        Ok(Replica {
+            store: Store::open(path)?,
+            scheduler: Scheduler::new()?,
+            user_id: user_id.to_owned(),
+            actor: ActorId::random(),
+            cache: HashMap::new(),
+            clock: 0,
+            pending_events: Vec::new(),
+        })
+    }
+
+    pub fn take_events(&mut self) -> Vec<ChangeEvent> {
+        std::mem::take(&mut self.pending_events)
+    }
+
+    /// Whether this replica has the document at all.
+    pub fn has_doc(&mut self, id: &DocumentId) -> Result<bool> {
+        Ok(self.cache.contains_key(id) || store::doc_partition(self.store.conn(), id)?.is_some())
+    }
+
+    /// Loads (or creates empty) the document and returns it, cached.
+    pub fn doc(&mut self, id: &DocumentId) -> Result<&mut Automerge> {
+        self.clock += 1;
+        let now = self.clock;
+        if !self.cache.contains_key(id) {
+            let doc = self.load(id)?;
+            if self.cache.len() >= DOC_CACHE_CAPACITY {
+                if let Some(oldest) = self.cache.iter().min_by_key(|(_, c)| c.last_used).map(|(k, _)| *k) {
+                    self.cache.remove(&oldest);
+                }
+            }
+            self.cache.insert(*id, CachedDoc { doc, last_used: now });
+        }
+        let entry = self.cache.get_mut(id).ok_or(EngineError::Poisoned)?;
+        entry.last_used = now;
+        Ok(&mut entry.doc)
+    }
+
+    /// Drops a document from memory (it stays on disk).
+    pub fn evict(&mut self, id: &DocumentId) {
+        self.cache.remove(id);
+    }
+
+    fn load(&self, id: &DocumentId) -> Result<Automerge> {
+        let doc_err = |source| EngineError::Document { doc: id.to_string(), source };
+        let mut doc = match store::load_doc(self.store.conn(), id)? {
+            None => Automerge::new(),
+            Some(stored) => {
+                let mut doc = match &stored.snapshot {
+                    Some(bytes) => Automerge::load(bytes).map_err(doc_err)?,
+                    None => Automerge::new(),
+                };
+                for chunk in &stored.chunks {
+                    doc.load_incremental(chunk).map_err(doc_err)?;
+                }
+                doc
+            }
+        };
+        doc.set_actor(self.actor.clone());
+        Ok(doc)
+    }
+
+    /// Applies a local write to the partition's document, then persists it
+    /// and materializes it before returning. Returns the document id.
+    pub fn local_change(
+        &mut self,
+        partition: &str,
+        write: impl FnOnce(&mut automerge::transaction::Transaction<'_>) -> Result<(), automerge::AutomergeError>,
+    ) -> Result<DocumentId> {
+        let id = progress_doc::doc_id(&self.user_id, partition);
+        let doc = self.doc(&id)?;
+        let before = doc.get_heads();
+        let result = doc.transact(|tx| write(tx)).map_err(|f| f.error);
+        if let Err(source) = result {
+            return Err(EngineError::Document { doc: id.to_string(), source });
+        }
+        self.persist(&id, partition, &before, true)?;
+        Ok(id)
+    }
+
+    /// Runs `apply` (typically receiving a sync message) on the document,
+    /// then persists and materializes whatever it added. Returns `apply`'s
+    /// result and whether the document changed.
+    pub fn remote_change<T>(
+        &mut self,
+        id: &DocumentId,
+        apply: impl FnOnce(&mut Automerge) -> Result<T, automerge::AutomergeError>,
+    ) -> Result<(T, bool)> {
+        let partition = store::doc_partition(self.store.conn(), id)?;
+        let doc = self.doc(id)?;
+        let before = doc.get_heads();
+        let out = match apply(doc) {
+            Ok(out) => out,
+            Err(source) => {
+                // The document may hold part of what failed; reload from disk.
+                self.evict(id);
+                return Err(EngineError::Document { doc: id.to_string(), source });
+            }
+        };
+        let changed = doc.get_heads() != before;
+        if changed {
+            let partition = partition.unwrap_or_else(|| UNKNOWN_PARTITION.to_owned());
+            self.persist(id, &partition, &before, false)?;
+        }
+        Ok((out, changed))
+    }
+
+    /// Writes what the document gained since `before` and updates the views.
+    fn persist(&mut self, id: &DocumentId, partition: &str, before: &[ChangeHash], dirty: bool) -> Result<()> {
+        let user_is_local = dirty;
+        let entry = self.cache.get_mut(id).ok_or(EngineError::Poisoned)?;
+        let doc = &entry.doc;
+        let heads = doc.get_heads();
+        let chunk = doc.save_after(before);
+        let touched = if before.is_empty() { progress_doc::all_keys(doc) } else { progress_doc::touched_since(doc, before) };
+        let reviews: Vec<_> = touched.reviews.iter().filter_map(|k| progress_doc::read_review(doc, k)).collect();
+        let sessions: Vec<_> = touched.sessions.iter().filter_map(|k| progress_doc::read_session(doc, k)).collect();
+        let partition = if partition == UNKNOWN_PARTITION {
+            reviews
+                .first()
+                .map(|r| progress_doc::partition_of(r.reviewed_at))
+                .or_else(|| sessions.first().map(|s| progress_doc::partition_of(s.started_at)))
+                .unwrap_or_else(|| partition.to_owned())
+        } else {
+            partition.to_owned()
+        };
+        let scheduler = &self.scheduler;
+        let mut changed_items = Vec::new();
+        let chunks = self.store.transaction(|conn| {
+            let n = store::append_chunk(conn, id, &partition, &chunk, &heads, dirty)?;
+            if partition != UNKNOWN_PARTITION {
+                conn.execute(
+                    "UPDATE documents SET partition = ?2 WHERE doc_id = ?1 AND partition = ?3",
+                    rusqlite::params![id.to_string(), partition, UNKNOWN_PARTITION],
+                )?;
+            }
+            for r in &reviews {
+                if store::insert_review(conn, r)? {
+                    scheduler.apply(conn, r)?;
+                    changed_items.push(r.item_id.clone());
+                }
+            }
+            for s in &sessions {
+                store::upsert_session(conn, s)?;
+            }
+            Ok(n)
+        })?;
+        if chunks >= COMPACT_AFTER_CHUNKS {
+            self.compact(id)?;
+        }
+        if !user_is_local {
+            if !changed_items.is_empty() {
+                changed_items.sort();
+                changed_items.dedup();
+                self.pending_events.push(ChangeEvent::ItemsChanged { item_ids: changed_items });
+            }
+            if !sessions.is_empty() {
+                self.pending_events
+                    .push(ChangeEvent::SessionsChanged { session_ids: sessions.into_iter().map(|s| s.id).collect() });
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces a document's chunks with one snapshot.
+    pub fn compact(&mut self, id: &DocumentId) -> Result<()> {
+        let snapshot = match self.cache.get(id) {
+            Some(entry) => entry.doc.save(),
+            None => self.load(id)?.save(),
+        };
+        self.store.transaction(|conn| store::compact(conn, id, &snapshot))
+    }
+
+    /// Documents created locally and since changed with nothing acknowledged.
+    pub fn dirty_docs(&self) -> Result<Vec<DocumentId>> {
+        store::dirty_docs(self.store.conn())
+    }
+
+    /// Every document this replica has, oldest partition first.
+    pub fn doc_ids(&self) -> Result<Vec<DocumentId>> {
+        Ok(store::doc_ids(self.store.conn())?.into_iter().map(|(id, _)| id).collect())
+    }
+}
+

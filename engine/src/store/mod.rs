@@ -1,0 +1,321 @@
+//! The device database: one SQLite file in WAL mode.
+//!
+//! It holds two kinds of data that must agree:
+//! * the Automerge documents (snapshot + incremental chunks) and the sync
+//!   state per (document, peer) — the source of truth that merges;
+//! * the materialized tables (`reviews`, `sessions`, `memory_states`) that
+//!   answer the app's queries in well under a millisecond at any history size.
+//!
+//! Every write that changes a document updates both in one transaction, with
+//! `synchronous=FULL`, so when an API call returns its change is on disk and
+//! the two views cannot drift apart after a crash.
+
+pub mod migrations;
+
+use crate::error::Result;
+use crate::model::{MemoryState, Rating, Review, Session, SessionCounts, TimestampMs};
+use automerge::ChangeHash;
+use protocol::DocumentId;
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::Path;
+
+/// A document's stored form: the last snapshot and the chunks written since.
+pub struct StoredDoc {
+    pub snapshot: Option<Vec<u8>>,
+    pub chunks: Vec<Vec<u8>>,
+}
+
+/// The FSRS-relevant fields of the last review applied to an item.
+pub struct StoredMemory {
+    pub state: MemoryState,
+    pub last_review_id: String,
+}
+
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and migrates it.
+    pub fn open(path: &Path) -> Result<Store> {
+        let mut conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // FULL: a committed transaction survives power loss, which is the
+        // promise record_review makes to the app.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrations::migrate(&mut conn)?;
+        Ok(Store { conn })
+    }
+
+    /// Runs `f` in one transaction; commits only if it returns `Ok`.
+    pub fn transaction<T>(&mut self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let tx = self.conn.transaction()?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+pub fn encode_heads(heads: &[ChangeHash]) -> Vec<u8> {
+    let mut sorted: Vec<&ChangeHash> = heads.iter().collect();
+    sorted.sort();
+    sorted.iter().flat_map(|h| h.0).collect()
+}
+
+// ---- documents ----
+
+pub fn load_doc(conn: &Connection, doc: &DocumentId) -> Result<Option<StoredDoc>> {
+    let id = doc.to_string();
+    let snapshot: Option<Option<Vec<u8>>> = conn
+        .query_row("SELECT snapshot FROM documents WHERE doc_id = ?1", [&id], |r| r.get(0))
+        .optional()?;
+    let Some(snapshot) = snapshot else { return Ok(None) };
+    let mut stmt = conn.prepare_cached("SELECT data FROM doc_changes WHERE doc_id = ?1 ORDER BY seq")?;
+    let chunks = stmt.query_map([&id], |r| r.get::<_, Vec<u8>>(0))?.collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(StoredDoc { snapshot, chunks }))
+}
+
+/// Appends an incremental chunk and records the new heads. `dirty` marks a
+/// local change the relay has not acknowledged yet. Returns how many chunks
+/// the document now has since its snapshot.
+pub fn append_chunk(
+    conn: &Connection,
+    doc: &DocumentId,
+    partition: &str,
+    chunk: &[u8],
+    heads: &[ChangeHash],
+    dirty: bool,
+) -> Result<u64> {
+    let id = doc.to_string();
+    conn.execute(
+        "INSERT INTO documents(doc_id, partition, heads, dirty) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(doc_id) DO UPDATE SET heads = excluded.heads, dirty = max(dirty, excluded.dirty)",
+        params![id, partition, encode_heads(heads), dirty as i64],
+    )?;
+    if !chunk.is_empty() {
+        conn.execute("INSERT INTO doc_changes(doc_id, data) VALUES (?1, ?2)", params![id, chunk])?;
+    }
+    let count: i64 = conn.query_row("SELECT count(*) FROM doc_changes WHERE doc_id = ?1", [&id], |r| r.get(0))?;
+    Ok(count as u64)
+}
+
+/// Replaces the chunks of a document with one snapshot.
+pub fn compact(conn: &Connection, doc: &DocumentId, snapshot: &[u8]) -> Result<()> {
+    let id = doc.to_string();
+    conn.execute("UPDATE documents SET snapshot = ?2 WHERE doc_id = ?1", params![id, snapshot])?;
+    conn.execute("DELETE FROM doc_changes WHERE doc_id = ?1", [&id])?;
+    Ok(())
+}
+
+pub fn set_clean(conn: &Connection, doc: &DocumentId) -> Result<()> {
+    conn.execute("UPDATE documents SET dirty = 0 WHERE doc_id = ?1", [doc.to_string()])?;
+    Ok(())
+}
+
+pub fn dirty_docs(conn: &Connection) -> Result<Vec<DocumentId>> {
+    let mut stmt = conn.prepare_cached("SELECT doc_id FROM documents WHERE dirty = 1 ORDER BY partition")?;
+    let ids = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+    Ok(ids.iter().filter_map(|s| s.parse().ok()).collect())
+}
+
+pub fn doc_ids(conn: &Connection) -> Result<Vec<(DocumentId, String)>> {
+    let mut stmt = conn.prepare_cached("SELECT doc_id, partition FROM documents ORDER BY partition")?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows.into_iter().filter_map(|(id, p)| Some((id.parse().ok()?, p))).collect())
+}
+
+pub fn doc_partition(conn: &Connection, doc: &DocumentId) -> Result<Option<String>> {
+    Ok(conn
+        .query_row("SELECT partition FROM documents WHERE doc_id = ?1", [doc.to_string()], |r| r.get(0))
+        .optional()?)
+}
+
+// ---- sync states ----
+
+pub fn load_sync_state(conn: &Connection, doc: &DocumentId, peer: &str) -> Result<Option<Vec<u8>>> {
+    Ok(conn
+        .query_row(
+            "SELECT state FROM sync_states WHERE doc_id = ?1 AND peer = ?2",
+            params![doc.to_string(), peer],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+pub fn save_sync_state(conn: &Connection, doc: &DocumentId, peer: &str, state: &[u8]) -> Result<()> {
+    conn.execute(
+        "INSERT INTO sync_states(doc_id, peer, state) VALUES (?1, ?2, ?3)
+         ON CONFLICT(doc_id, peer) DO UPDATE SET state = excluded.state",
+        params![doc.to_string(), peer, state],
+    )?;
+    Ok(())
+}
+
+// ---- materialized progress ----
+
+/// Inserts a review; returns false if it was already known.
+pub fn insert_review(conn: &Connection, r: &Review) -> Result<bool> {
+    let n = conn.execute(
+        "INSERT OR IGNORE INTO reviews(id, item_id, rating, reviewed_at, duration_ms, device_id, session_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![r.id, r.item_id, r.rating as i64, r.reviewed_at, r.duration_ms, r.device_id, r.session_id],
+    )?;
+    Ok(n == 1)
+}
+
+fn review_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Review> {
+    let rating: i64 = r.get(2)?;
+    Ok(Review {
+        id: r.get(0)?,
+        item_id: r.get(1)?,
+        rating: Rating::from_u8(rating as u8).unwrap_or(Rating::Again),
+        reviewed_at: r.get(3)?,
+        duration_ms: r.get(4)?,
+        device_id: r.get(5)?,
+        session_id: r.get(6)?,
+    })
+}
+
+/// An item's reviews in replay order: time, then review id.
+pub fn reviews_for_item(conn: &Connection, item_id: &str) -> Result<Vec<Review>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, item_id, rating, reviewed_at, duration_ms, device_id, session_id
+         FROM reviews WHERE item_id = ?1 ORDER BY reviewed_at, id",
+    )?;
+    let rows = stmt.query_map([item_id], review_from_row)?.collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+pub fn review_count(conn: &Connection) -> Result<u64> {
+    Ok(conn.query_row("SELECT count(*) FROM reviews", [], |r| r.get::<_, i64>(0))? as u64)
+}
+
+pub fn upsert_session(conn: &Connection, s: &Session) -> Result<()> {
+    conn.execute(
+        "INSERT INTO sessions(id, started_at, ended_at, device_id, mode, reviewed, correct, new_items, notes)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT(id) DO UPDATE SET started_at = excluded.started_at, ended_at = excluded.ended_at,
+           device_id = excluded.device_id, mode = excluded.mode, reviewed = excluded.reviewed,
+           correct = excluded.correct, new_items = excluded.new_items, notes = excluded.notes",
+        params![
+            s.id,
+            s.started_at,
+            s.ended_at,
+            s.device_id,
+            s.mode,
+            s.counts.reviewed,
+            s.counts.correct,
+            s.counts.new_items,
+            s.notes
+        ],
+    )?;
+    Ok(())
+}
+
+fn session_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Session> {
+    Ok(Session {
+        id: r.get(0)?,
+        started_at: r.get(1)?,
+        ended_at: r.get(2)?,
+        device_id: r.get(3)?,
+        mode: r.get(4)?,
+        counts: SessionCounts { reviewed: r.get(5)?, correct: r.get(6)?, new_items: r.get(7)? },
+        notes: r.get(8)?,
+    })
+}
+
+const SESSION_COLUMNS: &str = "id, started_at, ended_at, device_id, mode, reviewed, correct, new_items, notes";
+
+pub fn session(conn: &Connection, id: &str) -> Result<Option<Session>> {
+    Ok(conn
+        .query_row(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"), [id], session_from_row)
+        .optional()?)
+}
+
+/// Sessions that started in `[from, to)`, oldest first.
+pub fn sessions_between(conn: &Connection, from: TimestampMs, to: TimestampMs) -> Result<Vec<Session>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {SESSION_COLUMNS} FROM sessions WHERE started_at >= ?1 AND started_at < ?2 ORDER BY started_at, id"
+    ))?;
+    let rows = stmt.query_map(params![from, to], session_from_row)?.collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+fn memory_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMemory> {
+    Ok(StoredMemory {
+        state: MemoryState {
+            item_id: r.get(0)?,
+            stability: r.get::<_, f64>(1)? as f32,
+            difficulty: r.get::<_, f64>(2)? as f32,
+            due_at: r.get(3)?,
+            last_reviewed_at: r.get(4)?,
+            review_count: r.get(6)?,
+        },
+        last_review_id: r.get(5)?,
+    })
+}
+
+const MEMORY_COLUMNS: &str = "item_id, stability, difficulty, due_at, last_reviewed_at, last_review_id, review_count";
+
+pub fn memory_state(conn: &Connection, item_id: &str) -> Result<Option<StoredMemory>> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {MEMORY_COLUMNS} FROM memory_states WHERE item_id = ?1"))?;
+    Ok(stmt.query_row([item_id], memory_from_row).optional()?)
+}
+
+pub fn put_memory_state(conn: &Connection, m: &StoredMemory) -> Result<()> {
+    let s = &m.state;
+    conn.execute(
+        "INSERT INTO memory_states(item_id, stability, difficulty, due_at, last_reviewed_at, last_review_id, review_count)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT(item_id) DO UPDATE SET stability = excluded.stability, difficulty = excluded.difficulty,
+           due_at = excluded.due_at, last_reviewed_at = excluded.last_reviewed_at,
+           last_review_id = excluded.last_review_id, review_count = excluded.review_count",
+        params![
+            s.item_id,
+            s.stability as f64,
+            s.difficulty as f64,
+            s.due_at,
+            s.last_reviewed_at,
+            m.last_review_id,
+            s.review_count
+        ],
+    )?;
+    Ok(())
+}
+
+/// Items due at or before `now`, most overdue first.
+pub fn due_items(conn: &Connection, now: TimestampMs, limit: u32) -> Result<Vec<MemoryState>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {MEMORY_COLUMNS} FROM memory_states WHERE due_at <= ?1 ORDER BY due_at, item_id LIMIT ?2"
+    ))?;
+    let rows = stmt.query_map(params![now, limit], memory_from_row)?.collect::<Result<Vec<_>, _>>()?;
+    Ok(rows.into_iter().map(|m| m.state).collect())
+}
+
+pub fn all_memory_states(conn: &Connection) -> Result<Vec<MemoryState>> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {MEMORY_COLUMNS} FROM memory_states ORDER BY item_id"))?;
+    let rows = stmt.query_map([], memory_from_row)?.collect::<Result<Vec<_>, _>>()?;
+    Ok(rows.into_iter().map(|m| m.state).collect())
+}
+
+// ---- meta ----
+
+pub fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>> {
+    Ok(conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+}
+
+pub fn meta_set(conn: &Connection, key: &str, value: &str) -> Result<()> {
+    conn.execute(
+        "INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        params![key, value],
+    )?;
+    Ok(())
+}

@@ -1,0 +1,189 @@
+//! The engine's side of the sync protocol, as a state machine.
+//!
+//! Sans-IO in the quinn-proto sense: it is fed connection events and decoded
+//! messages, and returns the messages to send. It never reads a socket or a
+//! clock (`now` is an argument), so the WebSocket driver, the tests and the
+//! simulator all run exactly this code.
+//!
+//! Cost on reconnect. The automerge sync state of each document is persisted
+//! (`sync::State::encode` keeps the shared heads, drops what was in flight).
+//! After the handshake the client sends only for documents with
+//! unacknowledged local changes (`dirty`); the relay, symmetrically, sends
+//! only for documents whose heads moved since this device's shared heads.
+//! An up-to-date device therefore reconnects with two handshake messages,
+//! whatever its history.
+
+use crate::error::Result;
+use crate::model::TimestampMs;
+use crate::replica::Replica;
+use crate::store;
+use automerge::sync::{self, SyncDoc};
+use protocol::{DocumentId, Message, PROTOCOL_VERSION, PeerMetadata};
+use std::collections::HashMap;
+
+/// Under this name the relay's sync states are stored (one relay per engine).
+const RELAY_PEER: &str = "relay";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
+    Disconnected,
+    AwaitingPeer,
+    Ready { relay_peer_id: String },
+}
+
+/// Why the client gave up on a connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("relay sent `{0}` before the handshake completed")]
+    NotReady(String),
+    #[error("relay selected unsupported protocol version `{0}`")]
+    UnsupportedVersion(String),
+    #[error("relay reported an error: {0}")]
+    Remote(String),
+}
+
+/// What happened as a result of one input, for the driver to act on.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub send: Vec<Message>,
+    /// The relay has acknowledged everything this device had.
+    pub synced_at: Option<TimestampMs>,
+    pub error: Option<ProtocolError>,
+}
+
+pub struct SyncClient {
+    peer_id: String,
+    phase: Phase,
+    /// Sync states of documents touched on this connection (others are on disk).
+    states: HashMap<DocumentId, sync::State>,
+}
+
+impl SyncClient {
+    pub fn new(device_id: &str, connection_nonce: u64) -> SyncClient {
+        SyncClient {
+            // automerge-repo peer ids are per connection; the device id keeps logs readable.
+            peer_id: format!("{device_id}-{connection_nonce:x}"),
+            phase: Phase::Disconnected,
+            states: HashMap::new(),
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        matches!(self.phase, Phase::Ready { .. })
+    }
+
+    /// The transport is open: say `join`.
+    pub fn on_connected(&mut self) -> Message {
+        self.phase = Phase::AwaitingPeer;
+        Message::Join {
+            sender_id: self.peer_id.clone(),
+            supported_protocol_versions: vec![PROTOCOL_VERSION.to_owned()],
+            metadata: Some(PeerMetadata { storage_id: None, is_ephemeral: false }),
+        }
+    }
+
+    /// The transport closed. In-flight state is dropped; shared heads are on disk.
+    pub fn on_disconnected(&mut self) {
+        self.phase = Phase::Disconnected;
+        self.states.clear();
+    }
+
+    /// Handles one message from the relay.
+    pub fn on_message(&mut self, replica: &mut Replica, msg: Message, now: TimestampMs) -> Result<Output> {
+        let mut out = Output::default();
+        match (&self.phase, msg) {
+            (Phase::AwaitingPeer, Message::Peer { sender_id, selected_protocol_version, .. }) => {
+                if selected_protocol_version != PROTOCOL_VERSION {
+                    out.error = Some(ProtocolError::UnsupportedVersion(selected_protocol_version));
+                    return Ok(out);
+                }
+                self.phase = Phase::Ready { relay_peer_id: sender_id };
+                for id in replica.dirty_docs()? {
+                    self.push_doc(replica, &id, &mut out)?;
+                }
+                if out.send.is_empty() {
+                    out.synced_at = Some(now);
+                }
+            }
+            (Phase::Ready { .. }, Message::Sync { document_id, data, .. })
+            | (Phase::Ready { .. }, Message::Request { document_id, data, .. }) => {
+                let Ok(message) = sync::Message::decode(&data) else {
+                    tracing::warn!(doc = %document_id, "relay sent an undecodable sync message; ignored");
+                    return Ok(out);
+                };
+                let mut state = self.state(replica, &document_id)?;
+                let result = replica.remote_change(&document_id, |doc| doc.receive_sync_message(&mut state, message));
+                if let Err(e) = result {
+                    tracing::warn!(doc = %document_id, error = %e, "could not apply sync message");
+                    return Ok(out);
+                }
+                self.states.insert(document_id, state);
+                self.push_doc(replica, &document_id, &mut out)?;
+                self.note_acknowledged(replica, &document_id)?;
+                if replica.dirty_docs()?.is_empty() {
+                    out.synced_at = Some(now);
+                }
+            }
+            (Phase::Ready { .. }, Message::DocUnavailable { document_id, .. }) => {
+                tracing::debug!(doc = %document_id, "relay does not have the document");
+            }
+            (_, Message::Error { message }) => out.error = Some(ProtocolError::Remote(message)),
+            (Phase::Ready { .. }, Message::Ephemeral { .. } | Message::Unknown { .. } | Message::Leave { .. }) => {}
+            (_, other) => out.error = Some(ProtocolError::NotReady(other.type_name().to_owned())),
+        }
+        Ok(out)
+    }
+
+    /// A local change was made to `id`: offer it to the relay if connected.
+    pub fn on_local_change(&mut self, replica: &mut Replica, id: &DocumentId) -> Result<Vec<Message>> {
+        let mut out = Output::default();
+        if self.is_ready() {
+            self.push_doc(replica, id, &mut out)?;
+        }
+        Ok(out.send)
+    }
+
+    fn state(&mut self, replica: &Replica, id: &DocumentId) -> Result<sync::State> {
+        if let Some(state) = self.states.remove(id) {
+            return Ok(state);
+        }
+        let stored = store::load_sync_state(replica.store.conn(), id, RELAY_PEER)?;
+        Ok(stored.and_then(|bytes| sync::State::decode(&bytes).ok()).unwrap_or_default())
+    }
+
+    /// Generates the next sync message for `id`, if automerge has one.
+    fn push_doc(&mut self, replica: &mut Replica, id: &DocumentId, out: &mut Output) -> Result<()> {
+        let Phase::Ready { relay_peer_id } = &self.phase else { return Ok(()) };
+        let target_id = relay_peer_id.clone();
+        let mut state = self.state(replica, id)?;
+        let message = replica.doc(id)?.generate_sync_message(&mut state);
+        self.states.insert(*id, state);
+        if let Some(message) = message {
+            out.send.push(Message::Sync {
+                sender_id: self.peer_id.clone(),
+                target_id,
+                document_id: *id,
+                data: message.encode(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Persists the shared heads and clears `dirty` once the relay has all we have.
+    fn note_acknowledged(&mut self, replica: &mut Replica, id: &DocumentId) -> Result<()> {
+        let Some(state) = self.states.get(id) else { return Ok(()) };
+        let encoded = state.encode();
+        let mut shared = state.shared_heads.clone();
+        shared.sort();
+        let mut ours = replica.doc(id)?.get_heads();
+        ours.sort();
+        let acknowledged = ours.iter().all(|h| shared.contains(h));
+        replica.store.transaction(|conn| {
+            store::save_sync_state(conn, id, RELAY_PEER, &encoded)?;
+            if acknowledged {
+                store::set_clean(conn, id)?;
+            }
+            Ok(())
+        })
+    }
+}

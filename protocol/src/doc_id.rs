@@ -1,0 +1,135 @@
+//! Document ids as automerge-repo writes them.
+//!
+//! automerge-repo identifies a document by 16 random bytes (a UUID) and
+//! writes it as bs58check text (base58 with a 4-byte SHA-256d checksum), e.g.
+//! in the URL `automerge:4NMNnkMhL8jXrdJ9jamS58PAVdXu`. The checksum means a
+//! mistyped id is refused instead of silently naming another document.
+
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::str::FromStr;
+
+/// An automerge-repo document id: 16 bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DocumentId([u8; 16]);
+
+/// Why a document id was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DocumentIdError {
+    #[error("document id is not valid bs58check text")]
+    NotBs58Check,
+    #[error("document id must be 16 bytes, got {0}")]
+    WrongLength(usize),
+}
+
+impl DocumentId {
+    pub const fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(bytes)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+
+    /// A deterministic id: the first 16 bytes of SHA-256 over `parts`
+    /// joined by a zero byte. Every device of a user derives the same id for
+    /// the same (user, partition) without talking to anyone; the relay keeps
+    /// each user's documents in their own namespace, so knowing another
+    /// user's id gives no access to it.
+    pub fn derive(parts: &[&str]) -> Self {
+        let mut hasher = Sha256::new();
+        for (i, part) in parts.iter().enumerate() {
+            if i > 0 {
+                hasher.update([0u8]);
+            }
+            hasher.update(part.as_bytes());
+        }
+        let digest = hasher.finalize();
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        // Mark it as a UUID v8 (custom) so tools that parse ids as UUIDs accept it.
+        bytes[6] = (bytes[6] & 0x0f) | 0x80;
+        bytes[8] = (bytes[8] & 0x3f) | 0x80;
+        Self(bytes)
+    }
+
+    /// A fresh random id, from 16 bytes of caller-supplied randomness (this
+    /// crate does not read the OS random source).
+    pub fn from_random(mut bytes: [u8; 16]) -> Self {
+        bytes[6] = (bytes[6] & 0x0f) | 0x40;
+        bytes[8] = (bytes[8] & 0x3f) | 0x80;
+        Self(bytes)
+    }
+
+    /// The `automerge:` URL automerge-repo uses for this document.
+    pub fn url(&self) -> String {
+        format!("automerge:{self}")
+    }
+}
+
+impl fmt::Display for DocumentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&bs58::encode(&self.0).with_check().into_string())
+    }
+}
+
+impl fmt::Debug for DocumentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DocumentId({self})")
+    }
+}
+
+impl FromStr for DocumentId {
+    type Err = DocumentIdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.strip_prefix("automerge:").unwrap_or(s);
+        let bytes = bs58::decode(s)
+            .with_check(None)
+            .into_vec()
+            .map_err(|_| DocumentIdError::NotBs58Check)?;
+        Self::try_from(bytes.as_slice())
+    }
+}
+
+impl TryFrom<&[u8]> for DocumentId {
+    type Error = DocumentIdError;
+
+    fn try_from(bytes: &[u8]) -> Result<Self, Self::Error> {
+        let array: [u8; 16] = bytes
+            .try_into()
+            .map_err(|_| DocumentIdError::WrongLength(bytes.len()))?;
+        Ok(Self(array))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_round_trips_and_checksum_catches_typos() {
+        let id = DocumentId::derive(&["user-1", "reviews", "2026-11"]);
+        let text = id.to_string();
+        assert_eq!(text.parse::<DocumentId>(), Ok(id));
+        assert_eq!(id.url().parse::<DocumentId>(), Ok(id));
+        // Change one character: the checksum must refuse it.
+        let mut chars: Vec<char> = text.chars().collect();
+        chars[3] = if chars[3] == 'a' { 'b' } else { 'a' };
+        let typo: String = chars.into_iter().collect();
+        assert!(typo.parse::<DocumentId>().is_err());
+    }
+
+    #[test]
+    fn derive_is_stable_and_separates_parts() {
+        assert_eq!(DocumentId::derive(&["a", "b"]), DocumentId::derive(&["a", "b"]));
+        assert_ne!(DocumentId::derive(&["a", "b"]), DocumentId::derive(&["ab"]));
+        assert_ne!(DocumentId::derive(&["u1", "x"]), DocumentId::derive(&["u2", "x"]));
+    }
+
+    #[test]
+    fn wrong_length_is_refused() {
+        let text = bs58::encode(&[1u8; 15]).with_check().into_string();
+        assert_eq!(text.parse::<DocumentId>(), Err(DocumentIdError::WrongLength(15)));
+    }
+}

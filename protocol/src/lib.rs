@@ -1,0 +1,19 @@
+//! The sync protocol shared by the engine, the relay and the simulator.
+//!
+//! This crate is pure: it encodes and decodes bytes, it never touches a socket,
+//! a file or a clock (time is always an argument). Three concerns live here:
+//!
+//! * [`wire`] — automerge-repo's network protocol v1 messages, CBOR-encoded
+//!   exactly as `@automerge/automerge-repo` writes them, so the JavaScript
+//!   client and our Rust peers interoperate.
+//! * [`doc_id`] — automerge-repo document ids (16 bytes, bs58check text).
+//! * [`token`] — the signed device token a peer presents at the WebSocket
+//!   upgrade, naming the user and the device.
+
+pub mod doc_id;
+pub mod token;
+pub mod wire;
+
+pub use doc_id::DocumentId;
+pub use token::{DeviceClaims, TokenError, TokenIssuer, TokenVerifier};
+pub use wire::{DecodeError, Message, PeerMetadata, PROTOCOL_VERSION};

@@ -1,0 +1,23 @@
+//! The relay: an axum server that syncs each user's Automerge documents
+//! between their devices (automerge-repo protocol v1 over WebSocket),
+//! stores them durably, and (later issues) serves the release registry.
+//!
+//! Map: [`server`] (routes, accept), [`auth`] (tokens at the upgrade),
+//! [`session`] (sans-IO protocol state per connection), [`ws`] (the
+//! connection task), [`hub`] (loaded documents, connected peers),
+//! [`storage`] (durable documents behind a trait), [`limits`], [`metrics`].
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod hub;
+pub mod limits;
+pub mod metrics;
+pub mod server;
+pub mod session;
+pub mod storage;
+pub mod ws;
+
+pub use config::Config;
+pub use error::RelayError;
+pub use server::{RunningRelay, start};

@@ -1,0 +1,159 @@
+//! The HTTP surface: routes, the accept path of the WebSocket, health and
+//! metrics, and the background eviction task.
+
+use crate::auth;
+use crate::config::Config;
+use crate::error::RelayError;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::storage::{DocStorage, SqliteStorage};
+use crate::ws;
+use axum::Router;
+use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub hub: Arc<Hub>,
+    pub config: Arc<Config>,
+}
+
+#[derive(Deserialize)]
+struct WsQuery {
+    token: Option<String>,
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+async fn sync_upgrade(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<WsQuery>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, RelayError> {
+    let token = auth::token_from(&headers, query.token.as_deref());
+    let claims = match auth::authenticate(&app.config.token_verifier, token.as_deref(), now_secs()) {
+        Ok(c) => c,
+        Err(e) => {
+            Metrics::inc(&app.hub.metrics.auth_failures);
+            return Err(RelayError::Unauthorized(e.to_string()));
+        }
+    };
+    let registration = app.hub.register(&claims.user_id).map_err(|e| {
+        Metrics::inc(&app.hub.metrics.connections_refused_limit);
+        RelayError::TooManyConnections(e)
+    })?;
+    let hub = app.hub.clone();
+    let max = app.hub.limits.max_message_bytes;
+    Ok(upgrade
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| ws::run(socket, hub, claims, registration))
+        .into_response())
+}
+
+async fn health() -> impl IntoResponse {
+    axum::Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn ready(State(app): State<AppState>) -> Result<impl IntoResponse, RelayError> {
+    let storage = app.hub.storage.clone();
+    tokio::task::spawn_blocking(move || storage.count_docs(""))
+        .await
+        .map_err(|e| RelayError::Config(e.to_string()))??;
+    Ok(axum::Json(serde_json::json!({ "status": "ready", "connections": app.hub.open_connections() })))
+}
+
+async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.hub.metrics.render(app.hub.resident_docs()),
+    )
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/sync", get(sync_upgrade))
+        .route("/healthz", get(health))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// A relay running in this process.
+pub struct RunningRelay {
+    pub addr: SocketAddr,
+    pub hub: Arc<Hub>,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningRelay {
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/sync", self.addr)
+    }
+
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting, closes connections, waits for the server task.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Opens storage under `config.data_dir`, binds `config.listen` and serves.
+pub async fn start(config: Config) -> Result<RunningRelay, RelayError> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    let storage: Arc<dyn DocStorage> = Arc::new(SqliteStorage::open(&config.data_dir.join("relay.sqlite3"))?);
+    let peer_id = format!("relay-{}", uuid_like());
+    let hub = Arc::new(Hub::new(storage, config.limits.clone(), peer_id));
+    let listener = TcpListener::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    let state = AppState { hub: hub.clone(), config: Arc::new(config) };
+    let (shutdown, mut rx) = watch::channel(false);
+
+    let sweeper_hub = hub.clone();
+    let mut sweeper_rx = rx.clone();
+    tokio::spawn(async move {
+        let period = (sweeper_hub.limits.doc_idle_eviction / 3).max(std::time::Duration::from_millis(100));
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => { sweeper_hub.evict_idle(Instant::now()); }
+                _ = sweeper_rx.changed() => return,
+            }
+        }
+    });
+
+    let app = router(state);
+    let task = tokio::spawn(async move {
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = rx.changed().await;
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "server stopped");
+        }
+    });
+    tracing::info!(%addr, "relay listening");
+    Ok(RunningRelay { addr, hub, shutdown, task })
+}
+
+fn uuid_like() -> String {
+    use rand::Rng;
+    format!("{:016x}", rand::rng().random::<u64>())
+}

@@ -1,0 +1,71 @@
+//! Durable document storage behind a narrow interface.
+//!
+//! Everything the relay keeps about documents goes through [`DocStorage`], so
+//! a later backend (PostgreSQL for operators running several relays) is one
+//! more implementation of this trait, not a rewrite. Implementations are
+//! synchronous; the relay calls them from `spawn_blocking`.
+//!
+//! Documents are namespaced by user: `(user_id, doc_id)` is the key. A user
+//! can neither read nor write nor detect another user's document, because
+//! every lookup is already scoped to the authenticated user.
+
+mod migrations;
+mod sqlite;
+
+pub use sqlite::SqliteStorage;
+
+use protocol::DocumentId;
+use std::collections::HashMap;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("storage schema version {found} is newer than this relay supports ({supported})")]
+    SchemaTooNew { found: i64, supported: i64 },
+    #[error("storage lock poisoned")]
+    Poisoned,
+}
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// A document as stored: the last snapshot and the chunks appended since.
+#[derive(Debug, Default)]
+pub struct StoredDoc {
+    pub snapshot: Option<Vec<u8>>,
+    pub chunks: Vec<Vec<u8>>,
+}
+
+/// Heads are stored as the concatenation of sorted 32-byte hashes.
+pub type EncodedHeads = Vec<u8>;
+
+pub trait DocStorage: Send + Sync + 'static {
+    /// The document, or `None` if this user has no document with that id.
+    fn load(&self, user: &str, doc: &DocumentId) -> Result<Option<StoredDoc>>;
+    /// Appends a chunk (creating the document if new) and records its heads.
+    /// Durable when it returns. Returns the number of chunks since the snapshot.
+    fn append(&self, user: &str, doc: &DocumentId, chunk: &[u8], heads: &EncodedHeads) -> Result<u64>;
+    /// Replaces the chunks with a snapshot holding all of them.
+    fn compact(&self, user: &str, doc: &DocumentId, snapshot: &[u8]) -> Result<()>;
+    /// Heads of every document of the user.
+    fn heads(&self, user: &str) -> Result<HashMap<DocumentId, EncodedHeads>>;
+    fn count_docs(&self, user: &str) -> Result<u64>;
+    /// The persisted sync state of (user, device, doc).
+    fn load_sync_state(&self, user: &str, device: &str, doc: &DocumentId) -> Result<Option<Vec<u8>>>;
+    /// Shared heads per document for (user, device), to find what changed since.
+    fn shared_heads(&self, user: &str, device: &str) -> Result<HashMap<DocumentId, EncodedHeads>>;
+    fn save_sync_state(
+        &self,
+        user: &str,
+        device: &str,
+        doc: &DocumentId,
+        state: &[u8],
+        shared_heads: &EncodedHeads,
+    ) -> Result<()>;
+}
+
+pub fn encode_heads(heads: &[automerge::ChangeHash]) -> EncodedHeads {
+    let mut sorted: Vec<&automerge::ChangeHash> = heads.iter().collect();
+    sorted.sort();
+    sorted.iter().flat_map(|h| h.0).collect()
+}
