@@ -235,6 +235,20 @@ impl Engine {
         })
     }
 
+    /// Each document's id and heads (hex, sorted): equal on two devices iff
+    /// they hold the same changes.
+    pub fn document_heads(&self) -> Result<Vec<(String, Vec<String>)>> {
+        self.replica(|r| {
+            let mut out = Vec::new();
+            for id in r.doc_ids()? {
+                let mut heads: Vec<String> = r.doc(&id)?.get_heads().iter().map(|h| h.to_string()).collect();
+                heads.sort();
+                out.push((id.to_string(), heads));
+            }
+            Ok(out)
+        })
+    }
+
     /// Starts background sync on the current tokio runtime. Calling it again
     /// replaces the previous sync task.
     pub fn start_sync(&self, config: RelayConfig) -> Result<()> {

@@ -1,1 +1,48 @@
-//! Integration tests live in tests/.
+//! Shared helpers for the workspace integration tests: a real relay on a
+//! loopback port, real engines on temp dirs, polling with a deadline.
+
+use engine::{Engine, EngineConfig, RelayConfig};
+use relay::{Config, RunningRelay};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Starts a relay on 127.0.0.1 with an OS-chosen port and the dev token key.
+pub async fn start_relay(data_dir: &Path) -> RunningRelay {
+    let config = Config::local(data_dir.to_path_buf(), "127.0.0.1:0".parse().expect("literal address"));
+    relay::start(config).await.expect("relay starts")
+}
+
+/// A device token signed with the relay's development key.
+pub fn token(user: &str, device: &str) -> String {
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() + 3600;
+    relay::config::dev_issuer().issue(user, device, exp).expect("valid ids")
+}
+
+pub fn open_engine(dir: &Path, user: &str, device: &str) -> Engine {
+    Engine::open(EngineConfig { data_dir: dir.to_path_buf(), user_id: user.into(), device_id: device.into() })
+        .expect("engine opens")
+}
+
+pub fn relay_config(url: &str, user: &str, device: &str) -> RelayConfig {
+    let mut c = RelayConfig::new(url, token(user, device));
+    c.initial_backoff = Duration::from_millis(50);
+    c.max_backoff = Duration::from_millis(500);
+    c
+}
+
+/// Polls `check` every 20 ms until it returns true or `timeout` passes.
+pub async fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out after {timeout:?} waiting for: {what}");
+}
+
+/// True when the engine is connected and has nothing unacknowledged.
+pub fn settled(e: &Engine) -> bool {
+    e.sync_status().map(|s| s.connected && s.pending_documents == 0).unwrap_or(false)
+}

@@ -1,0 +1,203 @@
+//! Two, then three devices of one user sync through a real relay on
+//! loopback; another user is refused; bad peers are closed, not the relay.
+
+use engine::{Engine, NewReview, Rating, SessionCounts};
+use futures_util::{SinkExt, StreamExt};
+use integration_tests::*;
+use protocol::{DocumentId, Message};
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
+
+const T0: i64 = 1_790_000_000_000; // 2026-09-21
+const DAY: i64 = 86_400_000;
+const WAIT: Duration = Duration::from_secs(20);
+
+fn review(e: &Engine, item: &str, rating: Rating, at: i64) {
+    e.record_review(NewReview { item_id: item.into(), rating, reviewed_at: at, duration_ms: 1500, session_id: None })
+        .expect("review recorded");
+}
+
+/// Device-side work done while offline: a session and reviews over two months.
+fn offline_work(e: &Engine, device_offset: i64, items: &[&str]) {
+    let s = e.start_session("review", T0 + device_offset).expect("session");
+    for (i, item) in items.iter().enumerate() {
+        let rating = if i % 3 == 0 { Rating::Hard } else { Rating::Good };
+        review(e, item, rating, T0 + device_offset + i as i64 * 1000);
+        review(e, item, Rating::Easy, T0 + 35 * DAY + device_offset + i as i64 * 1000);
+    }
+    e.end_session(&s.id, T0 + device_offset + 60_000, SessionCounts { reviewed: 2, correct: 2, new_items: 0 }, "ok")
+        .expect("end session");
+}
+
+fn same_progress(a: &Engine, b: &Engine) -> bool {
+    a.document_heads().ok() == b.document_heads().ok()
+        && a.memory_states().ok() == b.memory_states().ok()
+        && a.sessions(0, i64::MAX).ok() == b.sessions(0, i64::MAX).ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_devices_converge_and_a_third_bootstraps() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = start_relay(&dir.path().join("relay")).await;
+    let phone = open_engine(&dir.path().join("phone"), "alice", "phone");
+    let tablet = open_engine(&dir.path().join("tablet"), "alice", "tablet");
+
+    // Offline: both review the shared items, each also its own.
+    offline_work(&phone, 0, &["apple", "pear", "plum"]);
+    offline_work(&tablet, 500, &["apple", "pear", "fig"]);
+    assert_eq!(phone.sync_status().expect("status").pending_documents, 2);
+    assert_ne!(phone.memory_states().expect("states"), tablet.memory_states().expect("states"));
+
+    phone.start_sync(relay_config(&relay.ws_url(), "alice", "phone")).expect("sync");
+    tablet.start_sync(relay_config(&relay.ws_url(), "alice", "tablet")).expect("sync");
+    eventually("phone and tablet converge", WAIT, || {
+        settled(&phone) && settled(&tablet) && same_progress(&phone, &tablet)
+    })
+    .await;
+
+    // Concurrent reviews of one item on both devices are both kept.
+    assert_eq!(phone.review_count().expect("count"), 12);
+    let apple = phone.memory_state("apple").expect("query").expect("apple reviewed");
+    assert_eq!(apple.review_count, 4);
+    assert_eq!(phone.sessions(0, i64::MAX).expect("sessions").len(), 2);
+
+    // A new review travels while both are online.
+    review(&phone, "kiwi", Rating::Good, T0 + 40 * DAY);
+    eventually("kiwi reaches the tablet", WAIT, || tablet.memory_state("kiwi").ok().flatten().is_some()).await;
+
+    // A third device of the same user bootstraps everything from the relay.
+    let laptop = open_engine(&dir.path().join("laptop"), "alice", "laptop");
+    laptop.start_sync(relay_config(&relay.ws_url(), "alice", "laptop")).expect("sync");
+    eventually("laptop bootstraps", WAIT, || settled(&phone) && same_progress(&phone, &laptop)).await;
+    assert_eq!(laptop.review_count().expect("count"), 13);
+    assert_eq!(laptop.due_items(i64::MAX, 50).expect("due").len(), phone.due_items(i64::MAX, 50).expect("due").len());
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_user_gets_nothing_of_alices() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = start_relay(&dir.path().join("relay")).await;
+    let alice = open_engine(&dir.path().join("alice"), "alice", "phone");
+    review(&alice, "secret", Rating::Good, T0);
+    alice.start_sync(relay_config(&relay.ws_url(), "alice", "phone")).expect("sync");
+    eventually("alice synced", WAIT, || settled(&alice)).await;
+    let alice_doc: DocumentId = alice.document_heads().expect("heads")[0].0.parse().expect("doc id");
+    let alice_heads = alice.document_heads().expect("heads");
+
+    // Mallory's engine syncs and receives nothing.
+    let mallory = open_engine(&dir.path().join("mallory"), "mallory", "laptop");
+    mallory.start_sync(relay_config(&relay.ws_url(), "mallory", "laptop")).expect("sync");
+    eventually("mallory connected", WAIT, || settled(&mallory)).await;
+    assert_eq!(mallory.review_count().expect("count"), 0);
+
+    // Asking by id gets doc-unavailable, as for an id that does not exist.
+    let mut ws = raw_connect(&relay.ws_url(), Some(&token("mallory", "script"))).await.expect("upgrade");
+    join(&mut ws, "mallory-script").await;
+    let mut doc = automerge::Automerge::new();
+    let mut state = automerge::sync::State::new();
+    let first = automerge::sync::SyncDoc::generate_sync_message(&doc, &mut state).expect("first message");
+    let unknown = DocumentId::derive(&["never", "created"]);
+    for id in [alice_doc, unknown] {
+        send(&mut ws, Message::Request { sender_id: "m".into(), target_id: "r".into(), document_id: id, data: first.clone().encode() }).await;
+        match recv(&mut ws).await {
+            Some(Message::DocUnavailable { document_id, .. }) => assert_eq!(document_id, id),
+            other => panic!("expected doc-unavailable, got {other:?}"),
+        }
+    }
+
+    // Writing to Alice's id creates Mallory's own document, never touches Alice's.
+    let mut tx = doc.transaction();
+    automerge::transaction::Transactable::put(&mut tx, automerge::ROOT, "r/evil", "x").expect("put");
+    tx.commit();
+    let mut state = automerge::sync::State::new();
+    let msg = automerge::sync::SyncDoc::generate_sync_message(&doc, &mut state).expect("message");
+    send(&mut ws, Message::Sync { sender_id: "m".into(), target_id: "r".into(), document_id: alice_doc, data: msg.encode() }).await;
+    let _ = recv(&mut ws).await;
+    review(&alice, "another", Rating::Good, T0 + 1);
+    eventually("alice synced again", WAIT, || settled(&alice)).await;
+    let laptop = open_engine(&dir.path().join("alice2"), "alice", "laptop");
+    laptop.start_sync(relay_config(&relay.ws_url(), "alice", "laptop")).expect("sync");
+    eventually("alice's second device matches", WAIT, || same_progress(&alice, &laptop)).await;
+    assert_ne!(alice.document_heads().expect("heads"), alice_heads, "alice's own change arrived");
+    assert_eq!(laptop.review_count().expect("count"), 2, "mallory's write is not in alice's document");
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_and_malformed_peers_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = start_relay(&dir.path().join("relay")).await;
+    // No token, a forged token, an expired one: refused at the upgrade with 401.
+    let forged = protocol::TokenIssuer::new("dev", [1u8; 32]).issue("alice", "x", u64::MAX / 2).expect("token");
+    let expired = relay::config::dev_issuer().issue("alice", "x", 1).expect("token");
+    for t in [None, Some(forged.as_str()), Some(expired.as_str()), Some("garbage")] {
+        match raw_connect(&relay.ws_url(), t).await {
+            Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 401),
+            other => panic!("expected 401, got {:?}", other.map(|_| ())),
+        }
+    }
+    // The token also works as a query parameter (browsers).
+    let url = format!("{}?token={}", relay.ws_url(), token("alice", "browser"));
+    let mut ws = raw_connect(&url, None).await.expect("query token accepted");
+    join(&mut ws, "browser").await;
+
+    // Garbage bytes close that connection with an error message.
+    ws.send(tungstenite::Message::Binary(vec![0xff, 0x00, 0x13].into())).await.expect("send");
+    assert!(matches!(recv(&mut ws).await, Some(Message::Error { .. })));
+    // Sync before join closes too.
+    let mut ws2 = raw_connect(&relay.ws_url(), Some(&token("alice", "b"))).await.expect("upgrade");
+    send(&mut ws2, Message::Sync { sender_id: "a".into(), target_id: "r".into(), document_id: DocumentId::derive(&["x"]), data: vec![] }).await;
+    assert!(matches!(recv(&mut ws2).await, Some(Message::Error { .. })));
+    // An oversized frame closes the connection.
+    let mut ws3 = raw_connect(&relay.ws_url(), Some(&token("alice", "c"))).await.expect("upgrade");
+    join(&mut ws3, "c").await;
+    let _ = ws3.send(tungstenite::Message::Binary(vec![0u8; 9 * 1024 * 1024].into())).await;
+    let closed = tokio::time::timeout(WAIT, async {
+        loop {
+            match ws3.next().await {
+                None | Some(Err(_)) | Some(Ok(tungstenite::Message::Close(_))) => return true,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await;
+    assert_eq!(closed, Ok(true));
+
+    // The relay still serves everyone else.
+    let mut ws4 = raw_connect(&relay.ws_url(), Some(&token("alice", "d"))).await.expect("upgrade");
+    join(&mut ws4, "d").await;
+    relay.shutdown().await;
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn raw_connect(url: &str, token: Option<&str>) -> Result<Ws, tungstenite::Error> {
+    let mut req = url.into_client_request()?;
+    if let Some(t) = token {
+        req.headers_mut().insert("authorization", format!("Bearer {t}").parse().expect("header"));
+    }
+    Ok(tokio_tungstenite::connect_async(req).await?.0)
+}
+
+async fn send(ws: &mut Ws, m: Message) {
+    ws.send(tungstenite::Message::Binary(m.encode().into())).await.expect("send");
+}
+
+async fn recv(ws: &mut Ws) -> Option<Message> {
+    let next = tokio::time::timeout(WAIT, async {
+        loop {
+            match ws.next().await? {
+                Ok(tungstenite::Message::Binary(b)) => return Message::decode(&b).ok(),
+                Ok(tungstenite::Message::Close(_)) | Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+    });
+    next.await.ok().flatten()
+}
+
+async fn join(ws: &mut Ws, peer: &str) {
+    send(ws, Message::Join { sender_id: peer.into(), supported_protocol_versions: vec!["1".into()], metadata: None }).await;
+    assert!(matches!(recv(ws).await, Some(Message::Peer { .. })), "handshake");
+}
