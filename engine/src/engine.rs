@@ -235,6 +235,28 @@ impl Engine {
         })
     }
 
+    /// Merges documents exported by another replica of the same user (backup
+    /// restore, or peer-to-peer transfer). Merged changes are offered to the
+    /// relay on the next sync.
+    pub fn import_documents(&self, docs: &[(String, Vec<u8>)]) -> Result<()> {
+        let mut changed = Vec::new();
+        self.replica(|r| {
+            for (id, bytes) in docs {
+                let id: DocumentId =
+                    id.parse().map_err(|e| EngineError::InvalidInput(format!("document id `{id}`: {e}")))?;
+                let (_, did_change) = r.remote_change(&id, true, |doc| doc.load_incremental(bytes))?;
+                if did_change {
+                    changed.push(id);
+                }
+            }
+            Ok(())
+        })?;
+        for id in changed {
+            self.shared.local_change(id);
+        }
+        Ok(())
+    }
+
     /// Each document's id and heads (hex, sorted): equal on two devices iff
     /// they hold the same changes.
     pub fn document_heads(&self) -> Result<Vec<(String, Vec<String>)>> {

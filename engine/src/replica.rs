@@ -121,16 +121,18 @@ impl Replica {
         if let Err(source) = result {
             return Err(EngineError::Document { doc: id.to_string(), source });
         }
-        self.persist(&id, partition, &before, true)?;
+        self.persist(&id, partition, &before, true, true)?;
         Ok(id)
     }
 
     /// Runs `apply` (typically receiving a sync message) on the document,
-    /// then persists and materializes whatever it added. Returns `apply`'s
-    /// result and whether the document changed.
+    /// then persists and materializes whatever it added. `dirty` says the
+    /// relay may not have what was added (an import), so it must be offered.
+    /// Returns `apply`'s result and whether the document changed.
     pub fn remote_change<T>(
         &mut self,
         id: &DocumentId,
+        dirty: bool,
         apply: impl FnOnce(&mut Automerge) -> Result<T, automerge::AutomergeError>,
     ) -> Result<(T, bool)> {
         let partition = store::doc_partition(self.store.conn(), id)?;
@@ -147,14 +149,13 @@ impl Replica {
         let changed = doc.get_heads() != before;
         if changed {
             let partition = partition.unwrap_or_else(|| UNKNOWN_PARTITION.to_owned());
-            self.persist(id, &partition, &before, false)?;
+            self.persist(id, &partition, &before, dirty, false)?;
         }
         Ok((out, changed))
     }
 
     /// Writes what the document gained since `before` and updates the views.
-    fn persist(&mut self, id: &DocumentId, partition: &str, before: &[ChangeHash], dirty: bool) -> Result<()> {
-        let user_is_local = dirty;
+    fn persist(&mut self, id: &DocumentId, partition: &str, before: &[ChangeHash], dirty: bool, local: bool) -> Result<()> {
         let entry = self.cache.get_mut(id).ok_or(EngineError::Poisoned)?;
         let doc = &entry.doc;
         let heads = doc.get_heads();
@@ -195,7 +196,7 @@ impl Replica {
         if chunks >= COMPACT_AFTER_CHUNKS {
             self.compact(id)?;
         }
-        if !user_is_local {
+        if !local {
             if !changed_items.is_empty() {
                 changed_items.sort();
                 changed_items.dedup();
