@@ -63,9 +63,9 @@ pub fn session_key(id: &str) -> String {
 pub fn put_review<T: Transactable>(tx: &mut T, r: &Review) -> Result<(), automerge::AutomergeError> {
     let obj = tx.put_object(ROOT, review_key(&r.id), ObjType::Map)?;
     tx.put(&obj, "item", r.item_id.as_str())?;
-    tx.put(&obj, "rating", r.rating as u64)?;
+    tx.put(&obj, "rating", r.rating as i64)?;
     tx.put(&obj, "at", ScalarValue::Timestamp(r.reviewed_at))?;
-    tx.put(&obj, "duration_ms", r.duration_ms as u64)?;
+    tx.put(&obj, "duration_ms", i64::from(r.duration_ms))?;
     tx.put(&obj, "device", r.device_id.as_str())?;
     if let Some(session) = &r.session_id {
         tx.put(&obj, "session", session.as_str())?;
@@ -87,19 +87,22 @@ pub fn put_session<T: Transactable>(tx: &mut T, s: &Session) -> Result<(), autom
     }
     tx.put(&obj, "device", s.device_id.as_str())?;
     tx.put(&obj, "mode", s.mode.as_str())?;
-    tx.put(&obj, "reviewed", s.counts.reviewed as u64)?;
-    tx.put(&obj, "correct", s.counts.correct as u64)?;
-    tx.put(&obj, "new_items", s.counts.new_items as u64)?;
+    tx.put(&obj, "reviewed", i64::from(s.counts.reviewed))?;
+    tx.put(&obj, "correct", i64::from(s.counts.correct))?;
+    tx.put(&obj, "new_items", i64::from(s.counts.new_items))?;
     tx.put(&obj, "notes", s.notes.as_str())?;
     Ok(())
 }
 
+/// A string field: a scalar string, or a text object (what JavaScript
+/// automerge 3 writes for plain strings).
 fn get_str(doc: &Automerge, obj: &ObjId, key: &str) -> Option<String> {
     match doc.get(obj, key).ok()?? {
         (Value::Scalar(s), _) => match s.as_ref() {
             ScalarValue::Str(t) => Some(t.to_string()),
             _ => None,
         },
+        (Value::Object(ObjType::Text), id) => doc.text(&id).ok(),
         _ => None,
     }
 }

@@ -58,7 +58,11 @@ pub async fn run(socket: WebSocket, hub: Arc<Hub>, claims: DeviceClaims, reg: Re
                 last_heard = Instant::now();
                 match frame {
                     None => break None,
-                    Some(Err(e)) => break Some(format!("websocket error: {e}")),
+                    // A peer that vanishes (app killed, network gone) is not a protocol error.
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "connection dropped");
+                        break None;
+                    }
                     Some(Ok(WsMessage::Binary(bytes))) => {
                         Metrics::inc(&hub.metrics.messages_in);
                         Metrics::add(&hub.metrics.bytes_in, bytes.len() as u64);

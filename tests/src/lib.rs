@@ -1,6 +1,8 @@
 //! Shared helpers for the workspace integration tests: a real relay on a
 //! loopback port, real engines on temp dirs, polling with a deadline.
 
+pub mod peer;
+
 use engine::{Engine, EngineConfig, RelayConfig};
 use relay::{Config, RunningRelay};
 use std::path::Path;

@@ -1,0 +1,44 @@
+// automerge-repo's own JavaScript client, pointed at our relay.
+//
+//   node client.mjs create WS_URL          creates a document, prints its URL,
+//                                          then stays connected until killed
+//   node client.mjs find WS_URL DOC_URL [KEY_PREFIX]
+//                                          prints the document as JSON once it
+//                                          has a key starting with KEY_PREFIX
+//                                          (default `text`), then exits
+//
+// WS_URL carries the device token as ?token=..., as a browser would.
+// Every wait is bounded: the script exits 1 after 30 s.
+import { Repo } from "@automerge/automerge-repo"
+import { WebSocketClientAdapter } from "@automerge/automerge-repo-network-websocket"
+
+const [mode, url, docUrl, keyPrefix = "text"] = process.argv.slice(2)
+const deadline = setTimeout(() => {
+  console.error("interop client: timed out")
+  process.exit(1)
+}, 30_000)
+
+const repo = new Repo({
+  network: [new WebSocketClientAdapter(url)],
+  sharePolicy: async () => true,
+})
+
+if (mode === "create") {
+  const handle = repo.create({ text: "hello from js", n: 1 })
+  console.log(handle.url)
+} else if (mode === "find") {
+  const handle = await repo.find(docUrl)
+  const check = () => {
+    const doc = handle.doc()
+    if (doc && Object.keys(doc).some((k) => k.startsWith(keyPrefix))) {
+      console.log(JSON.stringify(doc, (_, v) => (typeof v === "bigint" ? Number(v) : v)))
+      clearTimeout(deadline)
+      process.exit(0)
+    }
+  }
+  handle.on("change", check)
+  check()
+} else {
+  console.error(`unknown mode ${mode}`)
+  process.exit(2)
+}

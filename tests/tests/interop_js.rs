@@ -1,0 +1,111 @@
+//! automerge-repo's own JavaScript client (npm `@automerge/automerge-repo`
+//! 2.x with its WebSocket adapter, run by node) and Rust clients exchange
+//! documents through the relay, both ways.
+//!
+//! Needs `node` and `tests/interop/node_modules` (`scripts/test-all` runs
+//! `npm ci` there). Without them the test fails and says why: interop is a
+//! requirement, not an optional extra.
+
+use automerge::transaction::Transactable;
+use automerge::{Automerge, ROOT, ReadDoc};
+use engine::{NewReview, Rating};
+use integration_tests::peer::TestPeer;
+use integration_tests::*;
+use protocol::DocumentId;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn interop_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop")
+}
+
+fn node_command(args: &[&str]) -> Command {
+    let dir = interop_dir();
+    assert!(
+        dir.join("node_modules/@automerge/automerge-repo").exists(),
+        "tests/interop/node_modules is missing: run `npm ci` in tests/interop (scripts/test-all does)"
+    );
+    let mut cmd = Command::new("node");
+    cmd.current_dir(&dir).arg("client.mjs").args(args).stderr(Stdio::inherit());
+    cmd
+}
+
+/// JS automerge 3 writes strings as collaborative text objects; Rust here
+/// writes scalars. Read either.
+fn read_string(doc: &Automerge, key: &str) -> Option<String> {
+    match doc.get(ROOT, key).ok()?? {
+        (automerge::Value::Scalar(s), _) => s.as_str().map(str::to_owned),
+        (automerge::Value::Object(automerge::ObjType::Text), id) => doc.text(&id).ok(),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn javascript_and_rust_clients_exchange_documents() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = start_relay(&dir.path().join("relay")).await;
+    let js_url = |device: &str| format!("{}?token={}", relay.ws_url(), token("carol", device));
+
+    // JS → Rust: the JS client creates a document; a Rust peer of the same
+    // user asks for it by id and receives its content.
+    let mut js = node_command(&["create", &js_url("js-creator")]).stdout(Stdio::piped()).spawn().expect("node runs");
+    let mut line = String::new();
+    BufReader::new(js.stdout.take().expect("stdout")).read_line(&mut line).expect("js prints the doc url");
+    let js_doc: DocumentId = line.trim().parse().expect("automerge url from js");
+
+    let mut rust = TestPeer::connect(&relay.ws_url(), &token("carol", "rust"), "rust-peer").await.expect("connect");
+    let mut doc = Automerge::new();
+    let mut found = false;
+    // The JS client may not have pushed yet: ask again (bounded) until the relay has it.
+    for _ in 0..100 {
+        let mut state = automerge::sync::State::new();
+        if rust.sync_doc(js_doc, &mut doc, &mut state, true).await.expect("sync") {
+            found = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(found, "the relay never had the JS document");
+    assert_eq!(read_string(&doc, "text").as_deref(), Some("hello from js"));
+    let _ = js.kill();
+    let _ = js.wait();
+
+    // Rust → JS: a Rust peer creates a document; the JS client finds it.
+    let rust_doc = DocumentId::from_random(uuid::Uuid::new_v4().into_bytes());
+    let mut doc = Automerge::new();
+    let mut tx = doc.transaction();
+    tx.put(ROOT, "text", "hello from rust").expect("put");
+    tx.commit();
+    let mut state = automerge::sync::State::new();
+    assert!(rust.sync_doc(rust_doc, &mut doc, &mut state, false).await.expect("sync"));
+    let out = node_command(&["find", &js_url("js-finder"), &rust_doc.url()]).output().expect("node runs");
+    assert!(out.status.success(), "js find failed: {}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json from js");
+    assert_eq!(json["text"], "hello from rust");
+
+    // The engine's own documents are plain automerge-repo documents too.
+    let phone = open_engine(&dir.path().join("phone"), "carol", "phone");
+    phone
+        .record_review(NewReview {
+            item_id: "apple".into(),
+            rating: Rating::Good,
+            reviewed_at: 1_790_000_000_000,
+            duration_ms: 1000,
+            session_id: None,
+        })
+        .expect("review");
+    phone.start_sync(relay_config(&relay.ws_url(), "carol", "phone")).expect("sync");
+    eventually("phone synced", Duration::from_secs(20), || settled(&phone)).await;
+    let progress_doc: DocumentId = phone.document_heads().expect("heads")[0].0.parse().expect("id");
+    let out = node_command(&["find", &js_url("js-reader"), &progress_doc.url(), "r/"]).output().expect("node runs");
+    assert!(out.status.success(), "js find failed: {}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json from js");
+    let reviews: Vec<&serde_json::Value> =
+        json.as_object().expect("map").iter().filter(|(k, _)| k.starts_with("r/")).map(|(_, v)| v).collect();
+    assert_eq!(reviews.len(), 1);
+    assert_eq!(reviews[0]["item"], "apple");
+    assert_eq!(reviews[0]["rating"], 3);
+    relay.shutdown().await;
+}
