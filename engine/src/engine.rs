@@ -85,6 +85,20 @@ impl Shared {
         });
     }
 
+    pub(crate) fn count_sent(&self, bytes: usize) {
+        if let Ok(mut s) = self.status.lock() {
+            s.traffic.messages_sent += 1;
+            s.traffic.bytes_sent += bytes as u64;
+        }
+    }
+
+    pub(crate) fn count_received(&self, bytes: usize) {
+        if let Ok(mut s) = self.status.lock() {
+            s.traffic.messages_received += 1;
+            s.traffic.bytes_received += bytes as u64;
+        }
+    }
+
     pub(crate) fn set_synced(&self, at: TimestampMs) {
         self.update_status(|s| s.last_sync_at = Some(at));
     }

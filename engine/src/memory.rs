@@ -78,14 +78,32 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Updates the item's stored state for a review just inserted into `reviews`.
-    pub fn apply(&self, conn: &Connection, r: &Review) -> Result<()> {
-        let prev = store::memory_state(conn, &r.item_id)?;
-        match &prev {
-            Some(p) if (r.reviewed_at, r.id.as_str()) < (p.state.last_reviewed_at, p.last_review_id.as_str()) => {
-                self.recompute_item(conn, &r.item_id)
+    /// Updates memory states for reviews just inserted into `reviews`.
+    /// Per item: new reviews that all sort after the last applied one are
+    /// stepped in order; otherwise the item is replayed once, however many
+    /// of its reviews arrived late. Returns the items touched, sorted.
+    pub fn apply_batch(&self, conn: &Connection, mut reviews: Vec<&Review>) -> Result<Vec<String>> {
+        reviews.sort_by(|a, b| (&a.item_id, a.reviewed_at, &a.id).cmp(&(&b.item_id, b.reviewed_at, &b.id)));
+        let mut items = Vec::new();
+        for group in reviews.chunk_by(|a, b| a.item_id == b.item_id) {
+            let item = &group[0].item_id;
+            let mut prev = store::memory_state(conn, item)?;
+            let first = group[0];
+            let late = prev.as_ref().is_some_and(|p| {
+                (first.reviewed_at, first.id.as_str()) < (p.state.last_reviewed_at, p.last_review_id.as_str())
+            });
+            if late {
+                self.recompute_item(conn, item)?;
+            } else {
+                for r in group {
+                    prev = Some(self.step(prev.as_ref(), r)?);
+                }
+                if let Some(m) = &prev {
+                    store::put_memory_state(conn, m)?;
+                }
             }
-            _ => store::put_memory_state(conn, &self.step(prev.as_ref(), r)?),
+            items.push(item.clone());
         }
+        Ok(items)
     }
 }

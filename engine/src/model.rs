@@ -94,6 +94,18 @@ pub struct SyncStatus {
     pub last_sync_at: Option<TimestampMs>,
     /// The last connection error, if the engine is not connected.
     pub last_error: Option<String>,
+    /// Protocol traffic since the engine opened (payload bytes, without
+    /// WebSocket framing), for observability and the bench.
+    pub traffic: Traffic,
+}
+
+/// Cumulative protocol traffic with the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Traffic {
+    pub messages_sent: u64,
+    pub messages_received: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
 }
 
 /// What the engine tells the app about, through [`crate::Engine::subscribe`].

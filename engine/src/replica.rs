@@ -182,12 +182,13 @@ impl Replica {
                     rusqlite::params![id.to_string(), partition, UNKNOWN_PARTITION],
                 )?;
             }
+            let mut inserted = Vec::new();
             for r in &reviews {
                 if store::insert_review(conn, r)? {
-                    scheduler.apply(conn, r)?;
-                    changed_items.push(r.item_id.clone());
+                    inserted.push(r);
                 }
             }
+            changed_items = scheduler.apply_batch(conn, inserted)?;
             for s in &sessions {
                 store::upsert_session(conn, s)?;
             }

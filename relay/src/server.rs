@@ -58,6 +58,10 @@ async fn sync_upgrade(
     Ok(upgrade
         .max_message_size(max)
         .max_frame_size(max)
+        // Small buffers: most connections are idle devices; a large message
+        // just takes a few more reads.
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(16 * 1024)
         .on_upgrade(move |socket| ws::run(socket, hub, claims, registration))
         .into_response())
 }
@@ -139,6 +143,12 @@ pub async fn start(config: Config) -> Result<RunningRelay, RelayError> {
     });
 
     let app = router(state);
+    // Sync messages are small and latency-bound: never let Nagle hold them.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     let task = tokio::spawn(async move {
         let result = axum::serve(listener, app)
             .with_graceful_shutdown(async move {

@@ -27,7 +27,11 @@ impl TestPeer {
     pub async fn connect(url: &str, token: &str, peer_id: &str) -> Result<TestPeer, String> {
         let mut req = url.into_client_request().map_err(|e| e.to_string())?;
         req.headers_mut().insert("authorization", format!("Bearer {token}").parse().map_err(|_| "bad token header")?);
-        let (ws, _) = tokio_tungstenite::connect_async(req).await.map_err(|e| e.to_string())?;
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .read_buffer_size(16 * 1024)
+            .write_buffer_size(16 * 1024);
+        let (ws, _) =
+            tokio_tungstenite::connect_async_with_config(req, Some(config), true).await.map_err(|e| e.to_string())?;
         let mut peer = TestPeer {
             ws,
             peer_id: peer_id.to_owned(),

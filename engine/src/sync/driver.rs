@@ -84,12 +84,13 @@ async fn connect_and_sync(
     let mut request = config.url.as_str().into_client_request().map_err(|e| e.to_string())?;
     let bearer = HeaderValue::from_str(&format!("Bearer {}", config.token)).map_err(|e| e.to_string())?;
     request.headers_mut().insert("authorization", bearer);
-    let (ws, _) = tokio_tungstenite::connect_async(request).await.map_err(|e| e.to_string())?;
+    // TCP_NODELAY: a review is one small message that should leave now.
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(request, None, true).await.map_err(|e| e.to_string())?;
     let (mut sink, mut stream) = ws.split();
 
     let mut client = SyncClient::new(&shared.device_id, nonce);
     let join = client.on_connected();
-    sink.send(tungstenite::Message::Binary(join.encode().into())).await.map_err(|e| e.to_string())?;
+    send(shared, &mut sink, &join).await?;
     let mut exchanged = false;
     let result = loop {
         tokio::select! {
@@ -106,7 +107,7 @@ async fn connect_and_sync(
                 match outgoing {
                     Ok(msgs) => {
                         for m in msgs {
-                            sink.send(tungstenite::Message::Binary(m.encode().into())).await.map_err(|e| e.to_string())?;
+                            send(shared, &mut sink, &m).await?;
                         }
                     }
                     Err(e) => break Err(e.to_string()),
@@ -125,6 +126,7 @@ async fn connect_and_sync(
                     }
                     _ => continue,
                 };
+                shared.count_received(bytes.len());
                 let msg = match Message::decode(&bytes) {
                     Ok(m) => m,
                     Err(e) => break Err(format!("undecodable message from relay: {e}")),
@@ -142,7 +144,7 @@ async fn connect_and_sync(
                     break Err(e.to_string());
                 }
                 for m in output.send {
-                    sink.send(tungstenite::Message::Binary(m.encode().into())).await.map_err(|e| e.to_string())?;
+                    send(shared, &mut sink, &m).await?;
                 }
                 if let Some(at) = output.synced_at {
                     exchanged = true;
@@ -154,6 +156,15 @@ async fn connect_and_sync(
     client.on_disconnected();
     let _ = sink.close().await;
     result
+}
+
+async fn send<S>(shared: &Shared, sink: &mut S, m: &Message) -> Result<(), String>
+where
+    S: futures_util::Sink<tungstenite::Message, Error = tungstenite::Error> + Unpin,
+{
+    let bytes = m.encode();
+    shared.count_sent(bytes.len());
+    sink.send(tungstenite::Message::Binary(bytes.into())).await.map_err(|e| e.to_string())
 }
 
 /// Emits an event to subscribers; no subscriber is not an error.

@@ -1,0 +1,186 @@
+//! Many device pairs editing shared documents through a server: our relay
+//! or automerge-repo's Node sync server, driven by the same Rust peers.
+
+use automerge::Automerge;
+use automerge::sync::{self, SyncDoc};
+use automerge::transaction::Transactable;
+use integration_tests::peer::TestPeer;
+use integration_tests::token;
+use protocol::{DocumentId, Message};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Barrier;
+
+pub struct LoadResult {
+    pub edits: usize,
+    pub failed_pairs: usize,
+    pub wall: Duration,
+    /// Sender's change acknowledged by the server.
+    pub ack: Vec<Duration>,
+    /// Sender's change applied on the other device.
+    pub delivery: Vec<Duration>,
+    pub first_error: Option<String>,
+}
+
+impl LoadResult {
+    fn fail(&mut self, e: String) {
+        self.failed_pairs += 1;
+        if self.first_error.is_none() {
+            self.first_error = Some(e);
+        }
+    }
+
+    pub fn throughput(&self) -> f64 {
+        self.edits as f64 / self.wall.as_secs_f64().max(1e-9)
+    }
+}
+
+fn contains_all(have: &[automerge::ChangeHash], want: &[automerge::ChangeHash]) -> bool {
+    want.iter().all(|h| have.contains(h))
+}
+
+/// Reads messages for `doc_id` on `peer`, applying and answering them,
+/// until `done(doc, state)` holds.
+async fn pump(
+    peer: &mut TestPeer,
+    doc_id: DocumentId,
+    doc: &mut Automerge,
+    state: &mut sync::State,
+    done: impl Fn(&Automerge, &sync::State) -> bool,
+) -> Result<Instant, String> {
+    while !done(doc, state) {
+        match peer.recv(Duration::from_secs(20)).await? {
+            Some(Message::Sync { document_id, data, .. }) if document_id == doc_id => {
+                let m = sync::Message::decode(&data).map_err(|e| e.to_string())?;
+                doc.receive_sync_message(state, m).map_err(|e| e.to_string())?;
+                if let Some(reply) = peer.sync_message(doc_id, doc, state) {
+                    peer.send(reply).await?;
+                }
+            }
+            Some(Message::Error { message }) => return Err(message),
+            Some(_) => {}
+            None => return Err("server went quiet".into()),
+        }
+    }
+    Ok(Instant::now())
+}
+
+async fn pair(
+    url: String,
+    i: usize,
+    edits: usize,
+    barrier: Arc<Barrier>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Result<(Vec<Duration>, Vec<Duration>), String> {
+    let user = format!("load-{i}");
+    let connected = async {
+        let a = TestPeer::connect(&url, &token(&user, "a"), &format!("a-{i}")).await?;
+        let b = TestPeer::connect(&url, &token(&user, "b"), &format!("b-{i}")).await?;
+        Ok::<_, String>((a, b))
+    }
+    .await;
+    let (mut a, mut b) = match connected {
+        Ok(p) => p,
+        Err(e) => {
+            drop(permit);
+            barrier.wait().await;
+            return Err(e);
+        }
+    };
+    let doc_id = DocumentId::from_random(uuid::Uuid::new_v4().into_bytes());
+    let mut da = Automerge::new();
+    let mut tx = da.transaction();
+    let _ = tx.put(automerge::ROOT, "n", 0i64);
+    tx.commit();
+    let mut sa = sync::State::new();
+    let mut db = Automerge::new();
+    let mut sb = sync::State::new();
+    let setup = async {
+        a.sync_doc(doc_id, &mut da, &mut sa, false).await?;
+        if !b.sync_doc(doc_id, &mut db, &mut sb, true).await? {
+            return Err("server does not have the document".to_string());
+        }
+        Ok(())
+    }
+    .await;
+    drop(permit);
+    barrier.wait().await;
+    setup?;
+
+    let (mut acks, mut deliveries) = (Vec::with_capacity(edits), Vec::with_capacity(edits));
+    for e in 1..=edits {
+        let mut tx = da.transaction();
+        let _ = tx.put(automerge::ROOT, "n", e as i64);
+        tx.commit();
+        let target = da.get_heads();
+        let t0 = Instant::now();
+        if let Some(m) = a.sync_message(doc_id, &da, &mut sa) {
+            a.send(m).await?;
+        }
+        let wa = pump(&mut a, doc_id, &mut da, &mut sa, |_, s| contains_all(&s.shared_heads, &target));
+        let wb = pump(&mut b, doc_id, &mut db, &mut sb, |d, _| contains_all(&d.get_heads(), &target));
+        let (ra, rb) = tokio::join!(wa, wb);
+        acks.push(ra?.duration_since(t0));
+        deliveries.push(rb?.duration_since(t0));
+    }
+    Ok((acks, deliveries))
+}
+
+/// `pairs` pairs of devices (one user each) make `edits` sequential edits to
+/// their shared document, all pairs at once.
+pub async fn run(url: &str, pairs: usize, edits: usize) -> LoadResult {
+    let barrier = Arc::new(Barrier::new(pairs + 1));
+    let mut tasks = Vec::with_capacity(pairs);
+    let limit = Arc::new(tokio::sync::Semaphore::new(64));
+    for i in 0..pairs {
+        let (url, barrier, limit) = (url.to_owned(), barrier.clone(), limit.clone());
+        tasks.push(tokio::spawn(async move {
+            // Bound concurrent handshakes; the permit is released before the measured phase.
+            let Ok(permit) = limit.acquire_owned().await else {
+                barrier.wait().await;
+                return Err("semaphore closed".to_string());
+            };
+            pair(url, i, edits, barrier, permit).await
+        }));
+    }
+    barrier.wait().await;
+    let t0 = Instant::now();
+    let mut result = LoadResult { edits: 0, failed_pairs: 0, wall: Duration::ZERO, ack: Vec::new(), delivery: Vec::new(), first_error: None };
+    for t in tasks {
+        match t.await {
+            Ok(Ok((acks, deliveries))) => {
+                result.edits += deliveries.len();
+                result.ack.extend(acks);
+                result.delivery.extend(deliveries);
+            }
+            Ok(Err(e)) => result.fail(e),
+            Err(e) => result.fail(e.to_string()),
+        }
+    }
+    result.wall = t0.elapsed();
+    result.ack.sort();
+    result.delivery.sort();
+    result
+}
+
+/// Connects `n` devices (two per user) that then sit idle; returns them.
+pub async fn idle_devices(url: &str, n: usize) -> (Vec<TestPeer>, usize) {
+    let limit = Arc::new(tokio::sync::Semaphore::new(128));
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let (url, limit) = (url.to_owned(), limit.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            TestPeer::connect(&url, &token(&format!("idle-{}", i / 2), &format!("d{}", i % 2)), &format!("idle-{i}")).await
+        }));
+    }
+    let mut peers = Vec::with_capacity(n);
+    let mut failed = 0;
+    for t in tasks {
+        match t.await {
+            Ok(Ok(p)) => peers.push(p),
+            _ => failed += 1,
+        }
+    }
+    (peers, failed)
+}

@@ -1,0 +1,138 @@
+//! What sync costs on the wire and in time, measured with real engines
+//! (each with the 400k history) through a relay process on loopback.
+
+use crate::report::{Report, kib, ms};
+use engine::{ChangeEvent, Engine, NewReview, Rating, Traffic};
+use integration_tests::*;
+use std::time::{Duration, Instant};
+
+const LONG: Duration = Duration::from_secs(600);
+
+fn traffic(e: &Engine) -> Traffic {
+    e.sync_status().map(|s| s.traffic).unwrap_or_default()
+}
+
+fn delta(a: Traffic, b: Traffic) -> Traffic {
+    Traffic {
+        messages_sent: b.messages_sent - a.messages_sent,
+        messages_received: b.messages_received - a.messages_received,
+        bytes_sent: b.bytes_sent - a.bytes_sent,
+        bytes_received: b.bytes_received - a.bytes_received,
+    }
+}
+
+/// Waits until neither engine's traffic moved for `quiet`.
+async fn quiescent(engines: &[&Engine], quiet: Duration) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last: Vec<Traffic> = engines.iter().map(|e| traffic(e)).collect();
+    let mut since = Instant::now();
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        let now: Vec<Traffic> = engines.iter().map(|e| traffic(e)).collect();
+        if now != last {
+            last = now;
+            since = Instant::now();
+        } else if since.elapsed() >= quiet {
+            return;
+        }
+    }
+}
+
+fn review_at(e: &Engine, item: &str, at: i64) {
+    let _ = e.record_review(NewReview { item_id: item.into(), rating: Rating::Good, reviewed_at: at, duration_ms: 3000, session_id: None });
+}
+
+fn round_trips(t: Traffic) -> u64 {
+    t.messages_sent.max(t.messages_received)
+}
+
+/// One review recorded on `a` until `b` has it; reports bytes and round trips per link.
+async fn one_review(report: &mut Report, label: &str, a: &Engine, b: &Engine, item: &str, at: i64) {
+    quiescent(&[a, b], Duration::from_millis(300)).await;
+    let (ta, tb) = (traffic(a), traffic(b));
+    let mut events = b.subscribe();
+    let t0 = Instant::now();
+    review_at(a, item, at);
+    let arrived = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match events.recv().await {
+                Ok(ChangeEvent::ItemsChanged { item_ids }) if item_ids.iter().any(|i| i == item) => return true,
+                Ok(_) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    let latency = t0.elapsed();
+    quiescent(&[a, b], Duration::from_millis(300)).await;
+    let (da, db) = (delta(ta, traffic(a)), delta(tb, traffic(b)));
+    let link_a = da.bytes_sent + da.bytes_received;
+    let link_b = db.bytes_sent + db.bytes_received;
+    report.figure(format!("{label}: review reaches the other device"), if arrived { ms(latency) } else { "never".into() });
+    report.target(format!("{label}: bytes on the sender's link"), "<= 1 KiB", kib(link_a), arrived && link_a <= 1024);
+    report.target(format!("{label}: bytes on the receiver's link"), "<= 1 KiB", kib(link_b), arrived && link_b <= 1024);
+    report.target(
+        format!("{label}: round trips (sender / receiver link)"),
+        "<= 3",
+        format!("{} / {}", round_trips(da), round_trips(db)),
+        round_trips(da) <= 3 && round_trips(db) <= 3,
+    );
+}
+
+pub async fn run(report: &mut Report, phone: &Engine, tablet: &Engine, url: &str, reviews: u64, end: i64) {
+    // Initial backup of the whole history, then a new device bootstrapping it.
+    let t0 = Instant::now();
+    phone.start_sync(relay_config(url, "heavy", "phone")).expect("sync");
+    eventually("phone uploads its history", LONG, || settled(phone)).await;
+    report.figure("400k: first upload of the whole history to the relay", ms(t0.elapsed()));
+    report.figure("400k: bytes uploaded", kib(traffic(phone).bytes_sent));
+
+    let t0 = Instant::now();
+    tablet.start_sync(relay_config(url, "heavy", "tablet")).expect("sync");
+    eventually("tablet bootstraps", LONG, || tablet.review_count().ok() == Some(reviews)).await;
+    report.figure("400k: a new device bootstraps the whole history", ms(t0.elapsed()));
+    quiescent(&[phone, tablet], Duration::from_millis(500)).await;
+
+    one_review(report, "warm", phone, tablet, "item-1", end + 1000).await;
+
+    // Reconnect both (sync states restored from disk), then one review.
+    phone.stop_sync();
+    tablet.stop_sync();
+    phone.start_sync(relay_config(url, "heavy", "phone")).expect("sync");
+    tablet.start_sync(relay_config(url, "heavy", "tablet")).expect("sync");
+    eventually("both reconnected", LONG, || settled(phone) && settled(tablet)).await;
+    one_review(report, "after reconnect", phone, tablet, "item-2", end + 2000).await;
+
+    // An up-to-date device reconnecting.
+    quiescent(&[phone, tablet], Duration::from_millis(300)).await;
+    let before = traffic(tablet);
+    tablet.stop_sync();
+    tablet.start_sync(relay_config(url, "heavy", "tablet")).expect("sync");
+    eventually("tablet reconnected", LONG, || settled(tablet)).await;
+    quiescent(&[tablet], Duration::from_millis(300)).await;
+    let d = delta(before, traffic(tablet));
+    let total = d.bytes_sent + d.bytes_received;
+    report.target(
+        "400k: up-to-date device reconnects (all bytes)",
+        "<= 8 KiB",
+        format!("{} in {} msgs", kib(total), d.messages_sent + d.messages_received),
+        total <= 8 * 1024,
+    );
+
+    // A month offline with 7,000 new reviews.
+    phone.stop_sync();
+    let t0 = Instant::now();
+    for i in 0..7000i64 {
+        review_at(phone, &format!("item-{}", i % 3000), end + 10 * 86_400_000 + i * 5_000);
+    }
+    let local = t0.elapsed();
+    report.figure("7,000 local reviews recorded offline (each durable)", format!("{} ({:.2} ms each)", ms(local), local.as_secs_f64() * 1000.0 / 7000.0));
+    let target_count = tablet.review_count().unwrap_or(0) + 7000;
+    let t0 = Instant::now();
+    phone.start_sync(relay_config(url, "heavy", "phone")).expect("sync");
+    eventually("tablet has the month", LONG, || tablet.review_count().ok() == Some(target_count)).await;
+    let took = t0.elapsed();
+    report.target("offline month (7,000 reviews) in sync on the other device", "<= 2 s", ms(took), took <= Duration::from_secs(2));
+}
