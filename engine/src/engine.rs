@@ -4,7 +4,7 @@
 
 use crate::error::{EngineError, Result};
 use crate::model::*;
-use crate::progress_doc;
+use crate::progress_doc::{self, Touched};
 use crate::replica::Replica;
 use crate::store;
 use crate::sync::driver::{self, RelayConfig};
@@ -150,7 +150,9 @@ impl Engine {
             notes: String::new(),
         };
         let doc = self.replica(|r| {
-            r.local_change(&progress_doc::partition_of(started_at), |tx| progress_doc::put_session(tx, &session))
+            r.local_change(&progress_doc::partition_of(started_at), Touched::session(&session.id), |tx| {
+                progress_doc::put_session(tx, &session)
+            })
         })?;
         self.shared.local_change(doc);
         Ok(session)
@@ -168,10 +170,9 @@ impl Engine {
             session.ended_at = Some(ended_at);
             session.counts = counts;
             session.notes = notes.to_owned();
-            let doc = r.local_change(&progress_doc::partition_of(session.started_at), |tx| {
+            let doc = r.local_change(&progress_doc::partition_of(session.started_at), Touched::session(id), |tx| {
                 progress_doc::put_session(tx, &session)
             })?;
-            store::upsert_session(r.store.conn(), &session)?;
             Ok((session, doc))
         })?;
         self.shared.local_change(doc);
@@ -195,7 +196,9 @@ impl Engine {
             session_id: new.session_id,
         };
         let doc = self.replica(|r| {
-            r.local_change(&progress_doc::partition_of(review.reviewed_at), |tx| progress_doc::put_review(tx, &review))
+            r.local_change(&progress_doc::partition_of(review.reviewed_at), Touched::review(&review.id), |tx| {
+                progress_doc::put_review(tx, &review)
+            })
         })?;
         self.shared.local_change(doc);
         Ok(review)

@@ -165,6 +165,16 @@ pub struct Touched {
     pub sessions: BTreeSet<String>,
 }
 
+impl Touched {
+    pub fn review(id: &str) -> Touched {
+        Touched { reviews: BTreeSet::from([review_key(id)]), sessions: BTreeSet::new() }
+    }
+
+    pub fn session(id: &str) -> Touched {
+        Touched { reviews: BTreeSet::new(), sessions: BTreeSet::from([session_key(id)]) }
+    }
+}
+
 /// Root keys whose entries changed from `before` to the current heads.
 pub fn touched_since(doc: &Automerge, before: &[ChangeHash]) -> Touched {
     let after = doc.get_heads();

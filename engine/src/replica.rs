@@ -112,6 +112,7 @@ impl Replica {
     pub fn local_change(
         &mut self,
         partition: &str,
+        written: progress_doc::Touched,
         write: impl FnOnce(&mut automerge::transaction::Transaction<'_>) -> Result<(), automerge::AutomergeError>,
     ) -> Result<DocumentId> {
         let id = progress_doc::doc_id(&self.user_id, partition);
@@ -121,7 +122,7 @@ impl Replica {
         if let Err(source) = result {
             return Err(EngineError::Document { doc: id.to_string(), source });
         }
-        self.persist(&id, partition, &before, true, true)?;
+        self.persist(&id, partition, &before, Some(written), true)?;
         Ok(id)
     }
 
@@ -149,18 +150,32 @@ impl Replica {
         let changed = doc.get_heads() != before;
         if changed {
             let partition = partition.unwrap_or_else(|| UNKNOWN_PARTITION.to_owned());
-            self.persist(id, &partition, &before, dirty, false)?;
+            self.persist(id, &partition, &before, None, dirty)?;
         }
         Ok((out, changed))
     }
 
     /// Writes what the document gained since `before` and updates the views.
-    fn persist(&mut self, id: &DocumentId, partition: &str, before: &[ChangeHash], dirty: bool, local: bool) -> Result<()> {
+    /// `written` names the keys a local write touched, so the (document-sized)
+    /// diff is only computed for changes that came from elsewhere.
+    fn persist(
+        &mut self,
+        id: &DocumentId,
+        partition: &str,
+        before: &[ChangeHash],
+        written: Option<progress_doc::Touched>,
+        dirty: bool,
+    ) -> Result<()> {
+        let local = written.is_some();
         let entry = self.cache.get_mut(id).ok_or(EngineError::Poisoned)?;
         let doc = &entry.doc;
         let heads = doc.get_heads();
         let chunk = doc.save_after(before);
-        let touched = if before.is_empty() { progress_doc::all_keys(doc) } else { progress_doc::touched_since(doc, before) };
+        let touched = match written {
+            Some(keys) => keys,
+            None if before.is_empty() => progress_doc::all_keys(doc),
+            None => progress_doc::touched_since(doc, before),
+        };
         let reviews: Vec<_> = touched.reviews.iter().filter_map(|k| progress_doc::read_review(doc, k)).collect();
         let sessions: Vec<_> = touched.sessions.iter().filter_map(|k| progress_doc::read_session(doc, k)).collect();
         let partition = if partition == UNKNOWN_PARTITION {

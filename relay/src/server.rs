@@ -20,6 +20,9 @@ use std::time::Instant;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+/// The relay's automerge-repo peer id.
+pub const RELAY_PEER_ID: &str = "relay";
+
 #[derive(Clone)]
 pub struct AppState {
     pub hub: Arc<Hub>,
@@ -122,8 +125,9 @@ impl RunningRelay {
 pub async fn start(config: Config) -> Result<RunningRelay, RelayError> {
     std::fs::create_dir_all(&config.data_dir)?;
     let storage: Arc<dyn DocStorage> = Arc::new(SqliteStorage::open(&config.data_dir.join("relay.sqlite3"))?);
-    let peer_id = format!("relay-{}", uuid_like());
-    let hub = Arc::new(Hub::new(storage, config.limits.clone(), peer_id));
+    // One stable, short peer id: relays sharing storage are the same peer to
+    // a client, and the id rides in every message.
+    let hub = Arc::new(Hub::new(storage, config.limits.clone(), RELAY_PEER_ID.to_owned()));
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let state = AppState { hub: hub.clone(), config: Arc::new(config) };
@@ -163,7 +167,3 @@ pub async fn start(config: Config) -> Result<RunningRelay, RelayError> {
     Ok(RunningRelay { addr, hub, shutdown, task })
 }
 
-fn uuid_like() -> String {
-    use rand::Rng;
-    format!("{:016x}", rand::rng().random::<u64>())
-}

@@ -59,10 +59,13 @@ pub struct SyncClient {
 }
 
 impl SyncClient {
-    pub fn new(device_id: &str, connection_nonce: u64) -> SyncClient {
+    pub fn new(connection_nonce: u32) -> SyncClient {
         SyncClient {
-            // automerge-repo peer ids are per connection; the device id keeps logs readable.
-            peer_id: format!("{device_id}-{connection_nonce:x}"),
+            // automerge-repo peer ids name a connection, not a device (the relay
+            // knows the device from the token). Every message carries the id
+            // twice, so it is kept short: it is a measurable part of a review's
+            // ~1 KiB on the wire.
+            peer_id: format!("{connection_nonce:08x}"),
             phase: Phase::Disconnected,
             states: HashMap::new(),
         }

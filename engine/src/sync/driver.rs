@@ -46,7 +46,7 @@ pub(crate) fn now_ms() -> TimestampMs {
 /// Runs until `shutdown` turns true.
 pub(crate) async fn run(shared: Arc<Shared>, config: RelayConfig, mut shutdown: watch::Receiver<bool>) {
     let mut backoff = config.initial_backoff;
-    let mut nonce: u64 = rand::rng().random();
+    let mut nonce: u32 = rand::rng().random();
     loop {
         if *shutdown.borrow() {
             return;
@@ -78,7 +78,7 @@ enum Exit {
 async fn connect_and_sync(
     shared: &Arc<Shared>,
     config: &RelayConfig,
-    nonce: u64,
+    nonce: u32,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Exit, String> {
     let mut request = config.url.as_str().into_client_request().map_err(|e| e.to_string())?;
@@ -88,7 +88,7 @@ async fn connect_and_sync(
     let (ws, _) = tokio_tungstenite::connect_async_with_config(request, None, true).await.map_err(|e| e.to_string())?;
     let (mut sink, mut stream) = ws.split();
 
-    let mut client = SyncClient::new(&shared.device_id, nonce);
+    let mut client = SyncClient::new(nonce);
     let join = client.on_connected();
     send(shared, &mut sink, &join).await?;
     let mut exchanged = false;
