@@ -25,6 +25,8 @@ pub enum StorageError {
     SchemaTooNew { found: i64, supported: i64 },
     #[error("storage lock poisoned")]
     Poisoned,
+    #[error("storage writer: {0}")]
+    Writer(String),
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
@@ -50,6 +52,9 @@ pub trait DocStorage: Send + Sync + 'static {
     /// Heads of every document of the user.
     fn heads(&self, user: &str) -> Result<HashMap<DocumentId, EncodedHeads>>;
     fn count_docs(&self, user: &str) -> Result<u64>;
+    // Sync states are an optimization (they make reconnects cheap); an
+    // implementation may write them behind, as long as a later save of the
+    // same key is never overtaken by an earlier one.
     /// The persisted sync state of (user, device, doc).
     fn load_sync_state(&self, user: &str, device: &str, doc: &DocumentId) -> Result<Option<Vec<u8>>>;
     /// Shared heads per document for (user, device), to find what changed since.

@@ -65,6 +65,29 @@ async fn pump(
     Ok(Instant::now())
 }
 
+/// Applies one message that arrived outside the measured loop.
+async fn answer(
+    peer: &mut TestPeer,
+    doc_id: DocumentId,
+    doc: &mut Automerge,
+    state: &mut sync::State,
+    message: Option<Message>,
+) -> Result<(), String> {
+    match message {
+        None => Err("server closed the connection".into()),
+        Some(Message::Sync { document_id, data, .. }) if document_id == doc_id => {
+            let m = sync::Message::decode(&data).map_err(|e| e.to_string())?;
+            doc.receive_sync_message(state, m).map_err(|e| e.to_string())?;
+            if let Some(reply) = peer.sync_message(doc_id, doc, state) {
+                peer.send(reply).await?;
+            }
+            Ok(())
+        }
+        Some(Message::Error { message }) => Err(message),
+        Some(_) => Ok(()),
+    }
+}
+
 async fn pair(
     url: String,
     i: usize,
@@ -104,8 +127,23 @@ async fn pair(
     }
     .await;
     drop(permit);
-    barrier.wait().await;
-    setup?;
+    if let Err(e) = setup {
+        barrier.wait().await;
+        return Err(format!("setup: {e}"));
+    }
+    // Keep both sockets read while the other pairs set up: servers ping idle
+    // peers (automerge-repo's Node adapter drops one that misses a pong).
+    {
+        let wait = barrier.wait();
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                _ = &mut wait => break,
+                m = a.recv(Duration::from_secs(3600)) => answer(&mut a, doc_id, &mut da, &mut sa, m?).await.map_err(|e| format!("waiting: {e}"))?,
+                m = b.recv(Duration::from_secs(3600)) => answer(&mut b, doc_id, &mut db, &mut sb, m?).await.map_err(|e| format!("waiting: {e}"))?,
+            }
+        }
+    }
 
     let (mut acks, mut deliveries) = (Vec::with_capacity(edits), Vec::with_capacity(edits));
     for e in 1..=edits {
@@ -120,8 +158,8 @@ async fn pair(
         let wa = pump(&mut a, doc_id, &mut da, &mut sa, |_, s| contains_all(&s.shared_heads, &target));
         let wb = pump(&mut b, doc_id, &mut db, &mut sb, |d, _| contains_all(&d.get_heads(), &target));
         let (ra, rb) = tokio::join!(wa, wb);
-        acks.push(ra?.duration_since(t0));
-        deliveries.push(rb?.duration_since(t0));
+        acks.push(ra.map_err(|err| format!("edit {e}, sender: {err}"))?.duration_since(t0));
+        deliveries.push(rb.map_err(|err| format!("edit {e}, receiver: {err}"))?.duration_since(t0));
     }
     Ok((acks, deliveries))
 }
@@ -131,7 +169,10 @@ async fn pair(
 pub async fn run(url: &str, pairs: usize, edits: usize) -> LoadResult {
     let barrier = Arc::new(Barrier::new(pairs + 1));
     let mut tasks = Vec::with_capacity(pairs);
-    let limit = Arc::new(tokio::sync::Semaphore::new(64));
+    // Few handshakes at once: a pair reads one socket at a time while it sets up,
+    // and a slow server must not take so long that it drops the other for a
+    // missed ping.
+    let limit = Arc::new(tokio::sync::Semaphore::new(16));
     for i in 0..pairs {
         let (url, barrier, limit) = (url.to_owned(), barrier.clone(), limit.clone());
         tasks.push(tokio::spawn(async move {
