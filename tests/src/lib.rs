@@ -14,6 +14,13 @@ pub async fn start_relay(data_dir: &Path) -> RunningRelay {
     relay::start(config).await.expect("relay starts")
 }
 
+/// Starts a relay on `listen` with the given limits.
+pub async fn start_relay_with(data_dir: &Path, listen: std::net::SocketAddr, limits: relay::limits::Limits) -> RunningRelay {
+    let mut config = Config::local(data_dir.to_path_buf(), listen);
+    config.limits = limits;
+    relay::start(config).await.expect("relay starts")
+}
+
 /// A device token signed with the relay's development key.
 pub fn token(user: &str, device: &str) -> String {
     let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() + 3600;

@@ -201,3 +201,49 @@ async fn join(ws: &mut Ws, peer: &str) {
     send(ws, Message::Join { sender_id: peer.into(), supported_protocol_versions: vec!["1".into()], metadata: None }).await;
     assert!(matches!(recv(ws).await, Some(Message::Peer { .. })), "handshake");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_reconnects_when_the_relay_comes_back_and_reports_changes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay_dir = dir.path().join("relay");
+    let relay = start_relay(&relay_dir).await;
+    let (addr, url) = (relay.addr, relay.ws_url());
+    relay.shutdown().await;
+
+    // The relay is down: the engine keeps working offline and says why it is not connected.
+    let phone = open_engine(&dir.path().join("phone"), "alice", "phone");
+    phone.start_sync(relay_config(&url, "alice", "phone")).expect("sync");
+    review(&phone, "apple", Rating::Good, T0);
+    eventually("phone reports the connection error", WAIT, || {
+        phone.sync_status().map(|s| !s.connected && s.last_error.is_some()).unwrap_or(false)
+    })
+    .await;
+    assert_eq!(phone.sync_status().expect("status").pending_documents, 1);
+    assert!(phone.memory_state("apple").expect("query").is_some(), "offline write is queryable");
+
+    // The relay returns on the same address: the engine reconnects by itself.
+    let relay = start_relay_with(&relay_dir, addr, relay::limits::Limits::default()).await;
+    eventually("phone reconnects and uploads", WAIT, || settled(&phone)).await;
+    assert!(phone.sync_status().expect("status").last_sync_at.is_some());
+
+    // A connected second device is told about new reviews by an event.
+    let tablet = open_engine(&dir.path().join("tablet"), "alice", "tablet");
+    let mut events = tablet.subscribe();
+    tablet.start_sync(relay_config(&url, "alice", "tablet")).expect("sync");
+    review(&phone, "pear", Rating::Easy, T0 + DAY);
+    let got = tokio::time::timeout(WAIT, async {
+        loop {
+            match events.recv().await {
+                Ok(engine::ChangeEvent::ItemsChanged { item_ids }) if item_ids.contains(&"pear".to_string()) => {
+                    return true;
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+    })
+    .await;
+    assert_eq!(got, Ok(true));
+    assert!(tablet.memory_state("pear").expect("query").is_some());
+    relay.shutdown().await;
+}

@@ -1,0 +1,113 @@
+//! The engine's API on a real database file: validation, persistence across
+//! reopen, and documents with entries a buggy or hostile peer wrote.
+
+use automerge::transaction::Transactable;
+use automerge::{Automerge, ObjType, ROOT};
+use engine::{Engine, EngineConfig, EngineError, NewReview, Rating, SessionCounts, progress_doc};
+
+fn open(dir: &std::path::Path) -> Engine {
+    Engine::open(EngineConfig { data_dir: dir.to_path_buf(), user_id: "u".into(), device_id: "phone".into() }).unwrap()
+}
+
+fn review(item: &str, at: i64) -> NewReview {
+    NewReview { item_id: item.into(), rating: Rating::Good, reviewed_at: at, duration_ms: 1000, session_id: None }
+}
+
+const T0: i64 = 1_790_000_000_000;
+
+#[test]
+fn bad_input_is_refused_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    assert!(matches!(e.record_review(review("", T0)), Err(EngineError::InvalidInput(_))));
+    assert!(matches!(e.record_review(review("a\u{0}b", T0)), Err(EngineError::InvalidInput(_))));
+    assert!(matches!(e.record_review(review(&"x".repeat(300), T0)), Err(EngineError::InvalidInput(_))));
+    assert!(matches!(
+        e.end_session("nope", T0, SessionCounts::default(), ""),
+        Err(EngineError::UnknownSession(_))
+    ));
+    let s = e.start_session("learn", T0).unwrap();
+    assert!(matches!(e.end_session(&s.id, T0 - 1, SessionCounts::default(), ""), Err(EngineError::InvalidInput(_))));
+    assert!(matches!(
+        e.end_session(&s.id, T0 + 1, SessionCounts::default(), &"n".repeat(5000)),
+        Err(EngineError::InvalidInput(_))
+    ));
+    assert_eq!(e.review_count().unwrap(), 0);
+    assert_eq!(e.sessions(0, i64::MAX).unwrap()[0].ended_at, None);
+    assert!(matches!(
+        Engine::open(EngineConfig { data_dir: dir.path().join("x"), user_id: "".into(), device_id: "d".into() }),
+        Err(EngineError::InvalidInput(_))
+    ));
+}
+
+#[test]
+fn everything_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (states, sessions, heads) = {
+        let e = open(dir.path());
+        let s = e.start_session("learn", T0).unwrap();
+        for i in 0..150 {
+            // 150 writes: past the compaction threshold, so snapshot + chunks are both exercised.
+            e.record_review(review(&format!("item-{}", i % 7), T0 + i * 3_600_000)).unwrap();
+        }
+        e.end_session(&s.id, T0 + 10, SessionCounts { reviewed: 150, correct: 140, new_items: 7 }, "good").unwrap();
+        (e.memory_states().unwrap(), e.sessions(0, i64::MAX).unwrap(), e.document_heads().unwrap())
+    };
+    let e = open(dir.path());
+    assert_eq!(e.memory_states().unwrap(), states);
+    assert_eq!(e.sessions(0, i64::MAX).unwrap(), sessions);
+    assert_eq!(e.document_heads().unwrap(), heads);
+    assert_eq!(e.review_count().unwrap(), 150);
+    assert_eq!(e.sync_status().unwrap().pending_documents, 1, "never synced: still pending");
+    let due = e.due_items(i64::MAX, 3).unwrap();
+    assert_eq!(due.len(), 3);
+    assert!(due.windows(2).all(|w| w[0].due_at <= w[1].due_at), "most overdue first");
+}
+
+#[test]
+fn malformed_entries_from_a_peer_are_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    let mut doc = Automerge::new();
+    let mut tx = doc.transaction();
+    tx.put(ROOT, "r/scalar", "not a map").unwrap();
+    let no_item = tx.put_object(ROOT, "r/no-item", ObjType::Map).unwrap();
+    tx.put(&no_item, "rating", 3i64).unwrap();
+    let bad_rating = tx.put_object(ROOT, "r/bad-rating", ObjType::Map).unwrap();
+    tx.put(&bad_rating, "item", "x").unwrap();
+    tx.put(&bad_rating, "rating", 9i64).unwrap();
+    tx.put(&bad_rating, "at", T0).unwrap();
+    let good = tx.put_object(ROOT, "r/good", ObjType::Map).unwrap();
+    tx.put(&good, "item", "x").unwrap();
+    tx.put(&good, "rating", 4i64).unwrap();
+    tx.put(&good, "at", automerge::ScalarValue::Timestamp(T0)).unwrap();
+    let text_item = tx.put_object(ROOT, "r/text-item", ObjType::Map).unwrap();
+    let text = tx.put_object(&text_item, "item", ObjType::Text).unwrap();
+    tx.splice_text(&text, 0, 0, "y").unwrap();
+    tx.put(&text_item, "rating", 3i64).unwrap();
+    tx.put(&text_item, "at", T0).unwrap();
+    tx.put(ROOT, "s/garbage", 17i64).unwrap();
+    tx.put(ROOT, "unrelated", true).unwrap();
+    tx.commit();
+    let id = progress_doc::doc_id("u", "2026-09").to_string();
+    e.import_documents(&[(id, doc.save())]).unwrap();
+    assert_eq!(e.review_count().unwrap(), 2, "the good review and the one with a text item");
+    assert!(e.memory_state("x").unwrap().is_some());
+    assert!(e.memory_state("y").unwrap().is_some());
+    assert!(e.sessions(0, i64::MAX).unwrap().is_empty());
+    assert!(matches!(e.import_documents(&[("not-an-id".into(), vec![1, 2, 3])]), Err(EngineError::InvalidInput(_))));
+    let garbage = e.import_documents(&[(progress_doc::doc_id("u", "2026-10").to_string(), vec![0x85, 0x6f, 0x4a, 0x83, 1])]);
+    assert!(matches!(garbage, Err(EngineError::Document { .. })), "{garbage:?}");
+    assert_eq!(e.review_count().unwrap(), 2);
+}
+
+#[test]
+fn a_database_from_a_newer_build_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    let conn = rusqlite::Connection::open(dir.path().join("progress.sqlite3")).unwrap();
+    conn.pragma_update(None, "user_version", 99).unwrap();
+    drop(conn);
+    let err = Engine::open(EngineConfig { data_dir: dir.path().into(), user_id: "u".into(), device_id: "d".into() });
+    assert!(matches!(err, Err(EngineError::SchemaTooNew { found: 99, .. })));
+}

@@ -1,0 +1,168 @@
+//! The relay's limits, health endpoints and metrics, against a real relay.
+
+use automerge::Automerge;
+use automerge::transaction::Transactable;
+use integration_tests::peer::TestPeer;
+use integration_tests::*;
+use protocol::{DocumentId, Message};
+use relay::limits::Limits;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn loopback() -> std::net::SocketAddr {
+    "127.0.0.1:0".parse().expect("literal")
+}
+
+fn doc_with(key: &str) -> Automerge {
+    let mut doc = Automerge::new();
+    let mut tx = doc.transaction();
+    tx.put(automerge::ROOT, key, 1i64).expect("put");
+    tx.commit();
+    doc
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_user_are_limited_with_a_json_429() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limits = Limits { max_connections_per_user: 2, ..Limits::default() };
+    let relay = start_relay_with(dir.path(), loopback(), limits).await;
+    let first = TestPeer::connect(&relay.ws_url(), &token("dana", "a"), "a").await.expect("first");
+    let _second = TestPeer::connect(&relay.ws_url(), &token("dana", "b"), "b").await.expect("second");
+    match TestPeer::connect(&relay.ws_url(), &token("dana", "c"), "c").await {
+        Err(e) => assert!(e.contains("429"), "{e}"),
+        Ok(_) => panic!("third connection of one user was accepted"),
+    }
+    // Another user is not affected.
+    TestPeer::connect(&relay.ws_url(), &token("erin", "a"), "a").await.expect("other user");
+    // A slot frees when a connection closes.
+    drop(first);
+    let mut admitted = false;
+    for _ in 0..200 {
+        if TestPeer::connect(&relay.ws_url(), &token("dana", "c"), "c").await.is_ok() {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(admitted, "slot never freed");
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_carry_a_json_body() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = start_relay(dir.path()).await;
+    let err = tokio_tungstenite::connect_async(relay.ws_url()).await.err().expect("refused");
+    let tungstenite::Error::Http(resp) = err else { panic!("expected an HTTP refusal, got {err:?}") };
+    assert_eq!(resp.status(), 401);
+    let body: serde_json::Value = serde_json::from_slice(resp.body().as_deref().unwrap_or_default()).expect("json body");
+    assert_eq!(body["error"], "unauthorized");
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_per_user_are_limited() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limits = Limits { max_docs_per_user: 2, ..Limits::default() };
+    let relay = start_relay_with(dir.path(), loopback(), limits).await;
+    let mut peer = TestPeer::connect(&relay.ws_url(), &token("fay", "a"), "a").await.expect("connect");
+    for i in 0..2 {
+        let mut doc = doc_with("k");
+        let mut state = automerge::sync::State::new();
+        let id = DocumentId::derive(&["limit", &i.to_string()]);
+        assert!(peer.sync_doc(id, &mut doc, &mut state, false).await.expect("within the limit"));
+    }
+    let mut doc = doc_with("k");
+    let mut state = automerge::sync::State::new();
+    let third = DocumentId::derive(&["limit", "3"]);
+    let err = peer.sync_doc(third, &mut doc, &mut state, false).await.expect_err("over the limit");
+    assert!(err.contains("document limit"), "{err}");
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_sync_payload_closes_only_that_connection() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = start_relay(dir.path()).await;
+    let mut bad = TestPeer::connect(&relay.ws_url(), &token("gus", "a"), "a").await.expect("connect");
+    let doc = DocumentId::derive(&["x"]);
+    bad.send(Message::Sync { sender_id: "a".into(), target_id: "relay".into(), document_id: doc, data: vec![0x42; 40] })
+        .await
+        .expect("send");
+    assert!(matches!(bad.recv(WAIT).await, Ok(Some(Message::Error { .. }))));
+    let mut good = TestPeer::connect(&relay.ws_url(), &token("gus", "b"), "b").await.expect("connect");
+    let mut d = doc_with("k");
+    let mut state = automerge::sync::State::new();
+    assert!(good.sync_doc(doc, &mut d, &mut state, false).await.expect("sync"));
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unresponsive_peer_is_closed_after_the_idle_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limits = Limits {
+        idle_timeout: Duration::from_millis(300),
+        ping_interval: Duration::from_millis(100),
+        ..Limits::default()
+    };
+    let relay = start_relay_with(dir.path(), loopback(), limits).await;
+    // A raw WebSocket handshake, then silence: no pong, no frame.
+    let mut tcp = tokio::net::TcpStream::connect(relay.addr).await.expect("tcp");
+    let request = format!(
+        "GET /sync?token={} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        token("hal", "a"),
+        relay.addr
+    );
+    tcp.write_all(request.as_bytes()).await.expect("write");
+    let closed = tokio::time::timeout(WAIT, async {
+        let mut buf = [0u8; 4096];
+        let mut total = Vec::new();
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return total,
+                Ok(n) => total.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .expect("the relay closed the silent connection");
+    assert!(String::from_utf8_lossy(&closed).starts_with("HTTP/1.1 101"), "upgrade happened first");
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_metrics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = start_relay(dir.path()).await;
+    let mut peer = TestPeer::connect(&relay.ws_url(), &token("ivy", "a"), "a").await.expect("connect");
+    let mut doc = doc_with("k");
+    let mut state = automerge::sync::State::new();
+    assert!(peer.sync_doc(DocumentId::derive(&["m"]), &mut doc, &mut state, false).await.expect("sync"));
+    let _ = tokio_tungstenite::connect_async(relay.ws_url()).await; // one auth failure
+
+    let http = reqwest::Client::new();
+    let health = http.get(format!("{}/healthz", relay.http_url())).send().await.expect("healthz");
+    assert_eq!(health.status(), 200);
+    let ready: serde_json::Value =
+        http.get(format!("{}/readyz", relay.http_url())).send().await.expect("readyz").json().await.expect("json");
+    assert_eq!(ready["status"], "ready");
+    let metrics = http.get(format!("{}/metrics", relay.http_url())).send().await.expect("metrics").text().await.expect("text");
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && l.as_bytes().get(name.len()) == Some(&b' '))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("metric {name} missing in:\n{metrics}"))
+    };
+    assert!(value("relay_connections_total") >= 1);
+    assert_eq!(value("relay_connections_open"), 1);
+    assert!(value("relay_changes_stored_total") >= 1);
+    assert!(value("relay_auth_failures_total") >= 1);
+    assert!(value("relay_bytes_in_total") > 0);
+    relay.shutdown().await;
+}
