@@ -300,11 +300,11 @@ impl Engine {
 
     /// Stops background sync (the app goes offline). Local calls keep working.
     pub fn stop_sync(&self) {
-        if let Ok(mut guard) = self.sync.lock() {
-            if let Some((tx, task)) = guard.take() {
-                let _ = tx.send(true);
-                task.abort();
-            }
+        if let Ok(mut guard) = self.sync.lock()
+            && let Some((tx, task)) = guard.take()
+        {
+            let _ = tx.send(true);
+            task.abort();
         }
         self.shared.set_connected(false, None);
     }
@@ -318,7 +318,9 @@ impl Drop for Engine {
 
 fn check_id(field: &str, value: &str) -> Result<()> {
     if value.is_empty() || value.len() > MAX_ID || value.chars().any(char::is_control) {
-        return Err(EngineError::InvalidInput(format!("{field} must be 1..={MAX_ID} bytes without control characters")));
+        return Err(EngineError::InvalidInput(format!(
+            "{field} must be 1..={MAX_ID} bytes without control characters"
+        )));
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ pub enum EngineError {
     #[error("storage: {0}")]
     Storage(#[from] rusqlite::Error),
     #[error("document {doc}: {source}")]
-    Document { doc: String, source: automerge::AutomergeError },
+    Document { doc: String, source: Box<automerge::AutomergeError> },
     #[error("invalid input: {0}")]
     InvalidInput(String),
     #[error("no session with id `{0}`")]

@@ -236,10 +236,16 @@ mod tests {
         };
         let mut a = Automerge::new();
         let mut b = Automerge::new();
-        a.transact_with::<_, _, automerge::AutomergeError, _>(|_| CommitOptions::default(), |tx| put_review(tx, &r("1", "a")))
-            .unwrap();
-        b.transact_with::<_, _, automerge::AutomergeError, _>(|_| CommitOptions::default(), |tx| put_review(tx, &r("2", "b")))
-            .unwrap();
+        a.transact_with::<_, _, automerge::AutomergeError, _>(
+            |_| CommitOptions::default(),
+            |tx| put_review(tx, &r("1", "a")),
+        )
+        .unwrap();
+        b.transact_with::<_, _, automerge::AutomergeError, _>(
+            |_| CommitOptions::default(),
+            |tx| put_review(tx, &r("2", "b")),
+        )
+        .unwrap();
         let before = a.get_heads();
         a.merge(&mut b).unwrap();
         assert_eq!(read_review(&a, &review_key("1")), Some(r("1", "a")));

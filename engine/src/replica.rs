@@ -71,10 +71,10 @@ impl Replica {
         let now = self.clock;
         if !self.cache.contains_key(id) {
             let doc = self.load(id)?;
-            if self.cache.len() >= DOC_CACHE_CAPACITY {
-                if let Some(oldest) = self.cache.iter().min_by_key(|(_, c)| c.last_used).map(|(k, _)| *k) {
-                    self.cache.remove(&oldest);
-                }
+            if self.cache.len() >= DOC_CACHE_CAPACITY
+                && let Some(oldest) = self.cache.iter().min_by_key(|(_, c)| c.last_used).map(|(k, _)| *k)
+            {
+                self.cache.remove(&oldest);
             }
             self.cache.insert(*id, CachedDoc { doc, last_used: now });
         }
@@ -89,7 +89,7 @@ impl Replica {
     }
 
     fn load(&self, id: &DocumentId) -> Result<Automerge> {
-        let doc_err = |source| EngineError::Document { doc: id.to_string(), source };
+        let doc_err = |source| EngineError::Document { doc: id.to_string(), source: Box::new(source) };
         let mut doc = match store::load_doc(self.store.conn(), id)? {
             None => Automerge::new(),
             Some(stored) => {
@@ -120,7 +120,7 @@ impl Replica {
         let before = doc.get_heads();
         let result = doc.transact(|tx| write(tx)).map_err(|f| f.error);
         if let Err(source) = result {
-            return Err(EngineError::Document { doc: id.to_string(), source });
+            return Err(EngineError::Document { doc: id.to_string(), source: Box::new(source) });
         }
         self.persist(&id, partition, &before, Some(written), true)?;
         Ok(id)
@@ -144,7 +144,7 @@ impl Replica {
             Err(source) => {
                 // The document may hold part of what failed; reload from disk.
                 self.evict(id);
-                return Err(EngineError::Document { doc: id.to_string(), source });
+                return Err(EngineError::Document { doc: id.to_string(), source: Box::new(source) });
             }
         };
         let changed = doc.get_heads() != before;
@@ -245,4 +245,3 @@ impl Replica {
         Ok(store::doc_ids(self.store.conn())?.into_iter().map(|(id, _)| id).collect())
     }
 }
-

@@ -22,10 +22,7 @@ fn bad_input_is_refused_and_writes_nothing() {
     assert!(matches!(e.record_review(review("", T0)), Err(EngineError::InvalidInput(_))));
     assert!(matches!(e.record_review(review("a\u{0}b", T0)), Err(EngineError::InvalidInput(_))));
     assert!(matches!(e.record_review(review(&"x".repeat(300), T0)), Err(EngineError::InvalidInput(_))));
-    assert!(matches!(
-        e.end_session("nope", T0, SessionCounts::default(), ""),
-        Err(EngineError::UnknownSession(_))
-    ));
+    assert!(matches!(e.end_session("nope", T0, SessionCounts::default(), ""), Err(EngineError::UnknownSession(_))));
     let s = e.start_session("learn", T0).unwrap();
     assert!(matches!(e.end_session(&s.id, T0 - 1, SessionCounts::default(), ""), Err(EngineError::InvalidInput(_))));
     assert!(matches!(
@@ -96,7 +93,8 @@ fn malformed_entries_from_a_peer_are_skipped() {
     assert!(e.memory_state("y").unwrap().is_some());
     assert!(e.sessions(0, i64::MAX).unwrap().is_empty());
     assert!(matches!(e.import_documents(&[("not-an-id".into(), vec![1, 2, 3])]), Err(EngineError::InvalidInput(_))));
-    let garbage = e.import_documents(&[(progress_doc::doc_id("u", "2026-10").to_string(), vec![0x85, 0x6f, 0x4a, 0x83, 1])]);
+    let garbage =
+        e.import_documents(&[(progress_doc::doc_id("u", "2026-10").to_string(), vec![0x85, 0x6f, 0x4a, 0x83, 1])]);
     assert!(matches!(garbage, Err(EngineError::Document { .. })), "{garbage:?}");
     assert_eq!(e.review_count().unwrap(), 2);
 }

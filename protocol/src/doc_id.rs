@@ -84,10 +84,7 @@ impl FromStr for DocumentId {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.strip_prefix("automerge:").unwrap_or(s);
-        let bytes = bs58::decode(s)
-            .with_check(None)
-            .into_vec()
-            .map_err(|_| DocumentIdError::NotBs58Check)?;
+        let bytes = bs58::decode(s).with_check(None).into_vec().map_err(|_| DocumentIdError::NotBs58Check)?;
         Self::try_from(bytes.as_slice())
     }
 }
@@ -96,9 +93,7 @@ impl TryFrom<&[u8]> for DocumentId {
     type Error = DocumentIdError;
 
     fn try_from(bytes: &[u8]) -> Result<Self, Self::Error> {
-        let array: [u8; 16] = bytes
-            .try_into()
-            .map_err(|_| DocumentIdError::WrongLength(bytes.len()))?;
+        let array: [u8; 16] = bytes.try_into().map_err(|_| DocumentIdError::WrongLength(bytes.len()))?;
         Ok(Self(array))
     }
 }

@@ -16,4 +16,4 @@ pub mod wire;
 
 pub use doc_id::DocumentId;
 pub use token::{DeviceClaims, TokenError, TokenIssuer, TokenVerifier};
-pub use wire::{DecodeError, Message, PeerMetadata, PROTOCOL_VERSION};
+pub use wire::{DecodeError, Message, PROTOCOL_VERSION, PeerMetadata};

@@ -81,11 +81,7 @@ impl TokenIssuer {
         validate_claims(&claims)?;
         let body = serde_json::to_vec(&claims).map_err(|_| TokenError::Malformed)?;
         let signature = self.key.sign(&body);
-        Ok(format!(
-            "{PREFIX}.{}.{}",
-            URL_SAFE_NO_PAD.encode(&body),
-            URL_SAFE_NO_PAD.encode(signature.to_bytes())
-        ))
+        Ok(format!("{PREFIX}.{}.{}", URL_SAFE_NO_PAD.encode(&body), URL_SAFE_NO_PAD.encode(signature.to_bytes())))
     }
 }
 
@@ -138,11 +134,7 @@ fn valid_id(id: &str) -> bool {
 }
 
 fn validate_claims(claims: &DeviceClaims) -> Result<(), TokenError> {
-    if valid_id(&claims.user_id) && valid_id(&claims.device_id) {
-        Ok(())
-    } else {
-        Err(TokenError::BadClaims)
-    }
+    if valid_id(&claims.user_id) && valid_id(&claims.device_id) { Ok(()) } else { Err(TokenError::BadClaims) }
 }
 
 #[cfg(test)]

@@ -28,40 +28,17 @@ pub struct PeerMetadata {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     /// First message from the connecting side.
-    Join {
-        sender_id: String,
-        supported_protocol_versions: Vec<String>,
-        metadata: Option<PeerMetadata>,
-    },
+    Join { sender_id: String, supported_protocol_versions: Vec<String>, metadata: Option<PeerMetadata> },
     /// The accepting side's answer to `join`.
-    Peer {
-        sender_id: String,
-        target_id: String,
-        selected_protocol_version: String,
-        metadata: Option<PeerMetadata>,
-    },
+    Peer { sender_id: String, target_id: String, selected_protocol_version: String, metadata: Option<PeerMetadata> },
     /// Advisory: the sender is about to disconnect.
     Leave { sender_id: String },
     /// The sender wants a document it does not have; `data` is its first sync message.
-    Request {
-        sender_id: String,
-        target_id: String,
-        document_id: DocumentId,
-        data: Vec<u8>,
-    },
+    Request { sender_id: String, target_id: String, document_id: DocumentId, data: Vec<u8> },
     /// An automerge sync message for one document.
-    Sync {
-        sender_id: String,
-        target_id: String,
-        document_id: DocumentId,
-        data: Vec<u8>,
-    },
+    Sync { sender_id: String, target_id: String, document_id: DocumentId, data: Vec<u8> },
     /// The sender does not have (or will not share) the document.
-    DocUnavailable {
-        sender_id: String,
-        target_id: String,
-        document_id: DocumentId,
-    },
+    DocUnavailable { sender_id: String, target_id: String, document_id: DocumentId },
     /// Presence and other data that is not stored.
     Ephemeral {
         sender_id: String,
@@ -138,9 +115,7 @@ impl Message {
 
     fn payload_len(&self) -> usize {
         match self {
-            Message::Request { data, .. } | Message::Sync { data, .. } | Message::Ephemeral { data, .. } => {
-                data.len()
-            }
+            Message::Request { data, .. } | Message::Sync { data, .. } | Message::Ephemeral { data, .. } => data.len(),
             _ => 0,
         }
     }
@@ -499,10 +474,7 @@ mod tests {
         e.str("type").unwrap().str("remote-heads-changed").unwrap();
         e.str("newHeads").unwrap().map(0).unwrap();
         e.str("extra").unwrap().array(2).unwrap().u8(1).unwrap().u8(2).unwrap();
-        assert_eq!(
-            Message::decode(&out),
-            Ok(Message::Unknown { message_type: "remote-heads-changed".into() })
-        );
+        assert_eq!(Message::decode(&out), Ok(Message::Unknown { message_type: "remote-heads-changed".into() }));
     }
 
     #[test]

@@ -8,10 +8,10 @@ use protocol::{DeviceClaims, TokenError, TokenVerifier};
 
 /// Finds the token in the header first, then the query string.
 pub fn token_from(headers: &HeaderMap, query_token: Option<&str>) -> Option<String> {
-    if let Some(value) = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        if let Some(token) = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")) {
-            return Some(token.trim().to_owned());
-        }
+    if let Some(value) = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+        && let Some(token) = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))
+    {
+        return Some(token.trim().to_owned());
     }
     query_token.map(str::to_owned)
 }

@@ -18,6 +18,8 @@ use std::time::Instant;
 use tokio::sync::Notify;
 
 type DocKey = (Arc<str>, DocumentId);
+/// Each user's open connections, by connection id.
+type PeersByUser = HashMap<Arc<str>, HashMap<u64, Arc<PeerSignal>>>;
 
 /// A document slot. `loaded == false` means storage has not been asked yet;
 /// `doc == None` after loading means the user has no such document.
@@ -42,7 +44,7 @@ pub struct Hub {
     /// The relay's automerge-repo peer id.
     pub peer_id: String,
     docs: Mutex<HashMap<DocKey, Arc<tokio::sync::Mutex<DocSlot>>>>,
-    peers: Mutex<HashMap<Arc<str>, HashMap<u64, Arc<PeerSignal>>>>,
+    peers: Mutex<PeersByUser>,
     open_connections: AtomicU64,
     next_connection: AtomicU64,
 }
@@ -96,15 +98,15 @@ impl Hub {
     }
 
     fn unregister(&self, user: &Arc<str>, id: u64) {
-        if let Ok(mut peers) = self.peers.lock() {
-            if let Some(conns) = peers.get_mut(user) {
-                if conns.remove(&id).is_some() {
-                    self.open_connections.fetch_sub(1, Ordering::Relaxed);
-                    self.metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
-                }
-                if conns.is_empty() {
-                    peers.remove(user);
-                }
+        if let Ok(mut peers) = self.peers.lock()
+            && let Some(conns) = peers.get_mut(user)
+        {
+            if conns.remove(&id).is_some() {
+                self.open_connections.fetch_sub(1, Ordering::Relaxed);
+                self.metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
+            }
+            if conns.is_empty() {
+                peers.remove(user);
             }
         }
     }

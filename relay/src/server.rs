@@ -82,10 +82,7 @@ async fn ready(State(app): State<AppState>) -> Result<impl IntoResponse, RelayEr
 }
 
 async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
-    (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        app.hub.metrics.render(app.hub.resident_docs()),
-    )
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.hub.metrics.render(app.hub.resident_docs()))
 }
 
 pub fn router(state: AppState) -> Router {
@@ -166,4 +163,3 @@ pub async fn start(config: Config) -> Result<RunningRelay, RelayError> {
     tracing::info!(%addr, "relay listening");
     Ok(RunningRelay { addr, hub, shutdown, task })
 }
-

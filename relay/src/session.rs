@@ -102,7 +102,8 @@ mod tests {
     fn handshake_then_sync() {
         let mut s = PeerSession::new("relay".into());
         let doc = DocumentId::derive(&["d"]);
-        let early = Message::Sync { sender_id: "dev".into(), target_id: "relay".into(), document_id: doc, data: vec![] };
+        let early =
+            Message::Sync { sender_id: "dev".into(), target_id: "relay".into(), document_id: doc, data: vec![] };
         assert!(matches!(PeerSession::new("relay".into()).on_message(early.clone()), Action::Close(_)));
         match s.on_message(join(&["1"])) {
             Action::Joined(Message::Peer { target_id, selected_protocol_version, .. }) => {

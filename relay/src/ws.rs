@@ -176,7 +176,7 @@ impl Connection {
         }
         let storage = self.hub.storage.clone();
         let (user, device) = (self.reg.user.to_string(), self.device.clone());
-        let stored = blocking(move || Ok(storage.load_sync_state(&user, &device, &doc)?))
+        let stored = blocking(move || storage.load_sync_state(&user, &device, &doc))
             .await
             .map_err(|e| self.storage_failed(e))?;
         Ok(stored.and_then(|b| sync::State::decode(&b).ok()).unwrap_or_default())
@@ -187,7 +187,7 @@ impl Connection {
         if !slot.loaded {
             let storage = self.hub.storage.clone();
             let user = self.reg.user.to_string();
-            let stored = blocking(move || Ok(storage.load(&user, &doc)?)).await.map_err(|e| self.storage_failed(e))?;
+            let stored = blocking(move || storage.load(&user, &doc)).await.map_err(|e| self.storage_failed(e))?;
             slot.doc = match stored {
                 None => None,
                 Some(stored) => {
@@ -220,7 +220,7 @@ impl Connection {
             }
             let storage = self.hub.storage.clone();
             let user = self.reg.user.to_string();
-            let count = blocking(move || Ok(storage.count_docs(&user)?)).await.map_err(|e| self.storage_failed(e))?;
+            let count = blocking(move || storage.count_docs(&user)).await.map_err(|e| self.storage_failed(e))?;
             if count >= self.hub.limits.max_docs_per_user {
                 return Err(format!("document limit of {} reached", self.hub.limits.max_docs_per_user));
             }
@@ -241,7 +241,7 @@ impl Connection {
             let heads = encode_heads(&after);
             let storage = self.hub.storage.clone();
             let user = self.reg.user.to_string();
-            let stored = blocking(move || Ok(storage.append(&user, &doc_id, &chunk, &heads)?)).await;
+            let stored = blocking(move || storage.append(&user, &doc_id, &chunk, &heads)).await;
             match stored {
                 Ok(chunks) => {
                     Metrics::inc(&self.hub.metrics.changes_stored);
@@ -249,7 +249,7 @@ impl Connection {
                         let snapshot = doc.save();
                         let storage = self.hub.storage.clone();
                         let user = self.reg.user.to_string();
-                        if let Err(e) = blocking(move || Ok(storage.compact(&user, &doc_id, &snapshot)?)).await {
+                        if let Err(e) = blocking(move || storage.compact(&user, &doc_id, &snapshot)).await {
                             tracing::warn!(error = %e, "compaction failed; chunks kept");
                         }
                     }
@@ -290,7 +290,7 @@ impl Connection {
             let storage = self.hub.storage.clone();
             let (user, device) = (self.reg.user.to_string(), self.device.clone());
             let heads = shared.clone();
-            blocking(move || Ok(storage.save_sync_state(&user, &device, &doc, &encoded, &heads)?))
+            blocking(move || storage.save_sync_state(&user, &device, &doc, &encoded, &heads))
                 .await
                 .map_err(|e| self.storage_failed(e))?;
             self.persisted.insert(doc, shared);

@@ -15,7 +15,11 @@ pub async fn start_relay(data_dir: &Path) -> RunningRelay {
 }
 
 /// Starts a relay on `listen` with the given limits.
-pub async fn start_relay_with(data_dir: &Path, listen: std::net::SocketAddr, limits: relay::limits::Limits) -> RunningRelay {
+pub async fn start_relay_with(
+    data_dir: &Path,
+    listen: std::net::SocketAddr,
+    limits: relay::limits::Limits,
+) -> RunningRelay {
     let mut config = Config::local(data_dir.to_path_buf(), listen);
     config.limits = limits;
     relay::start(config).await.expect("relay starts")

@@ -94,8 +94,13 @@ impl TestPeer {
 
     /// Exchanges sync messages for one document until both sides are quiet
     /// and the relay holds every head we have. Returns false on doc-unavailable.
-    pub async fn sync_doc(&mut self, doc_id: DocumentId, doc: &mut Automerge, state: &mut sync::State, request: bool)
-    -> Result<bool, String> {
+    pub async fn sync_doc(
+        &mut self,
+        doc_id: DocumentId,
+        doc: &mut Automerge,
+        state: &mut sync::State,
+        request: bool,
+    ) -> Result<bool, String> {
         if let Some(m) = self.sync_message(doc_id, doc, state) {
             let m = match (request, m) {
                 (true, Message::Sync { sender_id, target_id, document_id, data }) => {
@@ -108,7 +113,9 @@ impl TestPeer {
         loop {
             let done = {
                 let ours = doc.get_heads();
-                !ours.is_empty() && ours.iter().all(|h| state.shared_heads.contains(h)) && state.their_heads.as_ref() == Some(&ours)
+                !ours.is_empty()
+                    && ours.iter().all(|h| state.shared_heads.contains(h))
+                    && state.their_heads.as_ref() == Some(&ours)
             };
             if done {
                 return Ok(true);

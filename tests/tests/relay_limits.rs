@@ -55,10 +55,11 @@ async fn connections_per_user_are_limited_with_a_json_429() {
 async fn refusals_carry_a_json_body() {
     let dir = tempfile::tempdir().expect("tempdir");
     let relay = start_relay(dir.path()).await;
-    let err = tokio_tungstenite::connect_async(relay.ws_url()).await.err().expect("refused");
+    let err = tokio_tungstenite::connect_async(relay.ws_url()).await.expect_err("refused");
     let tungstenite::Error::Http(resp) = err else { panic!("expected an HTTP refusal, got {err:?}") };
     assert_eq!(resp.status(), 401);
-    let body: serde_json::Value = serde_json::from_slice(resp.body().as_deref().unwrap_or_default()).expect("json body");
+    let body: serde_json::Value =
+        serde_json::from_slice(resp.body().as_deref().unwrap_or_default()).expect("json body");
     assert_eq!(body["error"], "unauthorized");
     relay.shutdown().await;
 }
@@ -89,9 +90,14 @@ async fn malformed_sync_payload_closes_only_that_connection() {
     let relay = start_relay(dir.path()).await;
     let mut bad = TestPeer::connect(&relay.ws_url(), &token("gus", "a"), "a").await.expect("connect");
     let doc = DocumentId::derive(&["x"]);
-    bad.send(Message::Sync { sender_id: "a".into(), target_id: "relay".into(), document_id: doc, data: vec![0x42; 40] })
-        .await
-        .expect("send");
+    bad.send(Message::Sync {
+        sender_id: "a".into(),
+        target_id: "relay".into(),
+        document_id: doc,
+        data: vec![0x42; 40],
+    })
+    .await
+    .expect("send");
     assert!(matches!(bad.recv(WAIT).await, Ok(Some(Message::Error { .. }))));
     let mut good = TestPeer::connect(&relay.ws_url(), &token("gus", "b"), "b").await.expect("connect");
     let mut d = doc_with("k");
@@ -150,7 +156,8 @@ async fn health_readiness_and_metrics() {
     let ready: serde_json::Value =
         http.get(format!("{}/readyz", relay.http_url())).send().await.expect("readyz").json().await.expect("json");
     assert_eq!(ready["status"], "ready");
-    let metrics = http.get(format!("{}/metrics", relay.http_url())).send().await.expect("metrics").text().await.expect("text");
+    let metrics =
+        http.get(format!("{}/metrics", relay.http_url())).send().await.expect("metrics").text().await.expect("text");
     let value = |name: &str| -> u64 {
         metrics
             .lines()

@@ -99,7 +99,16 @@ async fn another_user_gets_nothing_of_alices() {
     let first = automerge::sync::SyncDoc::generate_sync_message(&doc, &mut state).expect("first message");
     let unknown = DocumentId::derive(&["never", "created"]);
     for id in [alice_doc, unknown] {
-        send(&mut ws, Message::Request { sender_id: "m".into(), target_id: "r".into(), document_id: id, data: first.clone().encode() }).await;
+        send(
+            &mut ws,
+            Message::Request {
+                sender_id: "m".into(),
+                target_id: "r".into(),
+                document_id: id,
+                data: first.clone().encode(),
+            },
+        )
+        .await;
         match recv(&mut ws).await {
             Some(Message::DocUnavailable { document_id, .. }) => assert_eq!(document_id, id),
             other => panic!("expected doc-unavailable, got {other:?}"),
@@ -112,7 +121,11 @@ async fn another_user_gets_nothing_of_alices() {
     tx.commit();
     let mut state = automerge::sync::State::new();
     let msg = automerge::sync::SyncDoc::generate_sync_message(&doc, &mut state).expect("message");
-    send(&mut ws, Message::Sync { sender_id: "m".into(), target_id: "r".into(), document_id: alice_doc, data: msg.encode() }).await;
+    send(
+        &mut ws,
+        Message::Sync { sender_id: "m".into(), target_id: "r".into(), document_id: alice_doc, data: msg.encode() },
+    )
+    .await;
     let _ = recv(&mut ws).await;
     review(&alice, "another", Rating::Good, T0 + 1);
     eventually("alice synced again", WAIT, || settled(&alice)).await;
@@ -147,7 +160,16 @@ async fn unauthenticated_and_malformed_peers_are_refused() {
     assert!(matches!(recv(&mut ws).await, Some(Message::Error { .. })));
     // Sync before join closes too.
     let mut ws2 = raw_connect(&relay.ws_url(), Some(&token("alice", "b"))).await.expect("upgrade");
-    send(&mut ws2, Message::Sync { sender_id: "a".into(), target_id: "r".into(), document_id: DocumentId::derive(&["x"]), data: vec![] }).await;
+    send(
+        &mut ws2,
+        Message::Sync {
+            sender_id: "a".into(),
+            target_id: "r".into(),
+            document_id: DocumentId::derive(&["x"]),
+            data: vec![],
+        },
+    )
+    .await;
     assert!(matches!(recv(&mut ws2).await, Some(Message::Error { .. })));
     // An oversized frame closes the connection.
     let mut ws3 = raw_connect(&relay.ws_url(), Some(&token("alice", "c"))).await.expect("upgrade");
@@ -198,7 +220,8 @@ async fn recv(ws: &mut Ws) -> Option<Message> {
 }
 
 async fn join(ws: &mut Ws, peer: &str) {
-    send(ws, Message::Join { sender_id: peer.into(), supported_protocol_versions: vec!["1".into()], metadata: None }).await;
+    send(ws, Message::Join { sender_id: peer.into(), supported_protocol_versions: vec!["1".into()], metadata: None })
+        .await;
     assert!(matches!(recv(ws).await, Some(Message::Peer { .. })), "handshake");
 }
 

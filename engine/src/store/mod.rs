@@ -72,9 +72,8 @@ pub fn encode_heads(heads: &[ChangeHash]) -> Vec<u8> {
 
 pub fn load_doc(conn: &Connection, doc: &DocumentId) -> Result<Option<StoredDoc>> {
     let id = doc.to_string();
-    let snapshot: Option<Option<Vec<u8>>> = conn
-        .query_row("SELECT snapshot FROM documents WHERE doc_id = ?1", [&id], |r| r.get(0))
-        .optional()?;
+    let snapshot: Option<Option<Vec<u8>>> =
+        conn.query_row("SELECT snapshot FROM documents WHERE doc_id = ?1", [&id], |r| r.get(0)).optional()?;
     let Some(snapshot) = snapshot else { return Ok(None) };
     let mut stmt = conn.prepare_cached("SELECT data FROM doc_changes WHERE doc_id = ?1 ORDER BY seq")?;
     let chunks = stmt.query_map([&id], |r| r.get::<_, Vec<u8>>(0))?.collect::<Result<Vec<_>, _>>()?;
@@ -126,9 +125,8 @@ pub fn dirty_docs(conn: &Connection) -> Result<Vec<DocumentId>> {
 
 pub fn doc_ids(conn: &Connection) -> Result<Vec<(DocumentId, String)>> {
     let mut stmt = conn.prepare_cached("SELECT doc_id, partition FROM documents ORDER BY partition")?;
-    let rows = stmt
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
-        .collect::<Result<Vec<_>, _>>()?;
+    let rows =
+        stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?.collect::<Result<Vec<_>, _>>()?;
     Ok(rows.into_iter().filter_map(|(id, p)| Some((id.parse().ok()?, p))).collect())
 }
 

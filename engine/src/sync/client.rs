@@ -115,7 +115,8 @@ impl SyncClient {
                     return Ok(out);
                 };
                 let mut state = self.state(replica, &document_id)?;
-                let result = replica.remote_change(&document_id, false, |doc| doc.receive_sync_message(&mut state, message));
+                let result =
+                    replica.remote_change(&document_id, false, |doc| doc.receive_sync_message(&mut state, message));
                 if let Err(e) = result {
                     tracing::warn!(doc = %document_id, error = %e, "could not apply sync message");
                     return Ok(out);

@@ -22,11 +22,30 @@ use std::sync::mpsc;
 const MAX_GROUP: usize = 512;
 
 enum WriteRequest {
-    Append { user: String, doc: String, chunk: Vec<u8>, heads: EncodedHeads, reply: mpsc::SyncSender<Result<u64>> },
-    Compact { user: String, doc: String, snapshot: Vec<u8>, reply: mpsc::SyncSender<Result<()>> },
-    SaveSyncState { user: String, device: String, doc: String, state: Vec<u8>, shared_heads: EncodedHeads },
+    Append {
+        user: String,
+        doc: String,
+        chunk: Vec<u8>,
+        heads: EncodedHeads,
+        reply: mpsc::SyncSender<Result<u64>>,
+    },
+    Compact {
+        user: String,
+        doc: String,
+        snapshot: Vec<u8>,
+        reply: mpsc::SyncSender<Result<()>>,
+    },
+    SaveSyncState {
+        user: String,
+        device: String,
+        doc: String,
+        state: Vec<u8>,
+        shared_heads: EncodedHeads,
+    },
     /// Replies once everything queued before it is committed.
-    Flush { reply: mpsc::SyncSender<Result<()>> },
+    Flush {
+        reply: mpsc::SyncSender<Result<()>>,
+    },
 }
 
 pub struct SqliteStorage {
@@ -88,10 +107,10 @@ impl Drop for SqliteStorage {
         if let Ok(mut w) = self.writer.lock() {
             w.take(); // closing the channel ends the writer loop after it drains
         }
-        if let Ok(mut t) = self.writer_thread.lock() {
-            if let Some(handle) = t.take() {
-                let _ = handle.join();
-            }
+        if let Ok(mut t) = self.writer_thread.lock()
+            && let Some(handle) = t.take()
+        {
+            let _ = handle.join();
         }
     }
 }

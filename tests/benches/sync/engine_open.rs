@@ -11,13 +11,14 @@ pub const CHILD_ENV: &str = "SYNC_BENCH_OPEN_DIR";
 /// Runs in the child: prints one line of `key=value` figures.
 pub fn child(dir: &str, now: i64) {
     let t0 = Instant::now();
-    let engine = match Engine::open(EngineConfig { data_dir: dir.into(), user_id: "heavy".into(), device_id: "phone".into() }) {
-        Ok(e) => e,
-        Err(e) => {
-            println!("error={e}");
-            return;
-        }
-    };
+    let engine =
+        match Engine::open(EngineConfig { data_dir: dir.into(), user_id: "heavy".into(), device_id: "phone".into() }) {
+            Ok(e) => e,
+            Err(e) => {
+                println!("error={e}");
+                return;
+            }
+        };
     let first = engine.memory_state("item-1").ok().flatten().is_some();
     let open_to_first = t0.elapsed();
     let mut state_lat = Vec::new();
@@ -56,10 +57,7 @@ pub fn measure(report: &mut Report, dir: &Path, now: i64) {
             return;
         }
     };
-    let out = std::process::Command::new(exe)
-        .env(CHILD_ENV, dir)
-        .env("SYNC_BENCH_NOW", now.to_string())
-        .output();
+    let out = std::process::Command::new(exe).env(CHILD_ENV, dir).env("SYNC_BENCH_NOW", now.to_string()).output();
     let text = match out {
         Ok(o) => String::from_utf8_lossy(&o.stdout).to_string(),
         Err(e) => format!("error={e}"),
@@ -71,10 +69,40 @@ pub fn measure(report: &mut Report, dir: &Path, now: i64) {
             .unwrap_or(u64::MAX)
     };
     let us = |k: &str| Duration::from_micros(get(k));
-    report.target("400k: open to first answered query", "<= 100 ms", ms(us("open_us")), us("open_us") <= Duration::from_millis(100));
-    report.target("400k: engine resident memory (VmHWM of the app process)", "<= 64 MiB", mib(get("hwm")), get("hwm") <= 64 << 20);
-    report.target("400k: memory_state(item) p50", "<= 1 ms", ms(us("state_p50_us")), us("state_p50_us") <= Duration::from_millis(1));
-    report.target("400k: memory_state(item) p99", "<= 1 ms", ms(us("state_p99_us")), us("state_p99_us") <= Duration::from_millis(1));
-    report.target("400k: due_items(now, 50) p50", "<= 1 ms", ms(us("due_p50_us")), us("due_p50_us") <= Duration::from_millis(1));
-    report.target("400k: due_items(now, 50) p99", "<= 1 ms", ms(us("due_p99_us")), us("due_p99_us") <= Duration::from_millis(1));
+    report.target(
+        "400k: open to first answered query",
+        "<= 100 ms",
+        ms(us("open_us")),
+        us("open_us") <= Duration::from_millis(100),
+    );
+    report.target(
+        "400k: engine resident memory (VmHWM of the app process)",
+        "<= 64 MiB",
+        mib(get("hwm")),
+        get("hwm") <= 64 << 20,
+    );
+    report.target(
+        "400k: memory_state(item) p50",
+        "<= 1 ms",
+        ms(us("state_p50_us")),
+        us("state_p50_us") <= Duration::from_millis(1),
+    );
+    report.target(
+        "400k: memory_state(item) p99",
+        "<= 1 ms",
+        ms(us("state_p99_us")),
+        us("state_p99_us") <= Duration::from_millis(1),
+    );
+    report.target(
+        "400k: due_items(now, 50) p50",
+        "<= 1 ms",
+        ms(us("due_p50_us")),
+        us("due_p50_us") <= Duration::from_millis(1),
+    );
+    report.target(
+        "400k: due_items(now, 50) p99",
+        "<= 1 ms",
+        ms(us("due_p99_us")),
+        us("due_p99_us") <= Duration::from_millis(1),
+    );
 }

@@ -186,7 +186,14 @@ pub async fn run(url: &str, pairs: usize, edits: usize) -> LoadResult {
     }
     barrier.wait().await;
     let t0 = Instant::now();
-    let mut result = LoadResult { edits: 0, failed_pairs: 0, wall: Duration::ZERO, ack: Vec::new(), delivery: Vec::new(), first_error: None };
+    let mut result = LoadResult {
+        edits: 0,
+        failed_pairs: 0,
+        wall: Duration::ZERO,
+        ack: Vec::new(),
+        delivery: Vec::new(),
+        first_error: None,
+    };
     for t in tasks {
         match t.await {
             Ok(Ok((acks, deliveries))) => {
@@ -212,7 +219,8 @@ pub async fn idle_devices(url: &str, n: usize) -> (Vec<TestPeer>, usize) {
         let (url, limit) = (url.to_owned(), limit.clone());
         tasks.push(tokio::spawn(async move {
             let _permit = limit.acquire_owned().await;
-            TestPeer::connect(&url, &token(&format!("idle-{}", i / 2), &format!("d{}", i % 2)), &format!("idle-{i}")).await
+            TestPeer::connect(&url, &token(&format!("idle-{}", i / 2), &format!("d{}", i % 2)), &format!("idle-{i}"))
+                .await
         }));
     }
     let mut peers = Vec::with_capacity(n);

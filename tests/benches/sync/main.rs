@@ -98,10 +98,16 @@ async fn scale(report: &mut Report) {
     let dir = tempfile::tempdir().expect("tempdir");
     let t0 = Instant::now();
     let history = history::build("heavy", "phone", reviews, 20_000, 5 * 365);
-    report.figure(format!("history: {} reviews in {} monthly documents built", history.reviews, history.docs.len()), ms(t0.elapsed()));
+    report.figure(
+        format!("history: {} reviews in {} monthly documents built", history.reviews, history.docs.len()),
+        ms(t0.elapsed()),
+    );
     let total: usize = history.docs.iter().map(|(_, b)| b.len()).sum();
     let largest = history.docs.iter().map(|(_, b)| b.len()).max().unwrap_or(0);
-    report.figure("history: saved size, all documents / largest month", format!("{} / {}", kib(total as u64), kib(largest as u64)));
+    report.figure(
+        "history: saved size, all documents / largest month",
+        format!("{} / {}", kib(total as u64), kib(largest as u64)),
+    );
 
     let phone_dir = dir.path().join("phone");
     {
@@ -152,7 +158,8 @@ async fn load(report: &mut Report) {
         format!("{:.0} edits/s (p50 {})", ours.throughput(), ms(percentile(&ours.delivery, 0.5))),
     );
     match spawn_node_server(&dir.path().join("node")) {
-        None => report.figure("automerge-repo Node sync server", "not available (node or tests/interop/node_modules missing)"),
+        None => report
+            .figure("automerge-repo Node sync server", "not available (node or tests/interop/node_modules missing)"),
         Some((mut node, node_url)) => {
             let theirs = load::run(&node_url, pairs, edits).await;
             let _ = node.kill();
@@ -162,10 +169,16 @@ async fn load(report: &mut Report) {
                 format!("{:.0} edits/s (p50 {})", theirs.throughput(), ms(percentile(&theirs.delivery, 0.5))),
             );
             if theirs.failed_pairs > 0 {
-                report.figure("Node server: failed pairs", format!("{} ({:?})", theirs.failed_pairs, theirs.first_error));
+                report
+                    .figure("Node server: failed pairs", format!("{} ({:?})", theirs.failed_pairs, theirs.first_error));
             }
             let ratio = ours.throughput() / theirs.throughput().max(1e-9);
-            report.target("throughput ratio, our relay / Node sync server", ">= 3x", format!("{ratio:.1}x"), ratio >= 3.0);
+            report.target(
+                "throughput ratio, our relay / Node sync server",
+                ">= 3x",
+                format!("{ratio:.1}x"),
+                ratio >= 3.0,
+            );
         }
     }
 }

@@ -18,11 +18,23 @@ impl Report {
         self.push(name, "-", measured, None);
     }
 
-    pub fn target(&mut self, name: impl Into<String>, target: impl Into<String>, measured: impl Into<String>, met: bool) {
+    pub fn target(
+        &mut self,
+        name: impl Into<String>,
+        target: impl Into<String>,
+        measured: impl Into<String>,
+        met: bool,
+    ) {
         self.push(name, target, measured, Some(met));
     }
 
-    fn push(&mut self, name: impl Into<String>, target: impl Into<String>, measured: impl Into<String>, met: Option<bool>) {
+    fn push(
+        &mut self,
+        name: impl Into<String>,
+        target: impl Into<String>,
+        measured: impl Into<String>,
+        met: Option<bool>,
+    ) {
         let row = Row { name: name.into(), target: target.into(), measured: measured.into(), met };
         println!("  {:<58} {:>14} {:>26} {}", row.name, row.target, row.measured, mark(row.met));
         self.rows.push(row);
@@ -54,7 +66,13 @@ pub fn kib(bytes: u64) -> String {
 
 pub fn ms(d: std::time::Duration) -> String {
     let ms = d.as_secs_f64() * 1000.0;
-    if ms < 1.0 { format!("{:.0} us", ms * 1000.0) } else if ms < 10_000.0 { format!("{ms:.1} ms") } else { format!("{:.1} s", ms / 1000.0) }
+    if ms < 1.0 {
+        format!("{:.0} us", ms * 1000.0)
+    } else if ms < 10_000.0 {
+        format!("{ms:.1} ms")
+    } else {
+        format!("{:.1} s", ms / 1000.0)
+    }
 }
 
 pub fn percentile(sorted: &[std::time::Duration], p: f64) -> std::time::Duration {

@@ -39,7 +39,13 @@ async fn quiescent(engines: &[&Engine], quiet: Duration) {
 }
 
 fn review_at(e: &Engine, item: &str, at: i64) {
-    let _ = e.record_review(NewReview { item_id: item.into(), rating: Rating::Good, reviewed_at: at, duration_ms: 3000, session_id: None });
+    let _ = e.record_review(NewReview {
+        item_id: item.into(),
+        rating: Rating::Good,
+        reviewed_at: at,
+        duration_ms: 3000,
+        session_id: None,
+    });
 }
 
 fn round_trips(t: Traffic) -> u64 {
@@ -70,7 +76,10 @@ async fn one_review(report: &mut Report, label: &str, a: &Engine, b: &Engine, it
     let (da, db) = (delta(ta, traffic(a)), delta(tb, traffic(b)));
     let link_a = da.bytes_sent + da.bytes_received;
     let link_b = db.bytes_sent + db.bytes_received;
-    report.figure(format!("{label}: review reaches the other device"), if arrived { ms(latency) } else { "never".into() });
+    report.figure(
+        format!("{label}: review reaches the other device"),
+        if arrived { ms(latency) } else { "never".into() },
+    );
     report.target(format!("{label}: bytes on the sender's link"), "<= 1 KiB", kib(link_a), arrived && link_a <= 1024);
     report.target(format!("{label}: bytes on the receiver's link"), "<= 1 KiB", kib(link_b), arrived && link_b <= 1024);
     report.target(
@@ -128,11 +137,19 @@ pub async fn run(report: &mut Report, phone: &Engine, tablet: &Engine, url: &str
         review_at(phone, &format!("item-{}", i % 3000), end + 10 * 86_400_000 + i * 5_000);
     }
     let local = t0.elapsed();
-    report.figure("7,000 local reviews recorded offline (each durable)", format!("{} ({:.2} ms each)", ms(local), local.as_secs_f64() * 1000.0 / 7000.0));
+    report.figure(
+        "7,000 local reviews recorded offline (each durable)",
+        format!("{} ({:.2} ms each)", ms(local), local.as_secs_f64() * 1000.0 / 7000.0),
+    );
     let target_count = tablet.review_count().unwrap_or(0) + 7000;
     let t0 = Instant::now();
     phone.start_sync(relay_config(url, "heavy", "phone")).expect("sync");
     eventually("tablet has the month", LONG, || tablet.review_count().ok() == Some(target_count)).await;
     let took = t0.elapsed();
-    report.target("offline month (7,000 reviews) in sync on the other device", "<= 2 s", ms(took), took <= Duration::from_secs(2));
+    report.target(
+        "offline month (7,000 reviews) in sync on the other device",
+        "<= 2 s",
+        ms(took),
+        took <= Duration::from_secs(2),
+    );
 }
