@@ -13,6 +13,8 @@ pub enum EngineError {
     UnknownSession(String),
     #[error("database schema version {found} is newer than this engine supports ({supported})")]
     SchemaTooNew { found: i64, supported: i64 },
+    #[error("database migration failed: {0}")]
+    Migration(String),
     #[error("scheduler: {0}")]
     Scheduler(String),
     #[error("engine state lock poisoned")]

@@ -7,11 +7,13 @@
 
 use crate::error::{EngineError, Result};
 use rusqlite::Connection;
+use rusqlite_migration::{M, MigrationDefinitionError, Migrations};
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
-pub const MIGRATIONS: &[&str] = &[
+const STEPS: &[M<'static>] = &[
     // 1: documents, their stored chunks, sync states, materialized progress.
-    r#"
+    M::up(
+        r#"
     CREATE TABLE documents (
         doc_id      TEXT PRIMARY KEY,      -- automerge-repo id (bs58check)
         partition   TEXT NOT NULL,         -- e.g. '2026-11'
@@ -68,31 +70,38 @@ pub const MIGRATIONS: &[&str] = &[
         value  TEXT NOT NULL
     );
     "#,
+    ),
 ];
+
+/// Applied with `rusqlite_migration`: each step runs in a transaction with
+/// the `user_version` bump.
+pub const MIGRATIONS: Migrations<'static> = Migrations::from_slice(STEPS);
 
 /// The schema version this build writes.
 pub fn latest_version() -> i64 {
-    MIGRATIONS.len() as i64
+    STEPS.len() as i64
 }
 
 /// Brings `conn` to [`latest_version`], refusing a database from a newer build.
 pub fn migrate(conn: &mut Connection) -> Result<()> {
     let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    if found > latest_version() {
-        return Err(EngineError::SchemaTooNew { found, supported: latest_version() });
-    }
-    for (index, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
-        let tx = conn.transaction()?;
-        tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", index as i64 + 1)?;
-        tx.commit()?;
-    }
-    Ok(())
+    MIGRATIONS.to_latest(conn).map_err(|e| match e {
+        rusqlite_migration::Error::MigrationDefinition(MigrationDefinitionError::DatabaseTooFarAhead) => {
+            EngineError::SchemaTooNew { found, supported: latest_version() }
+        }
+        rusqlite_migration::Error::RusqliteError { err, .. } => EngineError::from(err),
+        other => EngineError::Migration(other.to_string()),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn migrations_are_valid() {
+        MIGRATIONS.validate().unwrap();
+    }
 
     #[test]
     fn migrates_from_empty_and_is_idempotent() {
@@ -108,10 +117,7 @@ mod tests {
     fn migrates_from_every_earlier_version() {
         for start in 0..latest_version() {
             let mut conn = Connection::open_in_memory().unwrap();
-            for (i, sql) in MIGRATIONS.iter().enumerate().take(start as usize) {
-                conn.execute_batch(sql).unwrap();
-                conn.pragma_update(None, "user_version", i as i64 + 1).unwrap();
-            }
+            MIGRATIONS.to_version(&mut conn, start as usize).unwrap();
             migrate(&mut conn).unwrap();
             let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
             assert_eq!(v, latest_version(), "from {start}");

@@ -4,10 +4,12 @@
 
 use super::{Result, StorageError};
 use rusqlite::Connection;
+use rusqlite_migration::{M, MigrationDefinitionError, Migrations};
 
-pub const MIGRATIONS: &[&str] = &[
+const STEPS: &[M<'static>] = &[
     // 1: sync documents and per-device sync states.
-    r#"
+    M::up(
+        r#"
     CREATE TABLE docs (
         user_id     TEXT NOT NULL,
         doc_id      TEXT NOT NULL,
@@ -33,24 +35,28 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (user_id, device_id, doc_id)
     ) WITHOUT ROWID;
     "#,
+    ),
 ];
 
+/// Applied with `rusqlite_migration`: each step runs in a transaction with
+/// the `user_version` bump.
+pub const MIGRATIONS: Migrations<'static> = Migrations::from_slice(STEPS);
+
+/// The schema version this build writes.
 pub fn latest_version() -> i64 {
-    MIGRATIONS.len() as i64
+    STEPS.len() as i64
 }
 
+/// Brings `conn` to [`latest_version`], refusing a database from a newer build.
 pub fn migrate(conn: &mut Connection) -> Result<()> {
     let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    if found > latest_version() {
-        return Err(StorageError::SchemaTooNew { found, supported: latest_version() });
-    }
-    for (index, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
-        let tx = conn.transaction()?;
-        tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", index as i64 + 1)?;
-        tx.commit()?;
-    }
-    Ok(())
+    MIGRATIONS.to_latest(conn).map_err(|e| match e {
+        rusqlite_migration::Error::MigrationDefinition(MigrationDefinitionError::DatabaseTooFarAhead) => {
+            StorageError::SchemaTooNew { found, supported: latest_version() }
+        }
+        rusqlite_migration::Error::RusqliteError { err, .. } => StorageError::from(err),
+        other => StorageError::Migration(other.to_string()),
+    })
 }
 
 #[cfg(test)]
@@ -58,13 +64,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn migrations_are_valid() {
+        MIGRATIONS.validate().unwrap();
+    }
+
+    #[test]
     fn migrates_from_every_version_and_refuses_newer() {
         for start in 0..=latest_version() {
             let mut conn = Connection::open_in_memory().unwrap();
-            for (i, sql) in MIGRATIONS.iter().enumerate().take(start as usize) {
-                conn.execute_batch(sql).unwrap();
-                conn.pragma_update(None, "user_version", i as i64 + 1).unwrap();
-            }
+            MIGRATIONS.to_version(&mut conn, start as usize).unwrap();
             migrate(&mut conn).unwrap();
             let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
             assert_eq!(v, latest_version());

@@ -23,6 +23,8 @@ pub enum StorageError {
     Sqlite(#[from] rusqlite::Error),
     #[error("storage schema version {found} is newer than this relay supports ({supported})")]
     SchemaTooNew { found: i64, supported: i64 },
+    #[error("storage migration failed: {0}")]
+    Migration(String),
     #[error("storage lock poisoned")]
     Poisoned,
     #[error("storage writer: {0}")]
