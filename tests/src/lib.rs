@@ -25,6 +25,24 @@ pub async fn start_relay_with(
     relay::start(config).await.expect("relay starts")
 }
 
+/// Starts the relay binary at `exe` (the `test-relay` bin of this crate, whose
+/// path only test and bench targets know) on `data_dir` as a separate
+/// process; returns it and its WebSocket URL (its first line of output).
+pub fn spawn_relay_process(exe: &str, data_dir: &Path) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(exe)
+        .arg(data_dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("relay process starts");
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = std::io::BufReader::new(out).read_line(&mut line);
+    }
+    (child, line.trim().to_owned())
+}
+
 /// A device token signed with the relay's development key.
 pub fn token(user: &str, device: &str) -> String {
     let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() + 3600;

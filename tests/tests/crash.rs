@@ -2,23 +2,12 @@
 
 use engine::{NewReview, Rating};
 use integration_tests::*;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn spawn_relay(data_dir: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_test-relay"))
-        .arg(data_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("relay process starts");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("relay prints its url");
-    (child, line.trim().to_owned())
+fn spawn_relay(data_dir: &std::path::Path) -> (std::process::Child, String) {
+    spawn_relay_process(env!("CARGO_BIN_EXE_test-relay"), data_dir)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

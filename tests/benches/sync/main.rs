@@ -63,17 +63,7 @@ fn env_usize(name: &str, default: usize) -> usize {
 
 /// A relay in its own process (so its memory can be read), on a loopback port.
 pub fn spawn_relay(data_dir: &Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_test-relay"))
-        .arg(data_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("relay process starts");
-    let mut line = String::new();
-    if let Some(out) = child.stdout.take() {
-        let _ = BufReader::new(out).read_line(&mut line);
-    }
-    (child, line.trim().to_owned())
+    integration_tests::spawn_relay_process(env!("CARGO_BIN_EXE_test-relay"), data_dir)
 }
 
 fn spawn_node_server(data_dir: &Path) -> Option<(Child, String)> {
