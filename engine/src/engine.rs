@@ -8,6 +8,7 @@ use crate::progress_doc::{self, Touched};
 use crate::replica::Replica;
 use crate::store;
 use crate::sync::driver::{self, RelayConfig};
+use crate::sync::session::SyncSession;
 use protocol::DocumentId;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -286,6 +287,13 @@ impl Engine {
             }
             Ok(out)
         })
+    }
+
+    /// A sans-IO sync session on this engine: frames in, frames out, time
+    /// passed in. [`Engine::start_sync`] runs one over WebSocket; a simulator
+    /// or another transport can drive one directly. Run one at a time.
+    pub fn sync_session(&self, connection_nonce: u32) -> SyncSession {
+        SyncSession::new(self.shared.clone(), connection_nonce)
     }
 
     /// Starts background sync on the current tokio runtime. Calling it again

@@ -11,13 +11,17 @@ mod engine;
 pub mod error;
 mod memory;
 pub mod model;
+/// How progress is laid out in Automerge documents. Public for tools (the
+/// bench builds histories with it, interop tests read it); apps use [`Engine`].
+#[doc(hidden)]
 pub mod progress_doc;
-pub mod replica;
-pub mod store;
-pub mod sync;
+mod replica;
+mod store;
+mod sync;
 
 pub use engine::{Engine, EngineConfig};
 pub use error::{EngineError, Result};
 pub use model::*;
-pub use sync::client::{ProtocolError, SyncClient};
+pub use sync::client::ProtocolError;
 pub use sync::driver::RelayConfig;
+pub use sync::session::{SyncFailure, SyncSession};

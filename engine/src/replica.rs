@@ -60,11 +60,6 @@ impl Replica {
         std::mem::take(&mut self.pending_events)
     }
 
-    /// Whether this replica has the document at all.
-    pub fn has_doc(&mut self, id: &DocumentId) -> Result<bool> {
-        Ok(self.cache.contains_key(id) || store::doc_partition(self.store.conn(), id)?.is_some())
-    }
-
     /// Loads (or creates empty) the document and returns it, cached.
     pub fn doc(&mut self, id: &DocumentId) -> Result<&mut Automerge> {
         self.clock += 1;

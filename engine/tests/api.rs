@@ -109,3 +109,34 @@ fn a_database_from_a_newer_build_is_refused() {
     let err = Engine::open(EngineConfig { data_dir: dir.path().into(), user_id: "u".into(), device_id: "d".into() });
     assert!(matches!(err, Err(EngineError::SchemaTooNew { found: 99, .. })));
 }
+
+#[test]
+fn a_sync_session_is_driven_by_frames_alone() {
+    use protocol::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    e.record_review(review("apple", T0)).unwrap();
+    let mut session = e.sync_session(7);
+    let join = Message::decode(&session.open()).unwrap();
+    let Message::Join { sender_id, supported_protocol_versions, .. } = join else { panic!("{join:?}") };
+    assert_eq!(supported_protocol_versions, vec!["1".to_string()]);
+    // Before the handshake, local changes are not offered.
+    assert!(session.local_changes().unwrap().is_empty());
+    let peer = Message::Peer {
+        sender_id: "relay".into(),
+        target_id: sender_id,
+        selected_protocol_version: "1".into(),
+        metadata: None,
+    };
+    let frames = session.receive(&peer.encode(), T0).unwrap();
+    assert_eq!(frames.len(), 1, "the one dirty document is offered");
+    assert!(matches!(Message::decode(&frames[0]).unwrap(), Message::Sync { .. }));
+    assert!(e.sync_status().unwrap().connected);
+    // A frame that is not a message ends the session with a typed error.
+    assert!(matches!(session.receive(&[0xff, 0x00], T0), Err(engine::SyncFailure::Decode(_))));
+    session.close(Some("test".into()));
+    let status = e.sync_status().unwrap();
+    assert!(!status.connected);
+    assert_eq!(status.traffic.messages_sent, 2);
+    assert_eq!(status.traffic.messages_received, 2);
+}

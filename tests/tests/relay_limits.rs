@@ -173,3 +173,24 @@ async fn health_readiness_and_metrics() {
     assert!(value("relay_bytes_in_total") > 0);
     relay.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_documents_are_evicted_and_reloaded_on_demand() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limits = Limits { doc_idle_eviction: Duration::from_millis(100), ..Limits::default() };
+    let relay = start_relay_with(dir.path(), loopback(), limits).await;
+    let doc_id = DocumentId::derive(&["evict"]);
+    let mut writer = TestPeer::connect(&relay.ws_url(), &token("jo", "a"), "a").await.expect("connect");
+    let mut doc = doc_with("k");
+    let mut state = automerge::sync::State::new();
+    assert!(writer.sync_doc(doc_id, &mut doc, &mut state, false).await.expect("sync"));
+    assert!(relay.hub.resident_docs() >= 1);
+    eventually("document evicted", WAIT, || relay.hub.resident_docs() == 0).await;
+    // Still served, from storage, to another device.
+    let mut reader = TestPeer::connect(&relay.ws_url(), &token("jo", "b"), "b").await.expect("connect");
+    let mut copy = Automerge::new();
+    let mut state = automerge::sync::State::new();
+    assert!(reader.sync_doc(doc_id, &mut copy, &mut state, true).await.expect("sync"));
+    assert_eq!(copy.get_heads(), doc.get_heads());
+    relay.shutdown().await;
+}

@@ -303,17 +303,3 @@ pub fn all_memory_states(conn: &Connection) -> Result<Vec<MemoryState>> {
     let rows = stmt.query_map([], memory_from_row)?.collect::<Result<Vec<_>, _>>()?;
     Ok(rows.into_iter().map(|m| m.state).collect())
 }
-
-// ---- meta ----
-
-pub fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>> {
-    Ok(conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
-}
-
-pub fn meta_set(conn: &Connection, key: &str, value: &str) -> Result<()> {
-    conn.execute(
-        "INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        params![key, value],
-    )?;
-    Ok(())
-}

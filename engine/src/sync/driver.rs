@@ -2,11 +2,10 @@
 //! reconnects with exponential backoff and full jitter. It owns the socket
 //! and the clock; every protocol decision is the client's.
 
-use super::client::SyncClient;
+use super::session::SyncSession;
 use crate::engine::Shared;
 use crate::model::{ChangeEvent, TimestampMs};
 use futures_util::{SinkExt, StreamExt};
-use protocol::Message;
 use rand::Rng;
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,7 +52,10 @@ pub(crate) async fn run(shared: Arc<Shared>, config: RelayConfig, mut shutdown: 
         }
         nonce = nonce.wrapping_add(1);
         let outcome = connect_and_sync(&shared, &config, nonce, &mut shutdown).await;
-        shared.set_connected(false, outcome.as_ref().err().cloned());
+        if let Err(e) = &outcome {
+            // A failed connect never reached the session; record why here.
+            shared.set_connected(false, Some(e.clone()));
+        }
         match outcome {
             Ok(Exit::Shutdown) => return,
             Ok(Exit::Synced) => backoff = config.initial_backoff,
@@ -88,83 +90,47 @@ async fn connect_and_sync(
     let (ws, _) = tokio_tungstenite::connect_async_with_config(request, None, true).await.map_err(|e| e.to_string())?;
     let (mut sink, mut stream) = ws.split();
 
-    let mut client = SyncClient::new(nonce);
-    let join = client.on_connected();
-    send(shared, &mut sink, &join).await?;
-    let mut exchanged = false;
-    let result = loop {
-        tokio::select! {
-            _ = shutdown.changed() => break Ok(Exit::Shutdown),
-            _ = shared.local_changes.notified() => {
-                let docs = shared.take_changed_docs();
-                let outgoing = shared.with_replica(|replica| {
-                    let mut all = Vec::new();
-                    for id in &docs {
-                        all.extend(client.on_local_change(replica, id)?);
-                    }
-                    Ok(all)
-                });
-                match outgoing {
-                    Ok(msgs) => {
-                        for m in msgs {
-                            send(shared, &mut sink, &m).await?;
+    let mut session = SyncSession::new(shared.clone(), nonce);
+    let result = async {
+        send_all(&mut sink, vec![session.open()]).await?;
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return Ok(Exit::Shutdown),
+                _ = shared.local_changes.notified() => {
+                    let frames = session.local_changes().map_err(|e| e.to_string())?;
+                    send_all(&mut sink, frames).await?;
+                }
+                frame = stream.next() => {
+                    let bytes = match frame {
+                        None if session.has_exchanged() => return Ok(Exit::Synced),
+                        None => return Err("relay closed the connection".to_string()),
+                        Some(Err(e)) => return Err(e.to_string()),
+                        Some(Ok(tungstenite::Message::Binary(b))) => b,
+                        Some(Ok(tungstenite::Message::Close(c))) => {
+                            return Err(format!("relay closed: {}", c.map(|c| c.reason.to_string()).unwrap_or_default()));
                         }
-                    }
-                    Err(e) => break Err(e.to_string()),
-                }
-            }
-            frame = stream.next() => {
-                let frame = match frame {
-                    None => break if exchanged { Ok(Exit::Synced) } else { Err("relay closed the connection".into()) },
-                    Some(Err(e)) => break Err(e.to_string()),
-                    Some(Ok(f)) => f,
-                };
-                let bytes = match frame {
-                    tungstenite::Message::Binary(b) => b,
-                    tungstenite::Message::Close(c) => {
-                        break Err(format!("relay closed: {}", c.map(|c| c.reason.to_string()).unwrap_or_default()))
-                    }
-                    _ => continue,
-                };
-                shared.count_received(bytes.len());
-                let msg = match Message::decode(&bytes) {
-                    Ok(m) => m,
-                    Err(e) => break Err(format!("undecodable message from relay: {e}")),
-                };
-                let now = now_ms();
-                let was_ready = client.is_ready();
-                let output = match shared.with_replica(|replica| client.on_message(replica, msg, now)) {
-                    Ok(o) => o,
-                    Err(e) => break Err(e.to_string()),
-                };
-                if !was_ready && client.is_ready() {
-                    shared.set_connected(true, None);
-                }
-                if let Some(e) = output.error {
-                    break Err(e.to_string());
-                }
-                for m in output.send {
-                    send(shared, &mut sink, &m).await?;
-                }
-                if let Some(at) = output.synced_at {
-                    exchanged = true;
-                    shared.set_synced(at);
+                        Some(Ok(_)) => continue,
+                    };
+                    let frames = session.receive(&bytes, now_ms()).map_err(|e| e.to_string())?;
+                    send_all(&mut sink, frames).await?;
                 }
             }
         }
-    };
-    client.on_disconnected();
+    }
+    .await;
+    session.close(result.as_ref().err().cloned());
     let _ = sink.close().await;
     result
 }
 
-async fn send<S>(shared: &Shared, sink: &mut S, m: &Message) -> Result<(), String>
+async fn send_all<S>(sink: &mut S, frames: Vec<Vec<u8>>) -> Result<(), String>
 where
     S: futures_util::Sink<tungstenite::Message, Error = tungstenite::Error> + Unpin,
 {
-    let bytes = m.encode();
-    shared.count_sent(bytes.len());
-    sink.send(tungstenite::Message::Binary(bytes.into())).await.map_err(|e| e.to_string())
+    for frame in frames {
+        sink.send(tungstenite::Message::Binary(frame.into())).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// Emits an event to subscribers; no subscriber is not an error.

@@ -1,0 +1,98 @@
+//! [`SyncSession`]: the sans-IO sync client bound to an engine, in frames.
+//!
+//! This is the whole sync protocol as the outside sees it: bytes in, bytes
+//! out, time passed in. The WebSocket driver feeds it frames from a socket;
+//! the simulator feeds it frames from a simulated network. Neither holds any
+//! protocol logic of its own.
+
+use super::client::{ProtocolError, SyncClient};
+use crate::engine::Shared;
+use crate::error::EngineError;
+use crate::model::TimestampMs;
+use protocol::{DecodeError, Message};
+use std::sync::Arc;
+
+/// Why a session must end (the caller closes the connection and reconnects later).
+#[derive(Debug, thiserror::Error)]
+pub enum SyncFailure {
+    #[error("protocol: {0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("undecodable message from the relay: {0}")]
+    Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+pub struct SyncSession {
+    shared: Arc<Shared>,
+    client: SyncClient,
+    exchanged: bool,
+}
+
+impl SyncSession {
+    pub(crate) fn new(shared: Arc<Shared>, connection_nonce: u32) -> SyncSession {
+        SyncSession { shared, client: SyncClient::new(connection_nonce), exchanged: false }
+    }
+
+    fn encode(&self, messages: Vec<Message>) -> Vec<Vec<u8>> {
+        messages
+            .into_iter()
+            .map(|m| {
+                let bytes = m.encode();
+                self.shared.count_sent(bytes.len());
+                bytes
+            })
+            .collect()
+    }
+
+    /// The transport is open: the first frame to send.
+    pub fn open(&mut self) -> Vec<u8> {
+        let join = self.client.on_connected();
+        self.encode(vec![join]).pop().unwrap_or_default()
+    }
+
+    /// Handles one frame from the relay; returns the frames to send.
+    pub fn receive(&mut self, frame: &[u8], now: TimestampMs) -> Result<Vec<Vec<u8>>, SyncFailure> {
+        self.shared.count_received(frame.len());
+        let msg = Message::decode(frame)?;
+        let was_ready = self.client.is_ready();
+        let client = &mut self.client;
+        let output = self.shared.with_replica(|replica| client.on_message(replica, msg, now))?;
+        if !was_ready && self.client.is_ready() {
+            self.shared.set_connected(true, None);
+        }
+        if let Some(e) = output.error {
+            return Err(e.into());
+        }
+        if let Some(at) = output.synced_at {
+            self.exchanged = true;
+            self.shared.set_synced(at);
+        }
+        Ok(self.encode(output.send))
+    }
+
+    /// Frames offering the app's writes since the last call (none before the handshake).
+    pub fn local_changes(&mut self) -> Result<Vec<Vec<u8>>, SyncFailure> {
+        let docs = self.shared.take_changed_docs();
+        let client = &mut self.client;
+        let messages = self.shared.with_replica(|replica| {
+            let mut all = Vec::new();
+            for id in &docs {
+                all.extend(client.on_local_change(replica, id)?);
+            }
+            Ok(all)
+        })?;
+        Ok(self.encode(messages))
+    }
+
+    /// Whether at least one full exchange completed on this connection.
+    pub fn has_exchanged(&self) -> bool {
+        self.exchanged
+    }
+
+    /// The transport closed; `error` says why, if it was not a clean close.
+    pub fn close(&mut self, error: Option<String>) {
+        self.client.on_disconnected();
+        self.shared.set_connected(false, error);
+    }
+}
