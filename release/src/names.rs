@@ -1,0 +1,93 @@
+//! Names that end up in paths, URLs and logs: datasets, channels, artifacts.
+
+/// Longest artifact name accepted.
+pub const MAX_ARTIFACT_NAME: usize = 128;
+/// Longest dataset or channel id accepted.
+pub const MAX_ID: usize = 64;
+
+/// Why a name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("{what} must not be empty")]
+    Empty { what: &'static str },
+    #[error("{what} is longer than {max} bytes")]
+    TooLong { what: &'static str, max: usize },
+    #[error("{what} `{name}` contains a character that is not allowed ({reason})")]
+    BadCharacter { what: &'static str, name: String, reason: &'static str },
+}
+
+/// Dataset and channel ids: lowercase letters, digits, `-`, `_`, `.`;
+/// starting with a letter or digit (e.g. `vocab-en`, `stable`).
+pub fn check_id(what: &'static str, id: &str) -> Result<(), NameError> {
+    if id.is_empty() {
+        return Err(NameError::Empty { what });
+    }
+    if id.len() > MAX_ID {
+        return Err(NameError::TooLong { what, max: MAX_ID });
+    }
+    let ok_first = id.as_bytes()[0].is_ascii_lowercase() || id.as_bytes()[0].is_ascii_digit();
+    let ok_rest = id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'));
+    if !ok_first || !ok_rest {
+        return Err(NameError::BadCharacter {
+            what,
+            name: id.chars().take(MAX_ID).collect(),
+            reason: "use a-z, 0-9, '-', '_', '.', starting with a letter or digit",
+        });
+    }
+    Ok(())
+}
+
+/// Artifact names become file names on the relay and on devices: no path
+/// separators, no `..`, no control characters, no leading dot, bounded length.
+pub fn check_artifact_name(name: &str) -> Result<(), NameError> {
+    let what = "artifact name";
+    if name.is_empty() {
+        return Err(NameError::Empty { what });
+    }
+    if name.len() > MAX_ARTIFACT_NAME {
+        return Err(NameError::TooLong { what, max: MAX_ARTIFACT_NAME });
+    }
+    let bad = |reason| Err(NameError::BadCharacter { what, name: name.escape_default().to_string(), reason });
+    if name.contains('/') || name.contains('\\') {
+        return bad("path separator");
+    }
+    if name.contains("..") {
+        return bad("`..`");
+    }
+    if name.starts_with('.') {
+        return bad("leading dot");
+    }
+    if name.chars().any(|c| c.is_control()) {
+        return bad("control character");
+    }
+    if name.chars().any(|c| matches!(c, ':' | '*' | '?' | '"' | '<' | '>' | '|' | '%')) {
+        return bad("reserved character");
+    }
+    if name.trim() != name {
+        return bad("leading or trailing white space");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn artifact_names() {
+        for ok in ["words.sqlite", "audio-01.pack", "README", "a b.txt", "ü.bin"] {
+            assert_eq!(check_artifact_name(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "../x", "a/b", "a\\b", "..", ".hidden", "a\nb", "a\u{0}", "x:y", " lead", &"x".repeat(129)] {
+            assert!(check_artifact_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ids() {
+        assert_eq!(check_id("dataset", "vocab-en"), Ok(()));
+        for bad in ["", "Vocab", "-x", "a/b", "a b", &"x".repeat(65)] {
+            assert!(check_id("dataset", bad).is_err(), "{bad:?}");
+        }
+    }
+}
