@@ -1,14 +1,19 @@
 //! Relay configuration, with embedded defaults for a local run.
 
 use crate::limits::Limits;
+use crate::release::admin::AdminToken;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use protocol::{TokenIssuer, TokenVerifier};
+use release::rules::SizeLimits;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Key id of the embedded development token key.
 pub const DEV_KEY_ID: &str = "dev";
+/// File in the data directory holding a generated development manifest key.
+const DEV_MANIFEST_KEY_FILE: &str = "dev-manifest-key";
 
 #[derive(Clone)]
 pub struct Config {
@@ -17,14 +22,32 @@ pub struct Config {
     /// Public keys device tokens may be signed with.
     pub token_verifier: TokenVerifier,
     pub limits: Limits,
+    /// Who may call the admin API; each token has a name for the audit log.
+    pub admin_tokens: Vec<AdminToken>,
+    /// (key id, Ed25519 seed) that signs manifests. `None`: a development key
+    /// generated once and kept in the data directory.
+    pub manifest_key: Option<(String, [u8; 32])>,
+    pub release_limits: SizeLimits,
+    /// How long a device may accept a manifest after it was issued.
+    pub manifest_ttl: Duration,
 }
 
 impl Config {
-    /// A config for a local run or a test: dev token key, default limits.
+    /// A config for a local run or a test: dev token key, default limits,
+    /// no admin token (set one), a generated dev manifest key.
     pub fn local(data_dir: PathBuf, listen: SocketAddr) -> Config {
         let mut token_verifier = TokenVerifier::new();
         let _ = token_verifier.trust(DEV_KEY_ID, dev_issuer().public_key());
-        Config { data_dir, listen, token_verifier, limits: Limits::default() }
+        Config {
+            data_dir,
+            listen,
+            token_verifier,
+            limits: Limits::default(),
+            admin_tokens: Vec::new(),
+            manifest_key: None,
+            release_limits: SizeLimits { max_artifact_bytes: 4 << 30, max_release_bytes: 16 << 30 },
+            manifest_ttl: Duration::from_secs(7 * 24 * 3600),
+        }
     }
 }
 
@@ -35,16 +58,63 @@ pub fn dev_issuer() -> TokenIssuer {
     TokenIssuer::new(DEV_KEY_ID, dev_seed())
 }
 
-/// Parses `KID=BASE64_PUBLIC_KEY`.
-pub fn parse_public_key(spec: &str) -> Result<(String, [u8; 32]), String> {
+/// A fixed seed: the dev key must be the same on every machine so that
+/// `relay dev-token` and a relay started with defaults agree.
+fn dev_seed() -> [u8; 32] {
+    *b"progress-relay-dev-key-not-prod!"
+}
+
+/// Parses `KID=BASE64_32_BYTES` (a public key or a seed).
+pub fn parse_key(spec: &str) -> Result<(String, [u8; 32]), String> {
     let (kid, b64) = spec.split_once('=').ok_or_else(|| format!("`{spec}` is not KID=BASE64"))?;
     let bytes = STANDARD.decode(b64.trim()).map_err(|e| format!("key `{kid}`: {e}"))?;
     let key: [u8; 32] = bytes.try_into().map_err(|_| format!("key `{kid}` must be 32 bytes"))?;
     Ok((kid.to_owned(), key))
 }
 
-/// A fixed seed: the dev key must be the same on every machine so that
-/// `relay dev-token` and a relay started with defaults agree.
-fn dev_seed() -> [u8; 32] {
-    *b"progress-relay-dev-key-not-prod!"
+/// Parses `NAME=TOKEN`.
+pub fn parse_admin_token(spec: &str) -> Result<AdminToken, String> {
+    let (name, token) = spec.split_once('=').ok_or_else(|| "admin tokens are NAME=TOKEN".to_string())?;
+    if name.is_empty() || token.len() < 16 {
+        return Err(format!("admin token `{name}` must have a name and at least 16 characters"));
+    }
+    Ok(AdminToken { name: name.to_owned(), token: token.to_owned() })
+}
+
+/// Loads the development manifest key from the data directory, creating
+/// it on first use. Returns (key id, seed, whether it was just created).
+pub fn dev_manifest_key(data_dir: &Path) -> std::io::Result<(String, [u8; 32], bool)> {
+    let path = data_dir.join(DEV_MANIFEST_KEY_FILE);
+    let (seed, created) = match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let bytes =
+                hex::decode(text.trim()).map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
+            let seed: [u8; 32] = bytes
+                .try_into()
+                .map_err(|_| std::io::Error::other(format!("{}: expected 32 bytes", path.display())))?;
+            (seed, false)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let seed: [u8; 32] = rand::random();
+            write_private(&path, hex::encode(seed).as_bytes())?;
+            (seed, true)
+        }
+        Err(e) => return Err(e),
+    };
+    let public = release::ManifestSigner::new("", seed).public_key();
+    Ok((format!("dev-{}", &hex::encode(public)[..8]), seed, created))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options.open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }

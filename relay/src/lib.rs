@@ -21,3 +21,5 @@ pub mod ws;
 pub use config::Config;
 pub use error::RelayError;
 pub use server::{RunningRelay, start};
+pub mod openapi;
+pub mod release;

@@ -2,10 +2,13 @@
 //! metrics, and the background eviction task.
 
 use crate::auth;
-use crate::config::Config;
+use crate::config::{Config, dev_manifest_key};
 use crate::error::RelayError;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::release::artifacts::ArtifactStore;
+use crate::release::repository::ReleaseRepository;
+use crate::release::service::ReleaseService;
 use crate::storage::{DocStorage, SqliteStorage};
 use crate::ws;
 use axum::Router;
@@ -13,6 +16,7 @@ use axum::extract::{Query, State, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use release::ManifestSigner;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,6 +31,7 @@ pub const RELAY_PEER_ID: &str = "relay";
 pub struct AppState {
     pub hub: Arc<Hub>,
     pub config: Arc<Config>,
+    pub releases: Arc<ReleaseService>,
 }
 
 #[derive(Deserialize)]
@@ -85,13 +90,71 @@ async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.hub.metrics.render(app.hub.resident_docs()))
 }
 
+async fn openapi_json() -> impl IntoResponse {
+    axum::Json(crate::openapi::spec())
+}
+
 pub fn router(state: AppState) -> Router {
+    use crate::release::{admin, public};
+    use axum::routing::{post, put};
     Router::new()
         .route("/sync", get(sync_upgrade))
         .route("/healthz", get(health))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi_json))
+        .route("/admin/releases", post(admin::create).get(admin::list))
+        .route("/admin/releases/{id}", get(admin::show).patch(admin::update))
+        .route("/admin/releases/{id}/artifacts", post(admin::attach_external))
+        .route(
+            "/admin/releases/{id}/artifacts/{name}",
+            // Uploads stream to disk under the release size limits, not axum's 2 MB default.
+            put(admin::upload).layer(axum::extract::DefaultBodyLimit::disable()).delete(admin::remove_artifact),
+        )
+        .route("/admin/releases/{id}/validate", post(admin::validate))
+        .route("/admin/releases/{id}/publish", post(admin::publish))
+        .route("/admin/releases/{id}/rollout", post(admin::rollout))
+        .route("/admin/releases/{id}/deprecate", post(admin::deprecate))
+        .route("/admin/datasets/{dataset}", put(admin::set_dataset))
+        .route("/admin/audit", get(admin::audit_log))
+        .route("/v1/datasets/{dataset}/channels/{channel}/latest", get(public::latest))
+        .route("/v1/releases/{id}/manifest", get(public::manifest))
+        .route("/v1/releases/{id}/artifacts/{name}", get(public::artifact))
         .with_state(state)
+}
+
+/// Opens the release registry under the data directory.
+fn open_releases(config: &Config) -> Result<ReleaseService, RelayError> {
+    let repo = ReleaseRepository::open(&config.data_dir.join("relay.sqlite3"))
+        .map_err(|e| RelayError::Config(format!("release registry: {e}")))?;
+    let store = ArtifactStore::open(&config.data_dir.join("artifacts"))?;
+    let orphans = store.sweep_orphans(&repo.all_file_keys().map_err(|e| RelayError::Config(e.to_string()))?)?;
+    if orphans > 0 {
+        tracing::info!(orphans, "removed artifact files no release points at");
+    }
+    let (key_id, seed) = match &config.manifest_key {
+        Some((kid, seed)) => (kid.clone(), *seed),
+        None => {
+            let (kid, seed, created) = dev_manifest_key(&config.data_dir)?;
+            let public = ManifestSigner::new(&kid, seed).public_key();
+            if created {
+                println!(
+                    "generated a development manifest signing key `{kid}`; devices must trust its public key {}",
+                    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, public)
+                );
+            }
+            tracing::warn!(key_id = %kid, "signing manifests with a development key from the data directory");
+            (kid, seed)
+        }
+    };
+    Ok(ReleaseService {
+        repo,
+        store,
+        signer: ManifestSigner::new(key_id, seed),
+        rules: release::rules::default_rules(),
+        limits: config.release_limits,
+        manifest_ttl_ms: config.manifest_ttl.as_millis() as i64,
+    })
 }
 
 /// A relay running in this process.
@@ -125,9 +188,10 @@ pub async fn start(config: Config) -> Result<RunningRelay, RelayError> {
     // One stable, short peer id: relays sharing storage are the same peer to
     // a client, and the id rides in every message.
     let hub = Arc::new(Hub::new(storage, config.limits.clone(), RELAY_PEER_ID.to_owned()));
+    let releases = Arc::new(open_releases(&config)?);
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
-    let state = AppState { hub: hub.clone(), config: Arc::new(config) };
+    let state = AppState { hub: hub.clone(), config: Arc::new(config), releases };
     let (shutdown, mut rx) = watch::channel(false);
 
     let sweeper_hub = hub.clone();

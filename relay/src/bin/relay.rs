@@ -1,25 +1,37 @@
-//! `relay` — run the sync relay, or print a development device token.
+//! `relay` — run the sync relay and release registry, print a development
+//! device token, or generate a key.
 
 use clap::{Parser, Subcommand};
 use relay::config::{self, Config};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
-#[command(version, about = "Progress sync relay")]
+#[command(version, about = "Progress sync relay and dataset release registry")]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// Where the relay keeps its database.
+    /// Where the relay keeps its database and artifacts.
     #[arg(long, env = "RELAY_DATA_DIR", default_value = "./data/relay")]
     data_dir: PathBuf,
     /// Address to listen on.
     #[arg(long, env = "RELAY_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Trusted device-token public keys as KID=BASE64 (repeatable). Without
-    /// any, the embedded development key is trusted (never do that in production).
+    /// Trusted device-token public keys as KID=BASE64 (repeatable or comma-separated).
+    /// Without any, the embedded development key is trusted (never in production).
     #[arg(long = "token-key", env = "RELAY_TOKEN_KEYS", value_delimiter = ',')]
     token_keys: Vec<String>,
+    /// Admin tokens as NAME=TOKEN (repeatable or comma-separated); NAME goes in the audit log.
+    /// Without any, a development token is generated into the data directory and printed.
+    #[arg(long = "admin-token", env = "RELAY_ADMIN_TOKENS", value_delimiter = ',', hide_env_values = true)]
+    admin_tokens: Vec<String>,
+    /// Manifest signing key as KID=BASE64_SEED (32 bytes; see `relay keygen`).
+    /// Without it, a development key is generated into the data directory.
+    #[arg(long = "manifest-key", env = "RELAY_MANIFEST_KEY", hide_env_values = true)]
+    manifest_key: Option<String>,
+    /// How long devices may accept a manifest after it is issued.
+    #[arg(long, env = "RELAY_MANIFEST_TTL_HOURS", default_value_t = 168)]
+    manifest_ttl_hours: u64,
 }
 
 #[derive(Subcommand)]
@@ -34,6 +46,27 @@ enum Command {
         #[arg(long, default_value_t = 30 * 24 * 3600)]
         ttl: u64,
     },
+    /// Generate an Ed25519 key: prints the seed (keep secret) and the public key.
+    Keygen {
+        /// The key id to print with it.
+        #[arg(long, default_value = "key-1")]
+        kid: String,
+    },
+}
+
+fn dev_admin_token(data_dir: &Path) -> std::io::Result<String> {
+    let path = data_dir.join("dev-admin-token");
+    match std::fs::read_to_string(&path) {
+        Ok(t) => Ok(t.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(data_dir)?;
+            let token = hex::encode(rand::random::<[u8; 24]>());
+            std::fs::write(&path, &token)?;
+            println!("generated a development admin token (in {}): {token}", path.display());
+            Ok(token)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 #[tokio::main]
@@ -42,21 +75,43 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let cli = Cli::parse();
-    if let Some(Command::DevToken { user, device, ttl }) = cli.command {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
-        println!("{}", config::dev_issuer().issue(&user, &device, now + ttl)?);
-        return Ok(());
+    match cli.command {
+        Some(Command::DevToken { user, device, ttl }) => {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+            println!("{}", config::dev_issuer().issue(&user, &device, now + ttl)?);
+            return Ok(());
+        }
+        Some(Command::Keygen { kid }) => {
+            use base64::Engine;
+            let seed: [u8; 32] = rand::random();
+            let public = release::ManifestSigner::new(&kid, seed).public_key();
+            let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+            println!("secret (for --manifest-key): {kid}={}", b64(&seed));
+            println!("public (for devices / --token-key): {kid}={}", b64(&public));
+            return Ok(());
+        }
+        None => {}
     }
-    let mut config = Config::local(cli.data_dir, cli.listen);
+    let mut config = Config::local(cli.data_dir.clone(), cli.listen);
     if cli.token_keys.is_empty() {
         tracing::warn!("no --token-key given: trusting the embedded DEVELOPMENT key; anyone can mint tokens");
     } else {
         config.token_verifier = protocol::TokenVerifier::new();
         for spec in &cli.token_keys {
-            let (kid, key) = config::parse_public_key(spec)?;
+            let (kid, key) = config::parse_key(spec)?;
             config.token_verifier.trust(kid, key)?;
         }
     }
+    config.admin_tokens = if cli.admin_tokens.is_empty() {
+        tracing::warn!("no --admin-token given: using a development admin token from the data directory");
+        vec![relay::release::admin::AdminToken { name: "dev".into(), token: dev_admin_token(&cli.data_dir)? }]
+    } else {
+        cli.admin_tokens.iter().map(|s| config::parse_admin_token(s)).collect::<Result<_, _>>()?
+    };
+    if let Some(spec) = &cli.manifest_key {
+        config.manifest_key = Some(config::parse_key(spec)?);
+    }
+    config.manifest_ttl = std::time::Duration::from_secs(cli.manifest_ttl_hours * 3600);
     let relay = relay::start(config).await?;
     println!("relay listening on {} (sync at {})", relay.http_url(), relay.ws_url());
     tokio::signal::ctrl_c().await?;

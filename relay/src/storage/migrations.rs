@@ -1,6 +1,6 @@
 //! Versioned schema of the relay database (`PRAGMA user_version`). Each
 //! entry moves the schema one version up inside one transaction. Append,
-//! never edit. Later issues append the release registry tables here.
+//! never edit.
 
 use super::{Result, StorageError};
 use rusqlite::Connection;
@@ -34,6 +34,79 @@ const STEPS: &[M<'static>] = &[
         shared_heads  BLOB NOT NULL,
         PRIMARY KEY (user_id, device_id, doc_id)
     ) WITHOUT ROWID;
+    "#,
+    ),
+    // 2: the release registry (D-001) and the append-only admin audit log (D-010).
+    M::up(
+        r#"
+    CREATE TABLE datasets (
+        dataset             TEXT PRIMARY KEY,
+        required_artifacts  TEXT NOT NULL DEFAULT '[]'   -- JSON array of names
+    );
+    CREATE TABLE dataset_channels (
+        dataset   TEXT NOT NULL,
+        channel   TEXT NOT NULL,
+        sequence  INTEGER NOT NULL DEFAULT 0,   -- grows on every change devices can see
+        PRIMARY KEY (dataset, channel)
+    );
+    CREATE TABLE dataset_releases (
+        id                 TEXT PRIMARY KEY,
+        dataset            TEXT NOT NULL,
+        channel            TEXT NOT NULL,
+        version            TEXT NOT NULL,
+        version_major      INTEGER NOT NULL,
+        version_minor      INTEGER NOT NULL,
+        version_patch      INTEGER NOT NULL,
+        notes              TEXT NOT NULL DEFAULT '',
+        min_app_version    TEXT NOT NULL,
+        state              TEXT NOT NULL CHECK (state IN ('draft', 'validated', 'published', 'deprecated')),
+        revision           INTEGER NOT NULL DEFAULT 0,   -- bumped by every content change
+        rollout_percent    INTEGER NOT NULL DEFAULT 0 CHECK (rollout_percent BETWEEN 0 AND 100),
+        mandatory          INTEGER NOT NULL DEFAULT 0,
+        deprecated_reason  TEXT,
+        created_at         INTEGER NOT NULL,
+        published_at       INTEGER,
+        UNIQUE (dataset, channel, version)
+    );
+    CREATE INDEX releases_by_channel ON dataset_releases(dataset, channel, state);
+    CREATE TABLE dataset_release_artifacts (
+        release_id  TEXT NOT NULL REFERENCES dataset_releases(id),
+        name        TEXT NOT NULL,
+        size        INTEGER NOT NULL,
+        sha256      TEXT NOT NULL,
+        source      TEXT NOT NULL CHECK (source IN ('uploaded', 'external')),
+        url         TEXT,            -- external artifacts
+        file_key    TEXT,            -- uploaded artifacts: path under the artifact root
+        created_at  INTEGER NOT NULL,
+        PRIMARY KEY (release_id, name)
+    );
+    -- A published release is immutable, whatever code path tries.
+    CREATE TRIGGER published_content_is_immutable
+    BEFORE UPDATE OF version, notes, min_app_version, dataset, channel ON dataset_releases
+    WHEN OLD.state IN ('published', 'deprecated')
+    BEGIN SELECT RAISE(ABORT, 'a published release is immutable'); END;
+    CREATE TRIGGER published_artifacts_are_immutable_insert
+    BEFORE INSERT ON dataset_release_artifacts
+    WHEN (SELECT state FROM dataset_releases WHERE id = NEW.release_id) IN ('published', 'deprecated')
+    BEGIN SELECT RAISE(ABORT, 'a published release is immutable'); END;
+    CREATE TRIGGER published_artifacts_are_immutable_delete
+    BEFORE DELETE ON dataset_release_artifacts
+    WHEN (SELECT state FROM dataset_releases WHERE id = OLD.release_id) IN ('published', 'deprecated')
+    BEGIN SELECT RAISE(ABORT, 'a published release is immutable'); END;
+    CREATE TABLE admin_audit_log (
+        id       INTEGER PRIMARY KEY AUTOINCREMENT,
+        at       INTEGER NOT NULL,
+        actor    TEXT NOT NULL,
+        action   TEXT NOT NULL,
+        target   TEXT NOT NULL,
+        outcome  TEXT NOT NULL CHECK (outcome IN ('ok', 'refused', 'error')),
+        detail   TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX audit_by_target ON admin_audit_log(target, id);
+    CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON admin_audit_log
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON admin_audit_log
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
     "#,
     ),
 ];

@@ -9,7 +9,7 @@
 //! can neither read nor write nor detect another user's document, because
 //! every lookup is already scoped to the authenticated user.
 
-mod migrations;
+pub mod migrations;
 mod sqlite;
 
 pub use sqlite::SqliteStorage;

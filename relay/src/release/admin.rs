@@ -1,0 +1,299 @@
+//! Admin routes (D-004, D-005, D-006, D-009, D-010): thin handlers over
+//! [`ReleaseService`](super::service::ReleaseService). Every mutating call,
+//! and every refused one, lands in the append-only audit log.
+
+use crate::error::RelayError;
+use crate::server::AppState;
+use axum::Json;
+use axum::body::Body;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use release::dto::{
+    AttachExternal, AuditEntry, AuditLog, AuditQuery, CreateRelease, DatasetConfig, DeprecateRequest, ErrorBody,
+    ListQuery, PublishRequest, ReleaseList, RolloutRequest, UpdateRelease,
+};
+use release::model::Release;
+use release::rules::ValidationReport;
+use std::future::Future;
+
+/// A named admin token from the configuration.
+#[derive(Clone)]
+pub struct AdminToken {
+    pub name: String,
+    pub token: String,
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The admin's name, or 401 (no token) / 403 (unknown token).
+fn authorize(app: &AppState, headers: &HeaderMap) -> Result<String, RelayError> {
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| RelayError::Unauthorized("an admin token is required (Authorization: Bearer ...)".into()))?;
+    app.config
+        .admin_tokens
+        .iter()
+        .find(|t| constant_time_eq(t.token.as_bytes(), presented.as_bytes()))
+        .map(|t| t.name.clone())
+        .ok_or_else(|| RelayError::Forbidden("the admin token is not valid".into()))
+}
+
+fn record(app: &AppState, actor: &str, action: &str, target: &str, outcome: Result<(), &RelayError>) {
+    let (outcome, detail) = match outcome {
+        Ok(()) => ("ok", String::new()),
+        Err(e) if e.status().is_server_error() => ("error", e.to_string()),
+        Err(e) => ("refused", e.to_string()),
+    };
+    let entry = AuditEntry {
+        id: 0,
+        at: super::service::now_ms(),
+        actor: actor.to_owned(),
+        action: action.to_owned(),
+        target: target.to_owned(),
+        outcome: outcome.to_owned(),
+        detail,
+    };
+    if let Err(e) = app.releases.repo.audit(&entry) {
+        tracing::error!(error = %e, action, target, "could not write the audit log");
+    }
+}
+
+/// Authorizes, runs `work`, and audits the outcome either way.
+async fn audited<T>(
+    app: &AppState,
+    headers: &HeaderMap,
+    action: &str,
+    target: &str,
+    work: impl Future<Output = Result<T, RelayError>>,
+) -> Result<T, RelayError> {
+    let actor = match authorize(app, headers) {
+        Ok(a) => a,
+        Err(e) => {
+            record(app, "unauthenticated", action, target, Err(&e));
+            return Err(e);
+        }
+    };
+    let out = work.await;
+    record(app, &actor, action, target, out.as_ref().map(|_| ()));
+    out
+}
+
+/// JSON bodies: a syntax error is 400, a wrong or missing field 422 naming it.
+fn body<T>(parsed: Result<Json<T>, JsonRejection>) -> Result<T, RelayError> {
+    match parsed {
+        Ok(Json(v)) => Ok(v),
+        Err(JsonRejection::JsonDataError(e)) => {
+            let text = e.body_text();
+            let field = text.split('`').nth(1).map(str::to_owned);
+            Err(RelayError::Invalid { field, message: text })
+        }
+        Err(e) => Err(RelayError::BadRequest(e.body_text())),
+    }
+}
+
+#[utoipa::path(post, path = "/admin/releases", tag = "admin", request_body = CreateRelease,
+    security(("admin_token" = [])),
+    responses((status = 201, body = Release), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "version already used on the channel"),
+        (status = 422, body = ErrorBody)))]
+pub async fn create(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    req: Result<Json<CreateRelease>, JsonRejection>,
+) -> Result<(StatusCode, Json<Release>), RelayError> {
+    let target = match &req {
+        Ok(Json(r)) => format!("{}/{}", r.dataset, r.channel),
+        Err(_) => "-".into(),
+    };
+    let release = audited(&app, &headers, "release.create", &target, async { app.releases.create(body(req)?) }).await?;
+    Ok((StatusCode::CREATED, Json(release)))
+}
+
+#[utoipa::path(get, path = "/admin/releases", tag = "admin", params(ListQuery), security(("admin_token" = [])),
+    responses((status = 200, body = ReleaseList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn list(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<ReleaseList>, RelayError> {
+    if let Err(e) = authorize(&app, &headers) {
+        record(&app, "unauthenticated", "release.list", "-", Err(&e));
+        return Err(e);
+    }
+    Ok(Json(ReleaseList { releases: app.releases.repo.list(q.dataset.as_deref(), q.channel.as_deref())? }))
+}
+
+#[utoipa::path(get, path = "/admin/releases/{id}", tag = "admin", params(("id" = String, Path)),
+    security(("admin_token" = [])),
+    responses((status = 200, body = Release), (status = 404, body = ErrorBody)))]
+pub async fn show(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Release>, RelayError> {
+    if let Err(e) = authorize(&app, &headers) {
+        record(&app, "unauthenticated", "release.show", &id, Err(&e));
+        return Err(e);
+    }
+    Ok(Json(app.releases.repo.get(&id)?.release))
+}
+
+#[utoipa::path(patch, path = "/admin/releases/{id}", tag = "admin", params(("id" = String, Path)),
+    request_body = UpdateRelease, security(("admin_token" = [])),
+    responses((status = 200, body = Release), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "published releases are immutable"), (status = 422, body = ErrorBody)))]
+pub async fn update(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    req: Result<Json<UpdateRelease>, JsonRejection>,
+) -> Result<Json<Release>, RelayError> {
+    audited(&app, &headers, "release.update", &id, async { app.releases.update(&id, body(req)?) }).await.map(Json)
+}
+
+#[utoipa::path(put, path = "/admin/releases/{id}/artifacts/{name}", tag = "admin",
+    params(("id" = String, Path), ("name" = String, Path)),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the file, streamed"),
+    security(("admin_token" = [])),
+    responses((status = 201, body = Release), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn upload(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path((id, name)): Path<(String, String)>,
+    request: Body,
+) -> Result<(StatusCode, Json<Release>), RelayError> {
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let target = format!("{id}/{name}");
+    let work = async {
+        let stream = request.into_data_stream();
+        app.releases.attach_upload(&id, &name, declared, stream).await
+    };
+    let release = audited(&app, &headers, "artifact.upload", &target, work).await?;
+    Ok((StatusCode::CREATED, Json(release)))
+}
+
+#[utoipa::path(post, path = "/admin/releases/{id}/artifacts", tag = "admin", params(("id" = String, Path)),
+    request_body = AttachExternal, security(("admin_token" = [])),
+    responses((status = 201, body = Release), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn attach_external(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    req: Result<Json<AttachExternal>, JsonRejection>,
+) -> Result<(StatusCode, Json<Release>), RelayError> {
+    let release =
+        audited(&app, &headers, "artifact.attach", &id, async { app.releases.attach_external(&id, body(req)?) })
+            .await?;
+    Ok((StatusCode::CREATED, Json(release)))
+}
+
+#[utoipa::path(delete, path = "/admin/releases/{id}/artifacts/{name}", tag = "admin",
+    params(("id" = String, Path), ("name" = String, Path)), security(("admin_token" = [])),
+    responses((status = 200, body = Release), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn remove_artifact(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path((id, name)): Path<(String, String)>,
+) -> Result<Json<Release>, RelayError> {
+    let target = format!("{id}/{name}");
+    audited(&app, &headers, "artifact.remove", &target, app.releases.remove_artifact(&id, &name)).await.map(Json)
+}
+
+#[utoipa::path(post, path = "/admin/releases/{id}/validate", tag = "admin", params(("id" = String, Path)),
+    security(("admin_token" = [])),
+    responses((status = 200, body = ValidationReport, description = "every finding at once"), (status = 404, body = ErrorBody)))]
+pub async fn validate(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<ValidationReport>, RelayError> {
+    audited(&app, &headers, "release.validate", &id, app.releases.validate(&id)).await.map(Json)
+}
+
+#[utoipa::path(post, path = "/admin/releases/{id}/publish", tag = "admin", params(("id" = String, Path)),
+    request_body = PublishRequest, security(("admin_token" = [])),
+    responses((status = 200, body = Release), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "validation fails (findings included) or already published"),
+        (status = 422, body = ErrorBody)))]
+pub async fn publish(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    req: Option<Json<PublishRequest>>,
+) -> Result<Json<Release>, RelayError> {
+    let req = req.map(|Json(r)| r).unwrap_or_default();
+    audited(&app, &headers, "release.publish", &id, app.releases.publish(&id, req)).await.map(Json)
+}
+
+#[utoipa::path(post, path = "/admin/releases/{id}/rollout", tag = "admin", params(("id" = String, Path)),
+    request_body = RolloutRequest, security(("admin_token" = [])),
+    responses((status = 200, body = Release), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
+pub async fn rollout(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    req: Result<Json<RolloutRequest>, JsonRejection>,
+) -> Result<Json<Release>, RelayError> {
+    audited(&app, &headers, "release.rollout", &id, async { app.releases.set_rollout(&id, body(req)?.percent) })
+        .await
+        .map(Json)
+}
+
+#[utoipa::path(post, path = "/admin/releases/{id}/deprecate", tag = "admin", params(("id" = String, Path)),
+    request_body = DeprecateRequest, security(("admin_token" = [])),
+    responses((status = 200, body = Release), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
+pub async fn deprecate(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    req: Result<Json<DeprecateRequest>, JsonRejection>,
+) -> Result<Json<Release>, RelayError> {
+    audited(&app, &headers, "release.deprecate", &id, async { app.releases.deprecate(&id, &body(req)?.reason) })
+        .await
+        .map(Json)
+}
+
+#[utoipa::path(put, path = "/admin/datasets/{dataset}", tag = "admin", params(("dataset" = String, Path)),
+    request_body = DatasetConfig, security(("admin_token" = [])),
+    responses((status = 200, body = DatasetConfig), (status = 422, body = ErrorBody)))]
+pub async fn set_dataset(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(dataset): Path<String>,
+    req: Result<Json<DatasetConfig>, JsonRejection>,
+) -> Result<Json<DatasetConfig>, RelayError> {
+    let work = async {
+        let config = body(req)?;
+        app.releases.set_dataset_config(&dataset, &config)?;
+        Ok(config)
+    };
+    audited(&app, &headers, "dataset.configure", &dataset, work).await.map(Json)
+}
+
+#[utoipa::path(get, path = "/admin/audit", tag = "admin", params(AuditQuery), security(("admin_token" = [])),
+    responses((status = 200, body = AuditLog), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn audit_log(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<AuditLog>, RelayError> {
+    if let Err(e) = authorize(&app, &headers) {
+        record(&app, "unauthenticated", "audit.read", "-", Err(&e));
+        return Err(e);
+    }
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    Ok(Json(AuditLog { entries: app.releases.repo.audit_log(q.target.as_deref(), q.before, limit)? }))
+}
