@@ -135,15 +135,13 @@ fn open_releases(config: &Config) -> Result<ReleaseService, RelayError> {
     let (key_id, seed) = match &config.manifest_key {
         Some((kid, seed)) => (kid.clone(), *seed),
         None => {
-            let (kid, seed, created) = dev_manifest_key(&config.data_dir)?;
+            let (kid, seed, _) = dev_manifest_key(&config.data_dir)?;
             let public = ManifestSigner::new(&kid, seed).public_key();
-            if created {
-                println!(
-                    "generated a development manifest signing key `{kid}`; devices must trust its public key {}",
-                    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, public)
-                );
-            }
-            tracing::warn!(key_id = %kid, "signing manifests with a development key from the data directory");
+            tracing::warn!(
+                key_id = %kid,
+                public_key = %base64::Engine::encode(&base64::engine::general_purpose::STANDARD, public),
+                "signing manifests with a development key kept in the data directory"
+            );
             (kid, seed)
         }
     };

@@ -108,9 +108,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         cli.admin_tokens.iter().map(|s| config::parse_admin_token(s)).collect::<Result<_, _>>()?
     };
-    if let Some(spec) = &cli.manifest_key {
-        config.manifest_key = Some(config::parse_key(spec)?);
-    }
+    config.manifest_key = Some(match &cli.manifest_key {
+        Some(spec) => config::parse_key(spec)?,
+        None => {
+            std::fs::create_dir_all(&cli.data_dir)?;
+            let (kid, seed, created) = config::dev_manifest_key(&cli.data_dir)?;
+            if created {
+                use base64::Engine;
+                let public = release::ManifestSigner::new(&kid, seed).public_key();
+                println!(
+                    "generated a development manifest key; devices must trust {kid}={}",
+                    base64::engine::general_purpose::STANDARD.encode(public)
+                );
+            }
+            (kid, seed)
+        }
+    });
     config.manifest_ttl = std::time::Duration::from_secs(cli.manifest_ttl_hours * 3600);
     let relay = relay::start(config).await?;
     println!("relay listening on {} (sync at {})", relay.http_url(), relay.ws_url());
