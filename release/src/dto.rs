@@ -98,7 +98,7 @@ pub struct AuditLog {
 
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 pub struct AuditQuery {
-    /// Only entries about this target.
+    /// Only entries about this target (a release id also matches its artifacts).
     pub target: Option<String>,
     /// Entries with an id below this (for paging back).
     pub before: Option<i64>,

@@ -436,12 +436,14 @@ impl ReleaseRepository {
         })
     }
 
-    /// Audit entries, newest first.
+    /// Audit entries, newest first; `target` also matches targets below it
+    /// (`<release>/<artifact>` for a release).
     pub fn audit_log(&self, target: Option<&str>, before: Option<i64>, limit: u32) -> Result<Vec<AuditEntry>> {
         self.with(|conn| {
             let mut stmt = conn.prepare(
                 "SELECT id, at, actor, action, target, outcome, detail FROM admin_audit_log
-                 WHERE (?1 IS NULL OR target = ?1) AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3",
+                 WHERE (?1 IS NULL OR target = ?1 OR substr(target, 1, length(?1) + 1) = ?1 || '/')
+                   AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3",
             )?;
             let rows = stmt
                 .query_map(params![target, before, limit], |r| {
@@ -627,7 +629,10 @@ mod tests {
         repo.audit(&entry).unwrap();
         let conn = Connection::open(dir.path().join("relay.sqlite3")).unwrap();
         assert!(conn.execute("UPDATE dataset_releases SET notes = 'x' WHERE id = 'r1'", []).is_err());
-        assert!(conn.execute("DELETE FROM dataset_release_artifacts WHERE release_id = 'r1'", []).is_ok(), "none to delete");
+        assert!(
+            conn.execute("DELETE FROM dataset_release_artifacts WHERE release_id = 'r1'", []).is_ok(),
+            "none to delete"
+        );
         assert!(conn.execute("UPDATE admin_audit_log SET outcome = 'refused'", []).is_err());
         assert!(conn.execute("DELETE FROM admin_audit_log", []).is_err());
         assert_eq!(repo.audit_log(None, None, 10).unwrap(), vec![AuditEntry { id: 1, ..entry }]);

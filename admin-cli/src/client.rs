@@ -1,0 +1,103 @@
+//! The HTTP side: one method per verb, errors turned into what the relay said.
+
+use futures_util::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use release::dto::ErrorBody;
+use serde_json::Value;
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot reach the relay: {0}")]
+    Network(String),
+    #[error("{message}")]
+    Relay { status: u16, message: String, body: Option<ErrorBody> },
+    #[error("{0}")]
+    Failed(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+/// Percent-encodes a path segment.
+pub fn segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl Client {
+    pub fn new(base: &str, token: &str) -> Client {
+        Client { http: reqwest::Client::new(), base: base.trim_end_matches('/').to_owned(), token: token.to_owned() }
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<Value, CliError> {
+        let resp = req.bearer_auth(&self.token).send().await.map_err(|e| CliError::Network(e.to_string()))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| CliError::Network(e.to_string()))?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|e| CliError::Network(format!("unexpected answer: {e}")));
+        }
+        let body: Option<ErrorBody> = serde_json::from_slice(&bytes).ok();
+        let message = match &body {
+            Some(b) => format!("{} ({}): {}", status.as_u16(), b.error, b.message),
+            None => format!("{}: {}", status, String::from_utf8_lossy(&bytes)),
+        };
+        Err(CliError::Relay { status: status.as_u16(), message, body })
+    }
+
+    pub async fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Value, CliError> {
+        self.send(self.http.get(format!("{}{path}", self.base)).query(query)).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Result<Value, CliError> {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(&body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> Result<Value, CliError> {
+        self.send(self.http.put(format!("{}{path}", self.base)).json(&body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<Value, CliError> {
+        self.send(self.http.delete(format!("{}{path}", self.base))).await
+    }
+
+    /// Streams `file` to the relay (never whole in memory), with a progress bar.
+    pub async fn upload(&self, release: &str, name: &str, file: &Path, progress: bool) -> Result<Value, CliError> {
+        let handle = tokio::fs::File::open(file).await?;
+        let len = handle.metadata().await?.len();
+        let bar = if progress { ProgressBar::new(len) } else { ProgressBar::hidden() };
+        bar.set_style(
+            ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_message(name.to_owned());
+        let counter = bar.clone();
+        let stream = tokio_util::io::ReaderStream::with_capacity(handle, 256 * 1024).inspect(move |chunk| {
+            if let Ok(c) = chunk {
+                counter.inc(c.len() as u64);
+            }
+        });
+        let url = format!("{}/admin/releases/{}/artifacts/{}", self.base, segment(release), segment(name));
+        let req = self
+            .http
+            .put(url)
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(reqwest::Body::wrap_stream(stream));
+        let out = self.send(req).await;
+        bar.finish_and_clear();
+        out
+    }
+}

@@ -1,0 +1,94 @@
+//! The admin CLI against a real relay: the whole lifecycle, and refusals.
+
+use serde_json::Value;
+use std::process::Output;
+
+const TOKEN: &str = "cli-test-token-0123456789";
+
+async fn cli(url: &str, token: &str, args: &[&str]) -> Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_relay-admin"));
+    cmd.arg("--url").arg(url).arg("--token").arg(token).args(args);
+    cmd.output().await.expect("relay-admin runs")
+}
+
+fn json(out: &Output) -> Value {
+    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("json output")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_drives_a_release_with_the_cli() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = relay::Config::local(dir.path().join("relay"), "127.0.0.1:0".parse().expect("addr"));
+    config.admin_tokens = vec![relay::release::admin::AdminToken { name: "alice".into(), token: TOKEN.into() }];
+    let relay = relay::start(config).await.expect("relay");
+    let url = relay.http_url();
+
+    let file = dir.path().join("words.db");
+    std::fs::write(&file, vec![42u8; 200_000]).expect("file");
+
+    json(&cli(&url, TOKEN, &["--json", "dataset", "vocab-en", "--require", "words.db"]).await);
+    let created = json(
+        &cli(
+            &url,
+            TOKEN,
+            &[
+                "--json",
+                "create",
+                "--dataset",
+                "vocab-en",
+                "--channel",
+                "stable",
+                "--version",
+                "1.0.0",
+                "--min-app-version",
+                "2.0.0",
+                "--notes",
+                "first",
+            ],
+        )
+        .await,
+    );
+    let id = created["id"].as_str().expect("id").to_owned();
+
+    // An empty draft does not validate: exit code 1, findings on stderr.
+    let out = cli(&url, TOKEN, &["validate", &id]).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("has-artifacts"));
+    let out = cli(&url, TOKEN, &["publish", &id]).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("409") && stderr.contains("required-artifacts"), "{stderr}");
+
+    let attached = json(&cli(&url, TOKEN, &["--json", "attach", &id, file.to_str().expect("utf8 path")]).await);
+    assert_eq!(attached["artifacts"][0]["size"], 200_000);
+    let out = cli(&url, TOKEN, &["validate", &id]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let published = json(&cli(&url, TOKEN, &["--json", "publish", &id, "--rollout", "10"]).await);
+    assert_eq!((published["state"].as_str(), published["rollout_percent"].as_u64()), (Some("published"), Some(10)));
+    json(&cli(&url, TOKEN, &["--json", "rollout", &id, "100"]).await);
+
+    // Human-readable output.
+    let out = cli(&url, TOKEN, &["list", "--dataset", "vocab-en"]).await;
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains(&id) && table.contains("published") && table.contains("100%"), "{table}");
+    let out = cli(&url, TOKEN, &["show", &id]).await;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("words.db"));
+
+    let deprecated = json(&cli(&url, TOKEN, &["--json", "deprecate", &id, "--reason", "typo in data"]).await);
+    assert_eq!(deprecated["state"], "deprecated");
+
+    let audit = json(&cli(&url, TOKEN, &["--json", "audit", "--target", &id]).await);
+    let actions: Vec<&str> =
+        audit["entries"].as_array().expect("entries").iter().filter_map(|e| e["action"].as_str()).collect();
+    for a in ["artifact.upload", "release.publish", "release.rollout", "release.deprecate"] {
+        assert!(actions.contains(&a), "{a} missing from {actions:?}");
+    }
+    assert!(audit["entries"].as_array().expect("entries").iter().any(|e| e["actor"] == "alice"));
+
+    // A wrong token is refused, and says so.
+    let out = cli(&url, "not-the-token-at-all", &["list"]).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("403"));
+    relay.shutdown().await;
+}
