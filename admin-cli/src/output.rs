@@ -137,11 +137,11 @@ pub fn error(e: &CliError, json: bool) {
         return;
     }
     eprintln!("error: {e}");
-    if let CliError::Relay { body: Some(body), .. } = e {
-        if let Some(list) = &body.findings {
-            for f in list.iter().filter_map(|f| serde_json::to_value(f).ok()) {
-                eprintln!("{}", finding_line(&f));
-            }
+    if let CliError::Relay { body: Some(body), .. } = e
+        && let Some(list) = &body.findings
+    {
+        for f in list.iter().filter_map(|f| serde_json::to_value(f).ok()) {
+            eprintln!("{}", finding_line(&f));
         }
     }
 }

@@ -3,6 +3,9 @@
 
 pub mod peer;
 
+/// The admin token of the `test-relay` binary.
+pub const TEST_ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
 use engine::{Engine, EngineConfig, RelayConfig};
 use relay::{Config, RunningRelay};
 use std::path::Path;

@@ -1,0 +1,243 @@
+//! The release bench: `cargo bench -p integration-tests --bench release`.
+//!
+//! For a 256 MiB artifact: upload time beside copying the file locally;
+//! download time from the relay beside nginx serving the same file from the
+//! same disk (both fetched with `curl -o`); peak relay memory during both;
+//! and requests per second for `latest` with 100 concurrent clients.
+//! Environment: RELEASE_BENCH_MIB (default 256). nginx is used if installed.
+
+use integration_tests::{TEST_ADMIN_TOKEN, spawn_relay_process};
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+fn rss(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / 1048576.0)
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.3} s", d.as_secs_f64())
+}
+
+fn curl(url: &str, out: &Path) -> Option<Duration> {
+    let t0 = Instant::now();
+    let status = Command::new("curl").args(["-s", "-f", "-o"]).arg(out).arg(url).status().ok()?;
+    status.success().then(|| t0.elapsed())
+}
+
+fn row(name: &str, target: &str, measured: String) {
+    println!("{name:<62} {target:>12} {measured:>28}");
+}
+
+/// Serves `dir` with nginx on a free loopback port; returns (child pid holder, url prefix).
+fn start_nginx(dir: &Path, work: &Path) -> Option<(std::process::Child, String)> {
+    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| Path::new(p).exists())?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+    std::fs::create_dir_all(work.join("logs")).ok()?;
+    let conf = work.join("nginx.conf");
+    let mut f = std::fs::File::create(&conf).ok()?;
+    writeln!(
+        f,
+        "daemon off; worker_processes 1; pid {work}/nginx.pid; error_log {work}/logs/error.log;
+         events {{ worker_connections 64; }}
+         http {{ access_log off; sendfile on; tcp_nopush on;
+           client_body_temp_path {work}/tmp; proxy_temp_path {work}/tmp; fastcgi_temp_path {work}/tmp;
+           uwsgi_temp_path {work}/tmp; scgi_temp_path {work}/tmp;
+           server {{ listen 127.0.0.1:{port}; root {root}; }} }}",
+        work = work.display(),
+        root = dir.display()
+    )
+    .ok()?;
+    let child = Command::new(nginx)
+        .arg("-c")
+        .arg(&conf)
+        .arg("-p")
+        .arg(work)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    // Wait (bounded) for it to listen.
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some((child, format!("http://127.0.0.1:{port}")));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("release bench: run with `cargo bench -p integration-tests --bench release`");
+        return;
+    }
+    let size_mib: u64 = std::env::var("RELEASE_BENCH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tokio: {e}");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let serve = dir.path().join("serve");
+    std::fs::create_dir_all(&serve).expect("dir");
+    let file = serve.join("artifact.bin");
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&file).expect("file"));
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut block = vec![0u8; 1 << 20];
+        for _ in 0..size_mib {
+            for chunk in block.chunks_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+            }
+            f.write_all(&block).expect("write");
+        }
+        f.flush().expect("flush");
+    }
+    let bytes = size_mib << 20;
+    println!("release bench: {size_mib} MiB artifact\n");
+    row("measure", "target", "measured".into());
+    println!("{}", "-".repeat(104));
+
+    // Floor for upload: copy the file locally and fsync it, like the relay does.
+    let t0 = Instant::now();
+    std::fs::copy(&file, dir.path().join("copy.bin")).expect("copy");
+    std::fs::File::open(dir.path().join("copy.bin")).and_then(|f| f.sync_all()).expect("fsync");
+    let copy_time = t0.elapsed();
+    let _ = std::fs::remove_file(dir.path().join("copy.bin"));
+
+    let (mut relay, ws_url) = spawn_relay_process(env!("CARGO_BIN_EXE_test-relay"), &dir.path().join("relay"));
+    let base = ws_url.replace("ws://", "http://").trim_end_matches("/sync").to_owned();
+    let pid = relay.id();
+    let http = reqwest::Client::new();
+
+    runtime.block_on(async {
+        let created: serde_json::Value = http
+            .post(format!("{base}/admin/releases"))
+            .bearer_auth(TEST_ADMIN_TOKEN)
+            .json(&serde_json::json!({"dataset": "bench", "channel": "stable", "version": "1.0.0", "min_app_version": "1.0.0", "notes": "bench"}))
+            .send()
+            .await
+            .expect("create")
+            .json()
+            .await
+            .expect("json");
+        let id = created["id"].as_str().expect("id").to_owned();
+        let (rss_before, _) = rss(pid);
+
+        let f = tokio::fs::File::open(&file).await.expect("open");
+        let t0 = Instant::now();
+        let resp = http
+            .put(format!("{base}/admin/releases/{id}/artifacts/artifact.bin"))
+            .bearer_auth(TEST_ADMIN_TOKEN)
+            .header("content-length", bytes)
+            .body(reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024)))
+            .send()
+            .await
+            .expect("upload");
+        let upload_time = t0.elapsed();
+        assert!(resp.status().is_success(), "upload: {}", resp.status());
+        let (_, peak_upload) = rss(pid);
+        row("upload to the relay (streamed, hashed, fsynced)", "-", secs(upload_time));
+        row("local copy + fsync of the same file (floor)", "-", secs(copy_time));
+        row("upload / local copy", "-", format!("{:.2}x", upload_time.as_secs_f64() / copy_time.as_secs_f64()));
+        row(
+            "relay peak memory during upload (rss before -> peak)",
+            "flat",
+            format!("{} -> {}", mib(rss_before), mib(peak_upload)),
+        );
+
+        let resp = http
+            .post(format!("{base}/admin/releases/{id}/publish"))
+            .bearer_auth(TEST_ADMIN_TOKEN)
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .expect("publish");
+        assert!(resp.status().is_success(), "publish: {}", resp.status());
+
+        // Downloads: relay vs nginx, both with `curl -o` to the same disk, best of 3.
+        let out = dir.path().join("download.bin");
+        let relay_url = format!("{base}/v1/releases/{id}/artifacts/artifact.bin");
+        let relay_time = (0..3).filter_map(|_| curl(&relay_url, &out)).min();
+        let (_, peak_download) = rss(pid);
+        let nginx_work = dir.path().join("nginx");
+        let nginx = start_nginx(&serve, &nginx_work);
+        let nginx_time = nginx.as_ref().and_then(|(_, u)| (0..3).filter_map(|_| curl(&format!("{u}/artifact.bin"), &out)).min());
+        if let Some((mut child, _)) = nginx {
+            // SIGTERM (not SIGKILL) so the master takes its worker down with it.
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let _ = child.wait();
+        }
+        match relay_time {
+            Some(t) => row("download from the relay (curl -o, best of 3)", "-", format!("{} ({:.0} MiB/s)", secs(t), size_mib as f64 / t.as_secs_f64())),
+            None => row("download from the relay", "-", "failed (is curl installed?)".into()),
+        }
+        match nginx_time {
+            Some(t) => row("download from nginx, same file and disk", "-", format!("{} ({:.0} MiB/s)", secs(t), size_mib as f64 / t.as_secs_f64())),
+            None => row("download from nginx", "-", "nginx not installed (apt-get install nginx-light)".into()),
+        }
+        if let (Some(r), Some(n)) = (relay_time, nginx_time) {
+            let ratio = n.as_secs_f64() / r.as_secs_f64();
+            row("relay throughput / nginx throughput", ">= 0.9x", format!("{ratio:.2}x {}", if ratio >= 0.9 { "ok" } else { "MISSED" }));
+        }
+        row("relay peak memory after downloads", "flat", mib(peak_download));
+
+        // `latest` with 100 concurrent clients for 5 s.
+        let count = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(AtomicU64::new(0));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut tasks = Vec::new();
+        for c in 0..100 {
+            let (http, base, count, errors) = (reqwest::Client::new(), base.clone(), count.clone(), errors.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut i = 0u64;
+                while Instant::now() < deadline {
+                    i += 1;
+                    let url = format!("{base}/v1/datasets/bench/channels/stable/latest?app_version=1.0.0&install_id=c{c}-{i}");
+                    match http.get(url).send().await {
+                        Ok(r) if r.status().is_success() => {
+                            let _ = r.bytes().await;
+                            count.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        row(
+            "`latest` with 100 concurrent clients (signed manifest each)",
+            "-",
+            format!("{:.0} req/s ({} errors)", count.load(Ordering::Relaxed) as f64 / 5.0, errors.load(Ordering::Relaxed)),
+        );
+    });
+    let _ = relay.kill();
+    let _ = relay.wait();
+}
