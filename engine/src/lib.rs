@@ -7,6 +7,7 @@
 //! relay over WebSocket when a network exists. The app sees only the typed
 //! API of [`Engine`]; no Automerge type leaks.
 
+pub mod bootstrap;
 mod engine;
 pub mod error;
 mod memory;
