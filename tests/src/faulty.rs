@@ -95,11 +95,10 @@ async fn serve(State(s): State<Arc<Inner>>, headers: HeaderMap) -> Response {
         (Some(start), _) => (StatusCode::PARTIAL_CONTENT, start.min(size)),
     };
     let mut body = s.data[start as usize..].to_vec();
-    if let Fault::CorruptByte(at) = fault {
-        if at >= start && ((at - start) as usize) < body.len() {
+    if let Fault::CorruptByte(at) = fault
+        && at >= start && ((at - start) as usize) < body.len() {
             body[(at - start) as usize] ^= 0xff;
         }
-    }
     if let Fault::ExtraBytes(n) = fault {
         body.extend(std::iter::repeat_n(0u8, n as usize));
     }

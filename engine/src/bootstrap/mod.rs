@@ -1,4 +1,5 @@
 //! Dataset release bootstrap on the device (issue #10): fetch and verify
 //! manifests, download artifacts resumably, activate atomically, roll back.
 
+pub mod activation;
 pub mod download;
