@@ -96,9 +96,11 @@ async fn serve(State(s): State<Arc<Inner>>, headers: HeaderMap) -> Response {
     };
     let mut body = s.data[start as usize..].to_vec();
     if let Fault::CorruptByte(at) = fault
-        && at >= start && ((at - start) as usize) < body.len() {
-            body[(at - start) as usize] ^= 0xff;
-        }
+        && at >= start
+        && ((at - start) as usize) < body.len()
+    {
+        body[(at - start) as usize] ^= 0xff;
+    }
     if let Fault::ExtraBytes(n) = fault {
         body.extend(std::iter::repeat_n(0u8, n as usize));
     }

@@ -121,6 +121,15 @@ impl ReleaseDir {
         Ok(())
     }
 
+    /// Removes the pointer (atomically): the embedded release is active again.
+    pub fn deactivate(&self) -> std::io::Result<()> {
+        match std::fs::remove_file(self.root.join(ACTIVE)) {
+            Ok(()) => std::fs::File::open(&self.root)?.sync_all(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Deletes stored releases other than `keep` (active, previous known-good).
     pub fn collect_garbage(&self, keep: &[&str]) -> std::io::Result<Vec<String>> {
         let mut removed = Vec::new();
@@ -162,7 +171,9 @@ mod tests {
 
     #[test]
     fn a_crash_at_any_step_leaves_the_old_or_the_new_release_active() {
-        for crash in [None, Some(CrashPoint::AfterTempWrite), Some(CrashPoint::AfterTempFsync), Some(CrashPoint::AfterRename)] {
+        for crash in
+            [None, Some(CrashPoint::AfterTempWrite), Some(CrashPoint::AfterTempFsync), Some(CrashPoint::AfterRename)]
+        {
             let root = tempfile::tempdir().unwrap();
             let dir = ReleaseDir::open(root.path()).unwrap();
             let old = stored(&dir, "old", &[("a.db", b"old a"), ("b.db", b"old b")]);

@@ -3,3 +3,5 @@
 
 pub mod activation;
 pub mod download;
+pub mod manager;
+pub mod registry;
