@@ -137,7 +137,7 @@ async fn first_launch_is_offline_on_the_embedded_release() {
     let m = ReleaseManager::open(dir.path(), off).expect("open");
     assert_eq!(update(&m).await.expect("no error"), UpdateOutcome::Disabled);
     // This build of the engine is a non-dev build: remote bootstrap defaults to on.
-    assert!(engine::bootstrap::manager::REMOTE_BOOTSTRAP_DEFAULT);
+    const { assert!(engine::bootstrap::manager::REMOTE_BOOTSTRAP_DEFAULT) };
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,7 +275,8 @@ async fn old_expired_unsigned_and_wrongly_signed_manifests_are_refused() {
     update(&m).await.expect("v2");
     assert_eq!(m.active().expect("active").release_id, v2);
 
-    let refusals: Vec<(String, fn(&BootstrapError) -> bool)> = vec![
+    type Expect = fn(&BootstrapError) -> bool;
+    let refusals: Vec<(String, Expect)> = vec![
         (old_manifest, |e| matches!(e, BootstrapError::Manifest(ManifestError::Rollback { .. }))),
         ("{\"key_id\":\"k1\",\"payload\":\"e30=\",\"signature\":\"AAAA\"}".into(), |e| {
             matches!(e, BootstrapError::Manifest(ManifestError::BadSignature))

@@ -240,13 +240,13 @@ impl ReleaseManager {
             return Ok(UpdateOutcome::Disabled);
         }
         // Is the release we run deprecated upstream?
-        if let Some(active) = self.dir.active() {
-            if let Ok(signed) = self.fetch(&format!("/v1/releases/{}/manifest", active.release_id)).await {
-                let manifest = self.accept(&signed)?;
-                if manifest.deprecated.is_some() {
-                    let to = self.roll_back(&active.release_id)?;
-                    return Ok(UpdateOutcome::RolledBack { from: active.release_id, to });
-                }
+        if let Some(active) = self.dir.active()
+            && let Ok(signed) = self.fetch(&format!("/v1/releases/{}/manifest", active.release_id)).await
+        {
+            let manifest = self.accept(&signed)?;
+            if manifest.deprecated.is_some() {
+                let to = self.roll_back(&active.release_id)?;
+                return Ok(UpdateOutcome::RolledBack { from: active.release_id, to });
             }
         }
         let signed = self
