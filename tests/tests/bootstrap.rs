@@ -108,6 +108,7 @@ fn config(dir: &Path, relay_url: &str) -> BootstrapConfig {
             initial_backoff: Duration::from_millis(1),
             max_backoff: Duration::from_millis(5),
         },
+        crash_point: None,
     }
 }
 
@@ -328,4 +329,48 @@ async fn old_expired_unsigned_and_wrongly_signed_manifests_are_refused() {
     assert!(m2.active().expect("embedded").embedded);
     relay.relay.shutdown().await;
     stale.relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_killed_at_any_activation_step_leaves_a_valid_release_and_downloads_nothing_again() {
+    use engine::bootstrap::activation::CrashPoint;
+    for crash in [CrashPoint::AfterTempWrite, CrashPoint::AfterTempFsync, CrashPoint::AfterRename] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let relay = Relay::start(dir.path(), Duration::from_secs(3600)).await;
+        let v1 = relay.publish("1.0.0", &[("words.db", b"one".to_vec())]).await;
+        let m = ReleaseManager::open(dir.path(), config(dir.path(), &relay.relay.http_url())).expect("open");
+        update(&m).await.expect("v1");
+        drop(m);
+        let v2 = relay.publish("2.0.0", &[("words.db", b"two".to_vec())]).await;
+        let mut crashing = config(dir.path(), &relay.relay.http_url());
+        crashing.crash_point = Some(crash);
+        let m = ReleaseManager::open(dir.path(), crashing).expect("open");
+        assert!(matches!(update(&m).await, Err(BootstrapError::Activation(_))), "{crash:?}");
+        drop(m);
+        // Reopened, offline: a valid release is active, old or new.
+        let offline = ReleaseManager::open(dir.path(), config(dir.path(), "http://127.0.0.1:9")).expect("reopen");
+        let active = offline.active().expect("active");
+        let expected = if crash == CrashPoint::AfterRename { &v2 } else { &v1 };
+        assert_eq!(&active.release_id, expected, "{crash:?}");
+        assert!(active_files_verify(&offline));
+        drop(offline);
+        // Online again: the verified files are not downloaded again.
+        let m = ReleaseManager::open(dir.path(), config(dir.path(), &relay.relay.http_url())).expect("reopen");
+        let downloads = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = downloads.clone();
+        let (_tx, mut rx) = tokio::sync::watch::channel(false);
+        let out = m
+            .check_for_update(
+                &move |_| {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                },
+                &mut rx,
+            )
+            .await
+            .expect("update");
+        assert!(matches!(out, UpdateOutcome::Activated { .. } | UpdateOutcome::UpToDate), "{out:?}");
+        assert_eq!(m.active().expect("active").release_id, v2);
+        assert_eq!(downloads.load(std::sync::atomic::Ordering::Relaxed), 0, "{crash:?}: nothing re-downloaded");
+        relay.relay.shutdown().await;
+    }
 }

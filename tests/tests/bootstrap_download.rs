@@ -176,3 +176,22 @@ async fn downloads_from_the_relay_resume_too() {
     assert_eq!(std::fs::read(&dest).expect("file"), bytes);
     relay.shutdown().await;
 }
+
+/// A full disk: the kernel's ENOSPC (the partial file is made to point at
+/// /dev/full, which refuses every write with it) is reported as `DiskFull`,
+/// and nothing is left behind.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_a_clear_error_and_leaves_nothing_behind() {
+    let bytes = data();
+    let server = FaultyServer::start(bytes.clone()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dest = dir.path().join("words.db");
+    std::os::unix::fs::symlink("/dev/full", format!("{}.part", dest.display())).expect("symlink");
+    let (out, _) = fetch(&request(&server.url, &dest, &bytes), 5).await;
+    assert!(matches!(out, Err(DownloadError::DiskFull)), "{out:?}");
+    assert!(!dest.exists());
+    assert!(std::fs::symlink_metadata(format!("{}.part", dest.display())).is_err(), "partial file removed");
+    let (requests, _, _) = server.served();
+    assert_eq!(requests, 1, "a full disk is not retried");
+}

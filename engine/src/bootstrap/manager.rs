@@ -46,6 +46,9 @@ pub struct BootstrapConfig {
     /// Failed launches of a new release before going back.
     pub max_failed_launches: u32,
     pub retry: RetryPolicy,
+    /// Tests only: stop the activation at this step, as if the app were killed.
+    #[doc(hidden)]
+    pub crash_point: Option<super::activation::CrashPoint>,
 }
 
 /// The release the app should open now.
@@ -308,7 +311,7 @@ impl ReleaseManager {
         }
         self.registry()?.set_release_state(id, "verified", now_ms())?;
         let previous = self.dir.active().map(|p| p.release_id);
-        self.dir.activate(&pointer_of(manifest), None)?;
+        self.dir.activate(&pointer_of(manifest), self.config.crash_point)?;
         let registry = self.registry()?;
         let mut channel = registry.channel(&self.config.dataset, &self.config.channel)?;
         // The release we leave becomes the fallback only if it ever launched fine.
