@@ -374,3 +374,41 @@ async fn an_update_killed_at_any_activation_step_leaves_a_valid_release_and_down
         relay.relay.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_learns_when_its_release_is_below_the_mandatory_minimum() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = Relay::start(dir.path(), Duration::from_secs(3600)).await;
+    let created = relay
+        .call(
+            reqwest::Method::POST,
+            "/admin/releases",
+            Some(json!({"dataset": "vocab-en", "channel": "stable", "version": "1.0.0", "min_app_version": "1.0.0", "notes": "n"})),
+        )
+        .await;
+    let id = created["id"].as_str().expect("id").to_owned();
+    let resp = relay
+        .http
+        .put(format!("{}/admin/releases/{id}/artifacts/words.db", relay.relay.http_url()))
+        .bearer_auth(TEST_ADMIN_TOKEN)
+        .body(vec![5u8; 100_000])
+        .send()
+        .await
+        .expect("upload");
+    assert!(resp.status().is_success());
+    relay.call(reqwest::Method::POST, &format!("/admin/releases/{id}/publish"), Some(json!({"mandatory": true}))).await;
+
+    let m = ReleaseManager::open(dir.path(), config(dir.path(), &relay.relay.http_url())).expect("open");
+    assert!(!m.mandatory_status().active_is_below, "nothing known yet");
+    // The update is interrupted (the app is closed): the device still runs 0.1.0 and knows it must not.
+    let (tx, mut rx) = tokio::sync::watch::channel(false);
+    let _ = tx.send(true);
+    assert!(m.check_for_update(&|_| {}, &mut rx).await.is_err());
+    let status = m.mandatory_status();
+    assert_eq!(status.minimum.map(|v| v.to_string()).as_deref(), Some("1.0.0"));
+    assert!(status.active_is_below);
+    // Once the mandatory release is installed, the app is no longer below it.
+    update(&m).await.expect("update");
+    assert!(!m.mandatory_status().active_is_below);
+    relay.relay.shutdown().await;
+}

@@ -134,7 +134,8 @@ pub struct ReleaseManager {
     dir: ReleaseDir,
     registry: Mutex<Registry>,
     http: reqwest::Client,
-    mandatory: Mutex<MandatoryStatus>,
+    /// The channel's mandatory minimum from the last accepted manifest.
+    mandatory_minimum: Mutex<Option<Version>>,
 }
 
 impl ReleaseManager {
@@ -155,7 +156,7 @@ impl ReleaseManager {
             dir,
             registry: Mutex::new(registry),
             http: reqwest::Client::new(),
-            mandatory: Mutex::new(MandatoryStatus { minimum: None, active_is_below: false }),
+            mandatory_minimum: Mutex::new(None),
         })
     }
 
@@ -185,8 +186,18 @@ impl ReleaseManager {
         })
     }
 
+    /// Whether the active release is below the channel's mandatory minimum
+    /// (as of the last accepted manifest): the app should tell the user, or
+    /// block features, until an update succeeds.
     pub fn mandatory_status(&self) -> MandatoryStatus {
-        self.mandatory.lock().map(|m| m.clone()).unwrap_or(MandatoryStatus { minimum: None, active_is_below: false })
+        let minimum = self.mandatory_minimum.lock().map(|m| *m).unwrap_or(None);
+        let active = self.active().and_then(|a| a.version.parse::<Version>().ok());
+        let active_is_below = match (minimum, active) {
+            (Some(min), Some(v)) => v < min,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        MandatoryStatus { minimum, active_is_below }
     }
 
     async fn fetch(&self, path: &str) -> Result<SignedManifest, BootstrapError> {
@@ -222,14 +233,8 @@ impl ReleaseManager {
     }
 
     fn update_mandatory(&self, manifest: &Manifest) {
-        let active_version = self.active().and_then(|a| a.version.parse::<Version>().ok());
-        let status = MandatoryStatus {
-            minimum: manifest.channel_min_version,
-            active_is_below: matches!((manifest.channel_min_version, active_version), (Some(min), Some(v)) if v < min)
-                || matches!((manifest.channel_min_version, active_version), (Some(_), None)),
-        };
-        if let Ok(mut m) = self.mandatory.lock() {
-            *m = status;
+        if let Ok(mut m) = self.mandatory_minimum.lock() {
+            *m = manifest.channel_min_version;
         }
     }
 
