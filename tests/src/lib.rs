@@ -1,6 +1,7 @@
 //! Shared helpers for the workspace integration tests: a real relay on a
 //! loopback port, real engines on temp dirs, polling with a deadline.
 
+pub mod admin;
 pub mod faulty;
 pub mod peer;
 

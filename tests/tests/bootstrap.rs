@@ -42,27 +42,14 @@ impl Relay {
 
     /// Publishes a release of `files`; returns its id.
     async fn publish(&self, version: &str, files: &[(&str, Vec<u8>)]) -> String {
-        let created = self
-            .call(
-                reqwest::Method::POST,
-                "/admin/releases",
-                Some(json!({"dataset": "vocab-en", "channel": "stable", "version": version, "min_app_version": "1.0.0", "notes": "n"})),
-            )
-            .await;
-        let id = created["id"].as_str().expect("id").to_owned();
-        for (name, bytes) in files {
-            let resp = self
-                .http
-                .put(format!("{}/admin/releases/{id}/artifacts/{name}", self.relay.http_url()))
-                .bearer_auth(TEST_ADMIN_TOKEN)
-                .body(bytes.clone())
-                .send()
-                .await
-                .expect("upload");
-            assert!(resp.status().is_success());
-        }
-        self.call(reqwest::Method::POST, &format!("/admin/releases/{id}/publish"), Some(json!({}))).await;
-        id
+        integration_tests::admin::publish(
+            &self.http,
+            &self.relay.http_url(),
+            TEST_ADMIN_TOKEN,
+            ("vocab-en", "stable", version),
+            files,
+        )
+        .await
     }
 }
 

@@ -136,34 +136,15 @@ async fn downloads_from_the_relay_resume_too() {
     let relay = relay::start(config).await.expect("relay");
     let http = reqwest::Client::new();
     let base = relay.http_url();
-    let created: serde_json::Value = http
-        .post(format!("{base}/admin/releases"))
-        .bearer_auth(integration_tests::TEST_ADMIN_TOKEN)
-        .json(&serde_json::json!({"dataset": "d", "channel": "c", "version": "1.0.0", "min_app_version": "1.0.0"}))
-        .send()
-        .await
-        .expect("create")
-        .json()
-        .await
-        .expect("json");
-    let id = created["id"].as_str().expect("id");
     let bytes = data();
-    let up = http
-        .put(format!("{base}/admin/releases/{id}/artifacts/words.db"))
-        .bearer_auth(integration_tests::TEST_ADMIN_TOKEN)
-        .body(bytes.clone())
-        .send()
-        .await
-        .expect("upload");
-    assert!(up.status().is_success());
-    let published = http
-        .post(format!("{base}/admin/releases/{id}/publish"))
-        .bearer_auth(integration_tests::TEST_ADMIN_TOKEN)
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .expect("publish");
-    assert!(published.status().is_success());
+    let id = integration_tests::admin::publish(
+        &http,
+        &base,
+        integration_tests::TEST_ADMIN_TOKEN,
+        ("d", "c", "1.0.0"),
+        &[("words.db", bytes.clone())],
+    )
+    .await;
     let dest = dir.path().join("device/words.db");
     // Pretend an earlier run got the first 100,000 bytes of this very file.
     std::fs::create_dir_all(dest.parent().expect("parent")).expect("dir");

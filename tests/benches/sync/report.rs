@@ -83,19 +83,9 @@ pub fn percentile(sorted: &[std::time::Duration], p: f64) -> std::time::Duration
     sorted[idx.min(sorted.len() - 1)]
 }
 
-/// Resident and peak memory of a process, from /proc (Linux), in bytes.
+/// Resident and peak memory of a process, in bytes.
 pub fn rss_of(pid: &str) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(|kb| kb * 1024)
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    integration_tests::admin::process_memory(pid)
 }
 
 pub fn mib(bytes: u64) -> String {

@@ -1,0 +1,57 @@
+//! Admin API calls the tests and benches share.
+
+/// Creates, uploads `files` to, and publishes (at 100 %) a release; returns its id.
+pub async fn publish(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    (dataset, channel, version): (&str, &str, &str),
+    files: &[(&str, Vec<u8>)],
+) -> String {
+    let created: serde_json::Value = http
+        .post(format!("{base}/admin/releases"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"dataset": dataset, "channel": channel, "version": version,
+            "min_app_version": "1.0.0", "notes": "test"}))
+        .send()
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("json");
+    let id = created["id"].as_str().expect("release id").to_owned();
+    for (name, bytes) in files {
+        let resp = http
+            .put(format!("{base}/admin/releases/{id}/artifacts/{name}"))
+            .bearer_auth(token)
+            .body(bytes.clone())
+            .send()
+            .await
+            .expect("upload");
+        assert!(resp.status().is_success(), "upload {name}: {}", resp.status());
+    }
+    let resp = http
+        .post(format!("{base}/admin/releases/{id}/publish"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .expect("publish");
+    assert!(resp.status().is_success(), "publish: {}", resp.status());
+    id
+}
+
+/// Resident and peak memory of a process (`self` or a pid), from /proc, in bytes.
+pub fn process_memory(pid: &str) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
