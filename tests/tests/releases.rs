@@ -332,6 +332,8 @@ async fn the_whole_lifecycle_from_draft_to_deprecated() {
         ("release.publish", "refused"),
         ("release.update", "refused"),
         ("release.deprecate", "ok"),
+        ("release.show", "ok"),
+        ("audit.read", "ok"),
     ] {
         assert!(actions.contains(&expected), "{expected:?} missing from {actions:?}");
     }

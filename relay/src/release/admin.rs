@@ -1,6 +1,6 @@
 //! Admin routes (D-004, D-005, D-006, D-009, D-010): thin handlers over
-//! [`ReleaseService`](super::service::ReleaseService). Every mutating call,
-//! and every refused one, lands in the append-only audit log.
+//! [`ReleaseService`](super::service::ReleaseService). Every admin call,
+//! allowed or refused, reads included, lands in the append-only audit log.
 
 use crate::error::RelayError;
 use crate::server::AppState;
@@ -122,11 +122,9 @@ pub async fn list(
     headers: HeaderMap,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<ReleaseList>, RelayError> {
-    if let Err(e) = authorize(&app, &headers) {
-        record(&app, "unauthenticated", "release.list", "-", Err(&e));
-        return Err(e);
-    }
-    Ok(Json(ReleaseList { releases: app.releases.repo.list(q.dataset.as_deref(), q.channel.as_deref())? }))
+    let target = format!("{}/{}", q.dataset.as_deref().unwrap_or("*"), q.channel.as_deref().unwrap_or("*"));
+    let work = async { Ok(ReleaseList { releases: app.releases.repo.list(q.dataset.as_deref(), q.channel.as_deref())? }) };
+    audited(&app, &headers, "release.list", &target, work).await.map(Json)
 }
 
 #[utoipa::path(get, path = "/admin/releases/{id}", tag = "admin", params(("id" = String, Path)),
@@ -137,11 +135,7 @@ pub async fn show(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Release>, RelayError> {
-    if let Err(e) = authorize(&app, &headers) {
-        record(&app, "unauthenticated", "release.show", &id, Err(&e));
-        return Err(e);
-    }
-    Ok(Json(app.releases.repo.get(&id)?.release))
+    audited(&app, &headers, "release.show", &id, async { Ok(app.releases.repo.get(&id)?.release) }).await.map(Json)
 }
 
 #[utoipa::path(patch, path = "/admin/releases/{id}", tag = "admin", params(("id" = String, Path)),
@@ -290,10 +284,8 @@ pub async fn audit_log(
     headers: HeaderMap,
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<AuditLog>, RelayError> {
-    if let Err(e) = authorize(&app, &headers) {
-        record(&app, "unauthenticated", "audit.read", "-", Err(&e));
-        return Err(e);
-    }
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    Ok(Json(AuditLog { entries: app.releases.repo.audit_log(q.target.as_deref(), q.before, limit)? }))
+    // Read first, then record the read: the answer does not contain itself.
+    let work = async { Ok(AuditLog { entries: app.releases.repo.audit_log(q.target.as_deref(), q.before, limit)? }) };
+    audited(&app, &headers, "audit.read", q.target.as_deref().unwrap_or("*"), work).await.map(Json)
 }
