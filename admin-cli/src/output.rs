@@ -119,9 +119,9 @@ pub fn audit(v: &Value, json: bool) {
     );
     for e in v["entries"].as_array().cloned().unwrap_or_default() {
         println!(
-            "{:>6}  {:<13}  {:<16} {:<18} {:<8} {:<40} {}",
+            "{:>6}  {:<19}  {:<16} {:<18} {:<8} {:<40} {}",
             s(&e["id"]),
-            s(&e["at"]),
+            e["at"].as_i64().map(utc).unwrap_or_default(),
             s(&e["actor"]),
             s(&e["action"]),
             s(&e["outcome"]),
@@ -143,5 +143,15 @@ pub fn error(e: &CliError, json: bool) {
         for f in list.iter().filter_map(|f| serde_json::to_value(f).ok()) {
             eprintln!("{}", finding_line(&f));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_formats_epoch_millis() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00");
+        assert_eq!(super::utc(1_795_622_740_013), "2026-11-25 16:05:40");
+        assert_eq!(super::utc(951_782_400_000), "2000-02-29 00:00:00");
     }
 }

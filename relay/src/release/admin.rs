@@ -123,7 +123,8 @@ pub async fn list(
     Query(q): Query<ListQuery>,
 ) -> Result<Json<ReleaseList>, RelayError> {
     let target = format!("{}/{}", q.dataset.as_deref().unwrap_or("*"), q.channel.as_deref().unwrap_or("*"));
-    let work = async { Ok(ReleaseList { releases: app.releases.repo.list(q.dataset.as_deref(), q.channel.as_deref())? }) };
+    let work =
+        async { Ok(ReleaseList { releases: app.releases.repo.list(q.dataset.as_deref(), q.channel.as_deref())? }) };
     audited(&app, &headers, "release.list", &target, work).await.map(Json)
 }
 
