@@ -109,13 +109,29 @@ pub fn report(v: &Value, json: bool) {
     findings(&list);
 }
 
+/// Milliseconds since the epoch as `YYYY-MM-DD HH:MM:SS` UTC (H. Hinnant's civil date).
+fn utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
 pub fn audit(v: &Value, json: bool) {
     if json {
         return raw(v, json);
     }
     println!(
-        "{:>6}  {:<13}  {:<16} {:<18} {:<8} {:<40} detail",
-        "id", "at (ms)", "actor", "action", "outcome", "target"
+        "{:>6}  {:<19}  {:<16} {:<18} {:<8} {:<40} detail",
+        "id", "at (UTC)", "actor", "action", "outcome", "target"
     );
     for e in v["entries"].as_array().cloned().unwrap_or_default() {
         println!(
