@@ -94,28 +94,56 @@ pub fn put_session<T: Transactable>(tx: &mut T, s: &Session) -> Result<(), autom
     Ok(())
 }
 
-/// A string field: a scalar string, or a text object (what JavaScript
-/// automerge 3 writes for plain strings).
-fn get_str(doc: &Automerge, obj: &ObjId, key: &str) -> Option<String> {
-    match doc.get(obj, key).ok()?? {
-        (Value::Scalar(s), _) => match s.as_ref() {
-            ScalarValue::Str(t) => Some(t.to_string()),
-            _ => None,
-        },
-        (Value::Object(ObjType::Text), id) => doc.text(&id).ok(),
-        _ => None,
-    }
+/// One field of an entry, as read in a single pass over the entry's map.
+enum Field {
+    Str(String),
+    Int(i64),
+    /// A text object (what JavaScript automerge 3 writes for plain strings).
+    Text(ObjId),
+    Other,
 }
 
-fn get_i64(doc: &Automerge, obj: &ObjId, key: &str) -> Option<i64> {
-    match doc.get(obj, key).ok()?? {
-        (Value::Scalar(s), _) => match s.as_ref() {
-            ScalarValue::Int(i) | ScalarValue::Timestamp(i) => Some(*i),
-            ScalarValue::Uint(u) => i64::try_from(*u).ok(),
-            ScalarValue::F64(f) if f.is_finite() => Some(*f as i64),
+/// All fields of one entry object, read with one `map_range` pass (much
+/// cheaper on a large document than one `get` per field).
+struct Fields(Vec<(String, Field)>);
+
+impl Fields {
+    fn read(doc: &Automerge, obj: &ObjId) -> Fields {
+        let mut out = Vec::with_capacity(8);
+        for item in doc.map_range(obj, ..) {
+            let field = match &item.value {
+                automerge::ValueRef::Scalar(s) => match s {
+                    automerge::ScalarValueRef::Str(t) => Field::Str(t.to_string()),
+                    automerge::ScalarValueRef::Int(i) | automerge::ScalarValueRef::Timestamp(i) => Field::Int(*i),
+                    automerge::ScalarValueRef::Uint(u) => i64::try_from(*u).map_or(Field::Other, Field::Int),
+                    automerge::ScalarValueRef::F64(f) if f.is_finite() => Field::Int(*f as i64),
+                    _ => Field::Other,
+                },
+                automerge::ValueRef::Object(ObjType::Text) => Field::Text(item.id()),
+                automerge::ValueRef::Object(_) => Field::Other,
+            };
+            out.push((item.key.to_string(), field));
+        }
+        Fields(out)
+    }
+
+    fn get(&self, key: &str) -> Option<&Field> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    fn str(&self, doc: &Automerge, key: &str) -> Option<String> {
+        match self.get(key)? {
+            Field::Str(s) => Some(s.clone()),
+            Field::Text(id) => doc.text(id).ok(),
             _ => None,
-        },
-        _ => None,
+        }
+    }
+
+    fn int(&self, key: &str) -> Option<i64> {
+        match self.get(key)? {
+            Field::Int(i) => Some(*i),
+            _ => None,
+        }
     }
 }
 
@@ -126,36 +154,62 @@ fn object_at(doc: &Automerge, key: &str) -> Option<ObjId> {
     }
 }
 
+fn review_from(doc: &Automerge, id: &str, obj: &ObjId) -> Option<Review> {
+    let f = Fields::read(doc, obj);
+    let rating = Rating::from_u8(u8::try_from(f.int("rating")?).ok()?)?;
+    Some(Review {
+        id: id.to_string(),
+        item_id: f.str(doc, "item")?,
+        rating,
+        reviewed_at: f.int("at")?,
+        duration_ms: u32::try_from(f.int("duration_ms").unwrap_or(0)).unwrap_or(0),
+        device_id: f.str(doc, "device").unwrap_or_default(),
+        session_id: f.str(doc, "session"),
+    })
+}
+
+fn session_from(doc: &Automerge, id: &str, obj: &ObjId) -> Option<Session> {
+    let f = Fields::read(doc, obj);
+    let count = |k: &str| u32::try_from(f.int(k).unwrap_or(0)).unwrap_or(0);
+    Some(Session {
+        id: id.to_string(),
+        started_at: f.int("started_at")?,
+        ended_at: f.int("ended_at"),
+        device_id: f.str(doc, "device").unwrap_or_default(),
+        mode: f.str(doc, "mode").unwrap_or_default(),
+        counts: SessionCounts { reviewed: count("reviewed"), correct: count("correct"), new_items: count("new_items") },
+        notes: f.str(doc, "notes").unwrap_or_default(),
+    })
+}
+
 /// Reads the review stored under `key`; `None` if absent or malformed (a
 /// peer can write anything into a document, so nothing here may panic).
 pub fn read_review(doc: &Automerge, key: &str) -> Option<Review> {
     let id = key.strip_prefix(REVIEW_PREFIX)?;
-    let obj = object_at(doc, key)?;
-    let rating = Rating::from_u8(u8::try_from(get_i64(doc, &obj, "rating")?).ok()?)?;
-    Some(Review {
-        id: id.to_string(),
-        item_id: get_str(doc, &obj, "item")?,
-        rating,
-        reviewed_at: get_i64(doc, &obj, "at")?,
-        duration_ms: u32::try_from(get_i64(doc, &obj, "duration_ms").unwrap_or(0)).unwrap_or(0),
-        device_id: get_str(doc, &obj, "device").unwrap_or_default(),
-        session_id: get_str(doc, &obj, "session"),
-    })
+    review_from(doc, id, &object_at(doc, key)?)
 }
 
 pub fn read_session(doc: &Automerge, key: &str) -> Option<Session> {
     let id = key.strip_prefix(SESSION_PREFIX)?;
-    let obj = object_at(doc, key)?;
-    let count = |k: &str| u32::try_from(get_i64(doc, &obj, k).unwrap_or(0)).unwrap_or(0);
-    Some(Session {
-        id: id.to_string(),
-        started_at: get_i64(doc, &obj, "started_at")?,
-        ended_at: get_i64(doc, &obj, "ended_at"),
-        device_id: get_str(doc, &obj, "device").unwrap_or_default(),
-        mode: get_str(doc, &obj, "mode").unwrap_or_default(),
-        counts: SessionCounts { reviewed: count("reviewed"), correct: count("correct"), new_items: count("new_items") },
-        notes: get_str(doc, &obj, "notes").unwrap_or_default(),
-    })
+    session_from(doc, id, &object_at(doc, key)?)
+}
+
+/// Every well-formed review and session of a document, in one pass over
+/// its root (used when a document arrives whole).
+pub fn read_all(doc: &Automerge) -> (Vec<Review>, Vec<Session>) {
+    let (mut reviews, mut sessions) = (Vec::new(), Vec::new());
+    for item in doc.map_range(ROOT, ..) {
+        if !matches!(item.value, automerge::ValueRef::Object(ObjType::Map)) {
+            continue;
+        }
+        let obj = item.id();
+        if let Some(id) = item.key.strip_prefix(REVIEW_PREFIX) {
+            reviews.extend(review_from(doc, id, &obj));
+        } else if let Some(id) = item.key.strip_prefix(SESSION_PREFIX) {
+            sessions.extend(session_from(doc, id, &obj));
+        }
+    }
+    (reviews, sessions)
 }
 
 /// What changed between two versions of a document, by root key.

@@ -166,13 +166,17 @@ impl Replica {
         let doc = &entry.doc;
         let heads = doc.get_heads();
         let chunk = doc.save_after(before);
-        let touched = match written {
-            Some(keys) => keys,
-            None if before.is_empty() => progress_doc::all_keys(doc),
-            None => progress_doc::touched_since(doc, before),
+        let (reviews, sessions) = if written.is_none() && before.is_empty() {
+            progress_doc::read_all(doc)
+        } else {
+            let touched = match written {
+                Some(keys) => keys,
+                None => progress_doc::touched_since(doc, before),
+            };
+            let reviews = touched.reviews.iter().filter_map(|k| progress_doc::read_review(doc, k)).collect();
+            let sessions = touched.sessions.iter().filter_map(|k| progress_doc::read_session(doc, k)).collect();
+            (reviews, sessions)
         };
-        let reviews: Vec<_> = touched.reviews.iter().filter_map(|k| progress_doc::read_review(doc, k)).collect();
-        let sessions: Vec<_> = touched.sessions.iter().filter_map(|k| progress_doc::read_session(doc, k)).collect();
         let partition = if partition == UNKNOWN_PARTITION {
             reviews
                 .first()
