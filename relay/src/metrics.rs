@@ -4,8 +4,56 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+/// A Prometheus histogram with fixed buckets, lock-free.
+pub struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<AtomicU64>,
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+/// Seconds: from a fast in-memory merge to a slow fsync under load.
+const LATENCY_BOUNDS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            bounds: LATENCY_BOUNDS,
+            counts: LATENCY_BOUNDS.iter().map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    pub fn observe(&self, elapsed: std::time::Duration) {
+        let secs = elapsed.as_secs_f64();
+        for (bound, count) in self.bounds.iter().zip(&self.counts) {
+            if secs <= *bound {
+                count.fetch_add(1, Relaxed);
+            }
+        }
+        self.sum_micros.fetch_add(elapsed.as_micros() as u64, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (bound, count) in self.bounds.iter().zip(&self.counts) {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {}", count.load(Relaxed));
+        }
+        let total = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {total}");
+        let _ = writeln!(out, "{name}_sum {}", self.sum_micros.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {total}");
+    }
+}
+
 #[derive(Default)]
 pub struct Metrics {
+    /// Time to apply one incoming sync message: merge, durable store, reply.
+    pub sync_apply_seconds: Histogram,
     pub connections_open: AtomicU64,
     pub connections_total: AtomicU64,
     pub auth_failures: AtomicU64,
@@ -88,6 +136,11 @@ impl Metrics {
         for (name, kind, help, value) in rows {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
         }
+        self.sync_apply_seconds.render(
+            &mut out,
+            "relay_sync_apply_seconds",
+            "Time to apply an incoming sync message, store it durably and build the reply",
+        );
         out
     }
 }

@@ -134,7 +134,12 @@ impl Connection {
                 out.extend(self.offer_changed().await?);
                 Ok(out)
             }
-            Action::Sync { doc, data, request } => self.apply(doc, &data, request).await,
+            Action::Sync { doc, data, request } => {
+                let started = Instant::now();
+                let out = self.apply(doc, &data, request).await;
+                self.hub.metrics.sync_apply_seconds.observe(started.elapsed());
+                out
+            }
             Action::Ignore => Ok(Vec::new()),
             Action::Close(reason) => Err(reason),
         }

@@ -171,6 +171,8 @@ async fn health_readiness_and_metrics() {
     assert!(value("relay_changes_stored_total") >= 1);
     assert!(value("relay_auth_failures_total") >= 1);
     assert!(value("relay_bytes_in_total") > 0);
+    assert!(value("relay_sync_apply_seconds_count") >= 1, "sync latency is observed");
+    assert!(metrics.contains("relay_sync_apply_seconds_bucket{le=\"+Inf\"}"));
     relay.shutdown().await;
 }
 
