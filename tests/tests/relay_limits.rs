@@ -196,3 +196,33 @@ async fn idle_documents_are_evicted_and_reloaded_on_demand() {
     assert_eq!(copy.get_heads(), doc.get_heads());
     relay.shutdown().await;
 }
+
+/// The committed Grafana dashboard charts only metrics the relay exports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_references_only_exported_metrics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = start_relay(dir.path()).await;
+    let metrics = reqwest::get(format!("{}/metrics", relay.http_url())).await.expect("get").text().await.expect("text");
+    let exported: Vec<&str> =
+        metrics.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split_whitespace().next()).collect();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/grafana-sync-dashboard.json");
+    let dashboard: serde_json::Value = serde_json::from_slice(&std::fs::read(path).expect("dashboard")).expect("json");
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            let names: Vec<&str> = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("relay_"))
+                .collect();
+            assert!(!names.is_empty(), "{expr}");
+            for name in names {
+                let base = name.trim_end_matches("_bucket").trim_end_matches("_sum").trim_end_matches("_count");
+                assert!(exported.contains(&base), "{name} in the dashboard is not exported");
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 10);
+    relay.shutdown().await;
+}
