@@ -34,8 +34,14 @@ pub struct DocSlot {
 #[derive(Default)]
 pub struct PeerSignal {
     pub changed: Mutex<HashSet<DocumentId>>,
+    /// Ephemeral messages from the user's other devices, oldest first; bounded
+    /// (they are presence data: dropping old ones under load is correct).
+    pub ephemeral: Mutex<std::collections::VecDeque<protocol::Message>>,
     pub notify: Notify,
 }
+
+/// Most ephemeral messages queued for one connection.
+const MAX_QUEUED_EPHEMERAL: usize = 64;
 
 pub struct Hub {
     pub storage: Arc<dyn DocStorage>,
@@ -123,6 +129,26 @@ impl Hub {
         for s in signals {
             if let Ok(mut changed) = s.changed.lock() {
                 changed.insert(doc);
+            }
+            s.notify.notify_one();
+        }
+    }
+
+    /// Queues an ephemeral message for the user's other connections.
+    pub fn forward_ephemeral(&self, user: &Arc<str>, except: u64, message: &protocol::Message) {
+        let signals: Vec<Arc<PeerSignal>> = match self.peers.lock() {
+            Ok(peers) => peers
+                .get(user)
+                .map(|c| c.iter().filter(|(id, _)| **id != except).map(|(_, s)| s.clone()).collect())
+                .unwrap_or_default(),
+            Err(_) => return,
+        };
+        for s in signals {
+            if let Ok(mut q) = s.ephemeral.lock() {
+                if q.len() >= MAX_QUEUED_EPHEMERAL {
+                    q.pop_front();
+                }
+                q.push_back(message.clone());
             }
             s.notify.notify_one();
         }

@@ -19,6 +19,8 @@ pub enum Action {
     Joined(Message),
     /// Apply a sync message to a document; `request` means the peer lacks it.
     Sync { doc: DocumentId, data: Vec<u8>, request: bool },
+    /// Forward an ephemeral message (presence, cursors) to the user's other devices.
+    Ephemeral(Message),
     /// Nothing to do (advisory or unsupported-but-harmless message).
     Ignore,
     /// Send this error and close the connection.
@@ -59,10 +61,9 @@ impl PeerSession {
             (Phase::Ready { .. }, Message::Request { document_id, data, .. }) => {
                 Action::Sync { doc: document_id, data, request: true }
             }
-            // Ephemeral messages are not relayed yet; doc-unavailable from a
-            // client and unknown advisory types need no answer.
-            (Phase::Ready { .. }, Message::Ephemeral { .. })
-            | (Phase::Ready { .. }, Message::DocUnavailable { .. })
+            (Phase::Ready { .. }, m @ Message::Ephemeral { .. }) => Action::Ephemeral(m),
+            // doc-unavailable from a client and unknown advisory types need no answer.
+            (Phase::Ready { .. }, Message::DocUnavailable { .. })
             | (Phase::Ready { .. }, Message::Leave { .. })
             | (Phase::Ready { .. }, Message::Unknown { .. }) => Action::Ignore,
             (Phase::Ready { .. }, Message::Peer { .. }) => Action::Close("unexpected peer message".into()),
@@ -79,6 +80,25 @@ impl PeerSession {
 
     pub fn sync(&self, doc: DocumentId, data: Vec<u8>) -> Message {
         Message::Sync { sender_id: self.relay_peer_id.clone(), target_id: self.remote(), document_id: doc, data }
+    }
+
+    /// An ephemeral message from another device, addressed to this peer. The
+    /// original sender id is kept: clients deduplicate on (sender, session, count).
+    pub fn forward_ephemeral(&self, m: &Message) -> Option<Message> {
+        if self.phase == Phase::AwaitingJoin {
+            return None;
+        }
+        match m {
+            Message::Ephemeral { sender_id, count, session_id, document_id, data, .. } => Some(Message::Ephemeral {
+                sender_id: sender_id.clone(),
+                target_id: self.remote(),
+                count: *count,
+                session_id: session_id.clone(),
+                document_id: *document_id,
+                data: data.clone(),
+            }),
+            _ => None,
+        }
     }
 
     pub fn unavailable(&self, doc: DocumentId) -> Message {

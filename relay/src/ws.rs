@@ -78,7 +78,8 @@ pub async fn run(socket: WebSocket, hub: Arc<Hub>, claims: DeviceClaims, reg: Re
             }
             _ = signal.notify.notified() => {
                 let docs: Vec<DocumentId> = signal.changed.lock().map(|mut c| c.drain().collect()).unwrap_or_default();
-                let mut out = Vec::new();
+                let ephemeral: Vec<Message> = signal.ephemeral.lock().map(|mut q| q.drain(..).collect()).unwrap_or_default();
+                let mut out: Vec<Message> = ephemeral.iter().filter_map(|m| conn.session.forward_ephemeral(m)).collect();
                 let mut failed = None;
                 for doc in docs {
                     match conn.push(doc).await {
@@ -139,6 +140,10 @@ impl Connection {
                 let out = self.apply(doc, &data, request).await;
                 self.hub.metrics.sync_apply_seconds.observe(started.elapsed());
                 out
+            }
+            Action::Ephemeral(m) => {
+                self.hub.forward_ephemeral(&self.reg.user, self.reg.id, &m);
+                Ok(Vec::new())
             }
             Action::Ignore => Ok(Vec::new()),
             Action::Close(reason) => Err(reason),

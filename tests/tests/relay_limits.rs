@@ -226,3 +226,34 @@ async fn the_dashboard_references_only_exported_metrics() {
     assert!(checked >= 10);
     relay.shutdown().await;
 }
+
+/// Ephemeral messages (presence) reach the user's other devices, unchanged,
+/// and nobody else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ephemeral_messages_reach_the_users_other_devices_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = start_relay(dir.path()).await;
+    let mut a = TestPeer::connect(&relay.ws_url(), &token("kim", "a"), "peer-a").await.expect("a");
+    let mut b = TestPeer::connect(&relay.ws_url(), &token("kim", "b"), "peer-b").await.expect("b");
+    let mut other = TestPeer::connect(&relay.ws_url(), &token("lee", "a"), "peer-c").await.expect("c");
+    let doc = DocumentId::derive(&["presence"]);
+    let sent = Message::Ephemeral {
+        sender_id: "peer-a".into(),
+        target_id: "relay".into(),
+        count: 3,
+        session_id: "s1".into(),
+        document_id: doc,
+        data: b"cursor at 42".to_vec(),
+    };
+    a.send(sent).await.expect("send");
+    match b.recv(WAIT).await.expect("recv") {
+        Some(Message::Ephemeral { sender_id, target_id, count, session_id, document_id, data }) => {
+            assert_eq!((sender_id.as_str(), target_id.as_str(), count), ("peer-a", "peer-b", 3));
+            assert_eq!((session_id.as_str(), document_id, data.as_slice()), ("s1", doc, &b"cursor at 42"[..]));
+        }
+        other => panic!("expected the ephemeral message, got {other:?}"),
+    }
+    // Another user's device gets nothing (bounded wait for an absence).
+    assert_eq!(other.recv(Duration::from_millis(300)).await.expect("recv"), None);
+    relay.shutdown().await;
+}
