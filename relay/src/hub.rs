@@ -117,15 +117,20 @@ impl Hub {
         }
     }
 
-    /// Tells the user's other connections that `doc` changed.
-    pub fn notify_others(&self, user: &Arc<str>, except: u64, doc: DocumentId) {
-        let signals: Vec<Arc<PeerSignal>> = match self.peers.lock() {
+    /// The signals of `user`'s connections other than `except`.
+    fn others(&self, user: &Arc<str>, except: u64) -> Vec<Arc<PeerSignal>> {
+        match self.peers.lock() {
             Ok(peers) => peers
                 .get(user)
                 .map(|c| c.iter().filter(|(id, _)| **id != except).map(|(_, s)| s.clone()).collect())
                 .unwrap_or_default(),
-            Err(_) => return,
-        };
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Tells the user's other connections that `doc` changed.
+    pub fn notify_others(&self, user: &Arc<str>, except: u64, doc: DocumentId) {
+        let signals = self.others(user, except);
         for s in signals {
             if let Ok(mut changed) = s.changed.lock() {
                 changed.insert(doc);
@@ -136,13 +141,7 @@ impl Hub {
 
     /// Queues an ephemeral message for the user's other connections.
     pub fn forward_ephemeral(&self, user: &Arc<str>, except: u64, message: &protocol::Message) {
-        let signals: Vec<Arc<PeerSignal>> = match self.peers.lock() {
-            Ok(peers) => peers
-                .get(user)
-                .map(|c| c.iter().filter(|(id, _)| **id != except).map(|(_, s)| s.clone()).collect())
-                .unwrap_or_default(),
-            Err(_) => return,
-        };
+        let signals = self.others(user, except);
         for s in signals {
             if let Ok(mut q) = s.ephemeral.lock() {
                 if q.len() >= MAX_QUEUED_EPHEMERAL {
