@@ -26,15 +26,7 @@ pub struct Client {
     token: String,
 }
 
-/// Percent-encodes a path segment.
-pub fn segment(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
+pub use release::names::encode_path_segment as segment;
 
 impl Client {
     pub fn new(base: &str, token: &str) -> Client {

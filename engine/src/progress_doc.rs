@@ -248,20 +248,6 @@ pub fn touched_since(doc: &Automerge, before: &[ChangeHash]) -> Touched {
     touched
 }
 
-/// Every review and session key in a document (used when a document
-/// arrives whole, e.g. on a device bootstrapping from the relay).
-pub fn all_keys(doc: &Automerge) -> Touched {
-    let mut touched = Touched::default();
-    for key in doc.keys(ROOT) {
-        if key.starts_with(REVIEW_PREFIX) {
-            touched.reviews.insert(key);
-        } else if key.starts_with(SESSION_PREFIX) {
-            touched.sessions.insert(key);
-        }
-    }
-    touched
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -99,7 +99,6 @@ impl Hub {
         conns.insert(id, signal.clone());
         self.open_connections.fetch_add(1, Ordering::Relaxed);
         Metrics::inc(&self.metrics.connections_total);
-        Metrics::inc(&self.metrics.connections_open);
         Ok(Registration { hub: self.clone(), user, id, signal })
     }
 
@@ -109,7 +108,6 @@ impl Hub {
         {
             if conns.remove(&id).is_some() {
                 self.open_connections.fetch_sub(1, Ordering::Relaxed);
-                self.metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
             }
             if conns.is_empty() {
                 peers.remove(user);

@@ -54,7 +54,6 @@ impl Histogram {
 pub struct Metrics {
     /// Time to apply one incoming sync message: merge, durable store, reply.
     pub sync_apply_seconds: Histogram,
-    pub connections_open: AtomicU64,
     pub connections_total: AtomicU64,
     pub auth_failures: AtomicU64,
     pub connections_refused_limit: AtomicU64,
@@ -79,10 +78,12 @@ impl Metrics {
         counter.fetch_add(n, Relaxed);
     }
 
-    pub fn render(&self, docs_resident: usize) -> String {
+    /// `connections_open` and `docs_resident` are read from the hub, which
+    /// owns those numbers, so there is one source for each.
+    pub fn render(&self, connections_open: u64, docs_resident: usize) -> String {
         let mut out = String::new();
         let rows: [(&str, &str, &str, u64); 15] = [
-            ("relay_connections_open", "gauge", "WebSocket connections open now", self.connections_open.load(Relaxed)),
+            ("relay_connections_open", "gauge", "WebSocket connections open now", connections_open),
             (
                 "relay_connections_total",
                 "counter",

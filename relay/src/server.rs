@@ -87,7 +87,10 @@ async fn ready(State(app): State<AppState>) -> Result<impl IntoResponse, RelayEr
 }
 
 async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.hub.metrics.render(app.hub.resident_docs()))
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.hub.metrics.render(app.hub.open_connections(), app.hub.resident_docs()),
+    )
 }
 
 async fn openapi_json() -> impl IntoResponse {

@@ -246,7 +246,7 @@ impl Connection {
             return Err(format!("invalid sync message for {doc_id}: {e}"));
         }
         let after = doc.get_heads();
-        if after != before || (before.is_empty() && !after.is_empty()) {
+        if after != before {
             let chunk = doc.save_after(&before);
             let heads = encode_heads(&after);
             let storage = self.hub.storage.clone();

@@ -91,15 +91,3 @@ pub struct Release {
     pub published_at: Option<TimestampMs>,
     pub artifacts: Vec<Artifact>,
 }
-
-impl Release {
-    /// Rolling out (< 100 %) or complete, for display.
-    pub fn rollout_phase(&self) -> &'static str {
-        match (self.state, self.rollout_percent) {
-            (ReleaseState::Published, 100) => "complete",
-            (ReleaseState::Published, 0) => "paused",
-            (ReleaseState::Published, _) => "rolling_out",
-            _ => "-",
-        }
-    }
-}

@@ -69,6 +69,17 @@ pub fn check_artifact_name(name: &str) -> Result<(), NameError> {
     Ok(())
 }
 
+/// Percent-encodes one URL path segment (artifact names may hold spaces or
+/// non-ASCII), keeping only RFC 3986 unreserved characters as they are.
+pub fn encode_path_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,6 +92,12 @@ mod tests {
         for bad in ["", "../x", "a/b", "a\\b", "..", ".hidden", "a\nb", "a\u{0}", "x:y", " lead", &"x".repeat(129)] {
             assert!(check_artifact_name(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn path_segments_are_percent_encoded() {
+        assert_eq!(encode_path_segment("a b/ü.db"), "a%20b%2F%C3%BC.db");
+        assert_eq!(encode_path_segment("words-1_2.~db"), "words-1_2.~db");
     }
 
     #[test]

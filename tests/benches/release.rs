@@ -124,17 +124,7 @@ fn main() {
     let http = reqwest::Client::new();
 
     runtime.block_on(async {
-        let created: serde_json::Value = http
-            .post(format!("{base}/admin/releases"))
-            .bearer_auth(TEST_ADMIN_TOKEN)
-            .json(&serde_json::json!({"dataset": "bench", "channel": "stable", "version": "1.0.0", "min_app_version": "1.0.0", "notes": "bench"}))
-            .send()
-            .await
-            .expect("create")
-            .json()
-            .await
-            .expect("json");
-        let id = created["id"].as_str().expect("id").to_owned();
+        let id = integration_tests::admin::create(&http, &base, TEST_ADMIN_TOKEN, ("bench", "stable", "1.0.0")).await;
         let (rss_before, _) = rss(pid);
 
         let f = tokio::fs::File::open(&file).await.expect("open");
@@ -159,14 +149,7 @@ fn main() {
             format!("{} -> {}", mib(rss_before), mib(peak_upload)),
         );
 
-        let resp = http
-            .post(format!("{base}/admin/releases/{id}/publish"))
-            .bearer_auth(TEST_ADMIN_TOKEN)
-            .json(&serde_json::json!({}))
-            .send()
-            .await
-            .expect("publish");
-        assert!(resp.status().is_success(), "publish: {}", resp.status());
+        integration_tests::admin::publish_draft(&http, &base, TEST_ADMIN_TOKEN, &id).await;
 
         // Downloads: relay vs nginx, both with `curl -o` to the same disk, best of 3.
         let out = dir.path().join("download.bin");
@@ -175,23 +158,36 @@ fn main() {
         let (_, peak_download) = rss(pid);
         let nginx_work = dir.path().join("nginx");
         let nginx = start_nginx(&serve, &nginx_work);
-        let nginx_time = nginx.as_ref().and_then(|(_, u)| (0..3).filter_map(|_| curl(&format!("{u}/artifact.bin"), &out)).min());
+        let nginx_time =
+            nginx.as_ref().and_then(|(_, u)| (0..3).filter_map(|_| curl(&format!("{u}/artifact.bin"), &out)).min());
         if let Some((mut child, _)) = nginx {
             // SIGTERM (not SIGKILL) so the master takes its worker down with it.
             let _ = Command::new("kill").arg(child.id().to_string()).status();
             let _ = child.wait();
         }
         match relay_time {
-            Some(t) => row("download from the relay (curl -o, best of 3)", "-", format!("{} ({:.0} MiB/s)", secs(t), size_mib as f64 / t.as_secs_f64())),
+            Some(t) => row(
+                "download from the relay (curl -o, best of 3)",
+                "-",
+                format!("{} ({:.0} MiB/s)", secs(t), size_mib as f64 / t.as_secs_f64()),
+            ),
             None => row("download from the relay", "-", "failed (is curl installed?)".into()),
         }
         match nginx_time {
-            Some(t) => row("download from nginx, same file and disk", "-", format!("{} ({:.0} MiB/s)", secs(t), size_mib as f64 / t.as_secs_f64())),
+            Some(t) => row(
+                "download from nginx, same file and disk",
+                "-",
+                format!("{} ({:.0} MiB/s)", secs(t), size_mib as f64 / t.as_secs_f64()),
+            ),
             None => row("download from nginx", "-", "nginx not installed (apt-get install nginx-light)".into()),
         }
         if let (Some(r), Some(n)) = (relay_time, nginx_time) {
             let ratio = n.as_secs_f64() / r.as_secs_f64();
-            row("relay throughput / nginx throughput", ">= 0.9x", format!("{ratio:.2}x {}", if ratio >= 0.9 { "ok" } else { "MISSED" }));
+            row(
+                "relay throughput / nginx throughput",
+                ">= 0.9x",
+                format!("{ratio:.2}x {}", if ratio >= 0.9 { "ok" } else { "MISSED" }),
+            );
         }
         row("relay peak memory after downloads", "flat", mib(peak_download));
 
@@ -199,7 +195,12 @@ fn main() {
         let device = dir.path().join("device");
         let dest = device.join("artifact.bin");
         let sha = release::checksum::sha256_hex(&std::fs::read(&file).expect("read"));
-        let req = engine::bootstrap::download::DownloadRequest { url: relay_url.clone(), dest: dest.clone(), sha256: sha, size: bytes };
+        let req = engine::bootstrap::download::DownloadRequest {
+            url: relay_url.clone(),
+            dest: dest.clone(),
+            sha256: sha,
+            size: bytes,
+        };
         let policy = engine::bootstrap::download::RetryPolicy::default();
         let mut engine_best: Option<Duration> = None;
         for _ in 0..3 {
@@ -215,7 +216,11 @@ fn main() {
         for _ in 0..3 {
             let t0 = Instant::now();
             if curl(&relay_url, &out).is_some()
-                && Command::new("sha256sum").arg(&out).stdout(std::process::Stdio::null()).status().is_ok_and(|s| s.success())
+                && Command::new("sha256sum")
+                    .arg(&out)
+                    .stdout(std::process::Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
             {
                 let t = t0.elapsed();
                 script_best = Some(script_best.map_or(t, |b| b.min(t)));
@@ -246,12 +251,17 @@ fn main() {
         let first = engine::bootstrap::download::download(&http, &req, policy, &stop, &mut rx).await;
         let received_first = std::fs::metadata(format!("{}.part", dest.display())).map(|m| m.len()).unwrap_or(0);
         let (_tx, mut rx) = tokio::sync::watch::channel(false);
-        let second = engine::bootstrap::download::download(&http, &req, policy, &|_| {}, &mut rx).await.expect("resume");
+        let second =
+            engine::bootstrap::download::download(&http, &req, policy, &|_| {}, &mut rx).await.expect("resume");
         let again = (received_first + second.bytes_received).saturating_sub(bytes);
         row(
             "bytes downloaded twice after a cut at 50 %",
             "< 1 %",
-            format!("{again} B ({:.3} %){}", again as f64 * 100.0 / bytes as f64, if first.is_err() { "" } else { " (cut missed)" }),
+            format!(
+                "{again} B ({:.3} %){}",
+                again as f64 * 100.0 / bytes as f64,
+                if first.is_err() { "" } else { " (cut missed)" }
+            ),
         );
 
         // `latest` with 100 concurrent clients for 5 s.
@@ -265,7 +275,9 @@ fn main() {
                 let mut i = 0u64;
                 while Instant::now() < deadline {
                     i += 1;
-                    let url = format!("{base}/v1/datasets/bench/channels/stable/latest?app_version=1.0.0&install_id=c{c}-{i}");
+                    let url = format!(
+                        "{base}/v1/datasets/bench/channels/stable/latest?app_version=1.0.0&install_id=c{c}-{i}"
+                    );
                     match http.get(url).send().await {
                         Ok(r) if r.status().is_success() => {
                             let _ = r.bytes().await;
@@ -284,7 +296,11 @@ fn main() {
         row(
             "`latest` with 100 concurrent clients (signed manifest each)",
             "-",
-            format!("{:.0} req/s ({} errors)", count.load(Ordering::Relaxed) as f64 / 5.0, errors.load(Ordering::Relaxed)),
+            format!(
+                "{:.0} req/s ({} errors)",
+                count.load(Ordering::Relaxed) as f64 / 5.0,
+                errors.load(Ordering::Relaxed)
+            ),
         );
     });
     let _ = relay.kill();

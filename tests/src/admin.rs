@@ -1,12 +1,11 @@
 //! Admin API calls the tests and benches share.
 
-/// Creates, uploads `files` to, and publishes (at 100 %) a release; returns its id.
-pub async fn publish(
+/// Creates a draft release; returns its id.
+pub async fn create(
     http: &reqwest::Client,
     base: &str,
     token: &str,
     (dataset, channel, version): (&str, &str, &str),
-    files: &[(&str, Vec<u8>)],
 ) -> String {
     let created: serde_json::Value = http
         .post(format!("{base}/admin/releases"))
@@ -19,7 +18,30 @@ pub async fn publish(
         .json()
         .await
         .expect("json");
-    let id = created["id"].as_str().expect("release id").to_owned();
+    created["id"].as_str().expect("release id").to_owned()
+}
+
+/// Publishes a release at 100 %.
+pub async fn publish_draft(http: &reqwest::Client, base: &str, token: &str, id: &str) {
+    let resp = http
+        .post(format!("{base}/admin/releases/{id}/publish"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .expect("publish");
+    assert!(resp.status().is_success(), "publish: {}", resp.status());
+}
+
+/// Creates, uploads `files` to, and publishes (at 100 %) a release; returns its id.
+pub async fn publish(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    release: (&str, &str, &str),
+    files: &[(&str, Vec<u8>)],
+) -> String {
+    let id = create(http, base, token, release).await;
     for (name, bytes) in files {
         let resp = http
             .put(format!("{base}/admin/releases/{id}/artifacts/{name}"))
@@ -30,14 +52,7 @@ pub async fn publish(
             .expect("upload");
         assert!(resp.status().is_success(), "upload {name}: {}", resp.status());
     }
-    let resp = http
-        .post(format!("{base}/admin/releases/{id}/publish"))
-        .bearer_auth(token)
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .expect("publish");
-    assert!(resp.status().is_success(), "publish: {}", resp.status());
+    publish_draft(http, base, token, &id).await;
     id
 }
 

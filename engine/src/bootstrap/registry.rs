@@ -75,10 +75,7 @@ pub struct Registry {
 
 impl Registry {
     pub fn open(path: &Path) -> Result<Registry> {
-        let mut conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let mut conn = crate::store::open_connection(path)?;
         MIGRATIONS.to_latest(&mut conn)?;
         Ok(Registry { conn })
     }
@@ -168,13 +165,6 @@ impl Registry {
             params![id, name, state],
         )?;
         Ok(())
-    }
-
-    pub fn artifact_states(&self, id: &str) -> Result<Vec<(String, String)>> {
-        let mut stmt =
-            self.conn.prepare("SELECT name, state FROM release_artifacts WHERE release_id = ?1 ORDER BY name")?;
-        let rows = stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<std::result::Result<Vec<_>, _>>()?;
-        Ok(rows)
     }
 
     /// Records a launch of `id`; returns the failed-launch count after it.

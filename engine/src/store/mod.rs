@@ -38,13 +38,7 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the database at `path` and migrates it.
     pub fn open(path: &Path) -> Result<Store> {
-        let mut conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        // FULL: a committed transaction survives power loss, which is the
-        // promise record_review makes to the app.
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let mut conn = open_connection(path)?;
         migrations::migrate(&mut conn)?;
         Ok(Store { conn })
     }
@@ -60,6 +54,18 @@ impl Store {
     pub fn conn(&self) -> &Connection {
         &self.conn
     }
+}
+
+/// Every device database connection: WAL, `synchronous=FULL` (a committed
+/// transaction survives power loss, which is the promise `record_review`
+/// makes to the app), foreign keys on, 5 s busy timeout.
+pub(crate) fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
 }
 
 pub fn encode_heads(heads: &[ChangeHash]) -> Vec<u8> {

@@ -53,18 +53,8 @@ fn check_notes(notes: &str) -> Result<(), RelayError> {
     Ok(())
 }
 
-/// Percent-encodes a path segment (artifact names may hold spaces or non-ASCII).
-fn encode_segment(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 pub fn artifact_path(release_id: &str, name: &str) -> String {
-    format!("/v1/releases/{}/artifacts/{}", encode_segment(release_id), encode_segment(name))
+    format!("/v1/releases/{}/artifacts/{}", names::encode_path_segment(release_id), names::encode_path_segment(name))
 }
 
 impl ReleaseService {

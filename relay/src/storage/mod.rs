@@ -13,6 +13,7 @@ pub mod migrations;
 mod sqlite;
 
 pub use sqlite::SqliteStorage;
+pub(crate) use sqlite::open_connection;
 
 use protocol::DocumentId;
 use std::collections::HashMap;

@@ -54,10 +54,13 @@ pub struct SqliteStorage {
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-fn open_connection(path: &Path) -> Result<Connection> {
+/// Every connection to the relay database: WAL, `synchronous=FULL` (what is
+/// committed survives power loss), foreign keys on, 5 s busy timeout.
+pub(crate) fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     Ok(conn)
 }

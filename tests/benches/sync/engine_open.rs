@@ -81,28 +81,12 @@ pub fn measure(report: &mut Report, dir: &Path, now: i64) {
         mib(get("hwm")),
         get("hwm") <= 64 << 20,
     );
-    report.target(
-        "400k: memory_state(item) p50",
-        "<= 1 ms",
-        ms(us("state_p50_us")),
-        us("state_p50_us") <= Duration::from_millis(1),
-    );
-    report.target(
-        "400k: memory_state(item) p99",
-        "<= 1 ms",
-        ms(us("state_p99_us")),
-        us("state_p99_us") <= Duration::from_millis(1),
-    );
-    report.target(
-        "400k: due_items(now, 50) p50",
-        "<= 1 ms",
-        ms(us("due_p50_us")),
-        us("due_p50_us") <= Duration::from_millis(1),
-    );
-    report.target(
-        "400k: due_items(now, 50) p99",
-        "<= 1 ms",
-        ms(us("due_p99_us")),
-        us("due_p99_us") <= Duration::from_millis(1),
-    );
+    for (label, key) in [
+        ("400k: memory_state(item) p50", "state_p50_us"),
+        ("400k: memory_state(item) p99", "state_p99_us"),
+        ("400k: due_items(now, 50) p50", "due_p50_us"),
+        ("400k: due_items(now, 50) p99", "due_p99_us"),
+    ] {
+        report.target(label, "<= 1 ms", ms(us(key)), us(key) <= Duration::from_millis(1));
+    }
 }

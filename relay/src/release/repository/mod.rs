@@ -87,11 +87,7 @@ fn map_write(e: rusqlite::Error, conflict: impl FnOnce() -> String) -> RepoError
 impl ReleaseRepository {
     /// Opens the relay database at `path` (migrating it if needed).
     pub fn open(path: &Path) -> Result<ReleaseRepository> {
-        let mut conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let mut conn = crate::storage::open_connection(path)?;
         migrations::migrate(&mut conn).map_err(|e| RepoError::Migration(e.to_string()))?;
         Ok(ReleaseRepository { conn: Mutex::new(conn) })
     }
