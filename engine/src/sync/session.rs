@@ -56,18 +56,27 @@ impl SyncSession {
         self.shared.count_received(frame.len());
         let msg = Message::decode(frame)?;
         let was_ready = self.client.is_ready();
-        let client = &mut self.client;
-        let output = self.shared.with_replica(|replica| client.on_message(replica, msg, now))?;
-        if !was_ready && self.client.is_ready() {
-            self.shared.set_connected(true, None);
-        }
+        let (client, shared) = (&mut self.client, &self.shared);
+        let output = shared.with_replica(|replica| {
+            let output = client.on_message(replica, msg, now)?;
+            // Status changes are made while the replica is still locked, so a
+            // reader of `Engine::sync_status` (which reads pending documents
+            // under the same lock) never sees "nothing pending" without the
+            // matching `connected` and `last_sync_at`.
+            if !was_ready && client.is_ready() {
+                shared.set_connected(true, None);
+            }
+            if output.error.is_none()
+                && let Some(at) = output.synced_at
+            {
+                shared.set_synced(at);
+            }
+            Ok(output)
+        })?;
         if let Some(e) = output.error {
             return Err(e.into());
         }
-        if let Some(at) = output.synced_at {
-            self.exchanged = true;
-            self.shared.set_synced(at);
-        }
+        self.exchanged |= output.synced_at.is_some();
         Ok(self.encode(output.send))
     }
 
