@@ -55,19 +55,13 @@ async fn javascript_and_rust_clients_exchange_documents() {
     BufReader::new(js.stdout.take().expect("stdout")).read_line(&mut line).expect("js prints the doc url");
     let js_doc: DocumentId = line.trim().parse().expect("automerge url from js");
 
+    // Await the relay storing what the JS client pushed (it is the only client so far).
+    let stored = || relay.hub.metrics.changes_stored.load(std::sync::atomic::Ordering::Relaxed);
+    eventually("the relay stored the JS document", Duration::from_secs(30), || stored() >= 1).await;
     let mut rust = TestPeer::connect(&relay.ws_url(), &token("carol", "rust"), "rust-peer").await.expect("connect");
     let mut doc = Automerge::new();
-    let mut found = false;
-    // The JS client may not have pushed yet: ask again (bounded) until the relay has it.
-    for _ in 0..100 {
-        let mut state = automerge::sync::State::new();
-        if rust.sync_doc(js_doc, &mut doc, &mut state, true).await.expect("sync") {
-            found = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(found, "the relay never had the JS document");
+    let mut state = automerge::sync::State::new();
+    assert!(rust.sync_doc(js_doc, &mut doc, &mut state, true).await.expect("sync"), "the relay has the JS document");
     assert_eq!(read_string(&doc, "text").as_deref(), Some("hello from js"));
     let _ = js.kill();
     let _ = js.wait();

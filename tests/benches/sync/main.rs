@@ -19,7 +19,7 @@ use report::{Report, kib, mib, ms, percentile, rss_of};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 fn main() {
     if let Ok(dir) = std::env::var(engine_open::CHILD_ENV) {
@@ -173,6 +173,18 @@ async fn load(report: &mut Report) {
     }
 }
 
+/// `relay_connections_open` as the relay reports it.
+async fn open_connections(base: &str) -> u64 {
+    let text = match reqwest::get(format!("{base}/metrics")).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => return 0,
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix("relay_connections_open "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 async fn idle(report: &mut Report) {
     let n = env_usize("SYNC_BENCH_IDLE", 10_000);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -180,15 +192,20 @@ async fn idle(report: &mut Report) {
     let pid = relay.id().to_string();
     // Warm up allocator and runtime with a few connections first.
     let (warm, _) = load::idle_devices(&url, 10).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Every handshake completed, so the relay holds them all: measure now.
+    let base = url.replace("ws://", "http://").trim_end_matches("/sync").to_owned();
+    report.figure("relay connections open after warm-up", open_connections(&base).await.to_string());
     let (before, _) = rss_of(&pid);
     let t0 = Instant::now();
     let (peers, failed) = load::idle_devices(&url, n).await;
     let connect_time = t0.elapsed();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let open = open_connections(&base).await;
     let (after, _) = rss_of(&pid);
     let per_device = after.saturating_sub(before) / peers.len().max(1) as u64;
-    report.figure(format!("{} idle devices connected (failed {failed})", peers.len()), ms(connect_time));
+    report.figure(
+        format!("{} idle devices connected (failed {failed}; relay counts {open} open)", peers.len()),
+        ms(connect_time),
+    );
     report.target(
         format!("relay memory per connected idle device ({} devices)", peers.len()),
         "<= 1 MiB",
