@@ -13,6 +13,30 @@ use relay::{Config, RunningRelay};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+/// The folder holding automerge-repo's JavaScript client and Node server.
+pub fn interop_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("interop")
+}
+
+/// Installs automerge-repo's JavaScript packages (pinned by the committed
+/// `package-lock.json`) into `tests/interop/node_modules` if they are not
+/// there yet, so `cargo test` alone sets up the interop test. Needs `node`
+/// and `npm` (`.ci/run` installs them on a machine without).
+pub fn ensure_interop_deps() -> Result<std::path::PathBuf, String> {
+    let dir = interop_dir();
+    if dir.join("node_modules/@automerge/automerge-repo-storage-nodefs").exists() {
+        return Ok(dir);
+    }
+    // `npm ci` trips over cbor-extract's platform-specific optional packages
+    // on npm 11; `install --no-save` honours the lock file without editing it.
+    let status = std::process::Command::new("npm")
+        .current_dir(&dir)
+        .args(["install", "--no-audit", "--no-fund", "--no-save", "--loglevel=error"])
+        .status()
+        .map_err(|e| format!("cannot run npm (install Node.js and npm): {e}"))?;
+    if status.success() { Ok(dir) } else { Err(format!("npm install in {} failed: {status}", dir.display())) }
+}
+
 /// Starts a relay on 127.0.0.1 with an OS-chosen port and the dev token key.
 pub async fn start_relay(data_dir: &Path) -> RunningRelay {
     let config = Config::local(data_dir.to_path_buf(), "127.0.0.1:0".parse().expect("literal address"));

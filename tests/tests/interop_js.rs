@@ -2,9 +2,9 @@
 //! 2.x with its WebSocket adapter, run by node) and Rust clients exchange
 //! documents through the relay, both ways.
 //!
-//! Needs `node` and `tests/interop/node_modules` (`scripts/test-all` runs
-//! `npm ci` there). Without them the test fails and says why: interop is a
-//! requirement, not an optional extra.
+//! Needs `node` and `npm`; the JavaScript packages are installed on first
+//! run (`ensure_interop_deps`). Without node the test fails and says why:
+//! interop is a requirement, not an optional extra.
 
 use automerge::transaction::Transactable;
 use automerge::{Automerge, ROOT, ReadDoc};
@@ -13,20 +13,11 @@ use integration_tests::peer::TestPeer;
 use integration_tests::*;
 use protocol::DocumentId;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-fn interop_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop")
-}
-
 fn node_command(args: &[&str]) -> Command {
-    let dir = interop_dir();
-    assert!(
-        dir.join("node_modules/@automerge/automerge-repo").exists(),
-        "tests/interop/node_modules is missing: run `npm ci` in tests/interop (scripts/test-all does)"
-    );
+    let dir = ensure_interop_deps().unwrap_or_else(|e| panic!("{e}"));
     let mut cmd = Command::new("node");
     cmd.current_dir(&dir).arg("client.mjs").args(args).stderr(Stdio::inherit());
     cmd

@@ -67,7 +67,7 @@ pub fn spawn_relay(data_dir: &Path) -> (Child, String) {
 }
 
 fn spawn_node_server(data_dir: &Path) -> Option<(Child, String)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("interop");
+    let dir = integration_tests::ensure_interop_deps().ok()?;
     let mut child = Command::new("node")
         .current_dir(&dir)
         .arg("sync-server.mjs")
