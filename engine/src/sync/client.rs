@@ -56,6 +56,9 @@ pub struct SyncClient {
     phase: Phase,
     /// Sync states of documents touched on this connection (others are on disk).
     states: HashMap<DocumentId, sync::State>,
+    /// Shared heads last written to disk per document, so a message that
+    /// moves nothing costs no write (and no fsync).
+    persisted: HashMap<DocumentId, Vec<automerge::ChangeHash>>,
 }
 
 impl SyncClient {
@@ -68,6 +71,7 @@ impl SyncClient {
             peer_id: format!("{connection_nonce:08x}"),
             phase: Phase::Disconnected,
             states: HashMap::new(),
+            persisted: HashMap::new(),
         }
     }
 
@@ -89,6 +93,7 @@ impl SyncClient {
     pub fn on_disconnected(&mut self) {
         self.phase = Phase::Disconnected;
         self.states.clear();
+        self.persisted.clear();
     }
 
     /// Handles one message from the relay.
@@ -176,9 +181,12 @@ impl SyncClient {
     /// Persists the shared heads and clears `dirty` once the relay has all we have.
     fn note_acknowledged(&mut self, replica: &mut Replica, id: &DocumentId) -> Result<()> {
         let Some(state) = self.states.get(id) else { return Ok(()) };
-        let encoded = state.encode();
         let mut shared = state.shared_heads.clone();
         shared.sort();
+        if self.persisted.get(id) == Some(&shared) {
+            return Ok(());
+        }
+        let encoded = state.encode();
         let mut ours = replica.doc(id)?.get_heads();
         ours.sort();
         let acknowledged = ours.iter().all(|h| shared.contains(h));
@@ -188,6 +196,8 @@ impl SyncClient {
                 store::set_clean(conn, id)?;
             }
             Ok(())
-        })
+        })?;
+        self.persisted.insert(*id, shared);
+        Ok(())
     }
 }
