@@ -6,6 +6,7 @@
 //! [`Hub::evict_idle`]) so an idle device costs its socket and a few sync
 //! heads, not its history.
 
+use crate::budget::{ByteBudget, DropBudget};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::storage::DocStorage;
@@ -18,8 +19,17 @@ use std::time::Instant;
 use tokio::sync::Notify;
 
 type DocKey = (Arc<str>, DocumentId);
-/// Each user's open connections, by connection id.
-type PeersByUser = HashMap<Arc<str>, HashMap<u64, Arc<PeerSignal>>>;
+
+/// One user's presence on this relay.
+struct UserEntry {
+    /// Open connections, by connection id.
+    conns: HashMap<u64, Arc<PeerSignal>>,
+    /// Bytes of frames being written to this user's connections.
+    outbound: ByteBudget,
+    /// Documents created in memory by a `sync` that stored nothing yet; they
+    /// count against the document limit until stored or evicted.
+    provisional: HashSet<DocumentId>,
+}
 
 /// A document slot. `loaded == false` means storage has not been asked yet;
 /// `doc == None` after loading means the user has no such document.
@@ -27,6 +37,24 @@ pub struct DocSlot {
     pub loaded: bool,
     pub doc: Option<Automerge>,
     pub last_used: Instant,
+    /// The document exists only in memory (see [`UserEntry::provisional`]).
+    pub provisional: bool,
+}
+
+/// Presence messages waiting for one connection, oldest first, bounded in
+/// bytes. Entries are shared: one message queued for 31 devices is one copy.
+#[derive(Default)]
+pub struct EphemeralQueue {
+    messages: std::collections::VecDeque<(Arc<protocol::Message>, usize)>,
+    bytes: usize,
+}
+
+impl EphemeralQueue {
+    /// Takes everything queued; the caller returns the bytes to the hub.
+    pub fn drain(&mut self) -> (Vec<Arc<protocol::Message>>, usize) {
+        let bytes = std::mem::take(&mut self.bytes);
+        (self.messages.drain(..).map(|(m, _)| m).collect(), bytes)
+    }
 }
 
 /// Wakes a connection when another connection of the same user changed
@@ -34,14 +62,19 @@ pub struct DocSlot {
 #[derive(Default)]
 pub struct PeerSignal {
     pub changed: Mutex<HashSet<DocumentId>>,
-    /// Ephemeral messages from the user's other devices, oldest first; bounded
-    /// (they are presence data: dropping old ones under load is correct).
-    pub ephemeral: Mutex<std::collections::VecDeque<protocol::Message>>,
+    pub ephemeral: Mutex<EphemeralQueue>,
     pub notify: Notify,
 }
 
-/// Most ephemeral messages queued for one connection.
-const MAX_QUEUED_EPHEMERAL: usize = 64;
+/// Bytes a presence message is counted as (its payload plus envelope).
+pub fn ephemeral_size(m: &protocol::Message) -> usize {
+    match m {
+        protocol::Message::Ephemeral { data, sender_id, session_id, .. } => {
+            data.len() + sender_id.len() + session_id.len() + 128
+        }
+        _ => 128,
+    }
+}
 
 pub struct Hub {
     pub storage: Arc<dyn DocStorage>,
@@ -49,8 +82,12 @@ pub struct Hub {
     pub metrics: Metrics,
     /// The relay's automerge-repo peer id.
     pub peer_id: String,
+    /// Bytes of frames being written to all connections.
+    pub outbound: ByteBudget,
+    /// Bytes of presence messages queued for all connections.
+    ephemeral_bytes: DropBudget,
     docs: Mutex<HashMap<DocKey, Arc<tokio::sync::Mutex<DocSlot>>>>,
-    peers: Mutex<PeersByUser>,
+    users: Mutex<HashMap<Arc<str>, UserEntry>>,
     open_connections: AtomicU64,
     next_connection: AtomicU64,
 }
@@ -61,6 +98,8 @@ pub struct Registration {
     pub user: Arc<str>,
     pub id: u64,
     pub signal: Arc<PeerSignal>,
+    /// The user's outbound budget (shared by all their connections).
+    pub outbound: ByteBudget,
 }
 
 impl Drop for Registration {
@@ -73,57 +112,72 @@ impl Hub {
     pub fn new(storage: Arc<dyn DocStorage>, limits: Limits, peer_id: String) -> Hub {
         Hub {
             storage,
+            outbound: ByteBudget::new(limits.max_outbound_bytes),
             limits,
             metrics: Metrics::default(),
             peer_id,
+            ephemeral_bytes: DropBudget::default(),
             docs: Mutex::new(HashMap::new()),
-            peers: Mutex::new(HashMap::new()),
+            users: Mutex::new(HashMap::new()),
             open_connections: AtomicU64::new(0),
             next_connection: AtomicU64::new(1),
         }
     }
 
+    fn users(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, UserEntry>> {
+        match self.users.lock() {
+            Ok(u) => u,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
     /// Admits a connection for `user` unless a limit refuses it.
     pub fn register(self: &Arc<Self>, user: &str) -> Result<Registration, String> {
-        let mut peers = self.peers.lock().map_err(|_| "hub lock poisoned".to_owned())?;
+        let mut users = self.users();
         if self.open_connections.load(Ordering::Relaxed) as usize >= self.limits.max_connections {
             return Err("the relay is at its connection limit".into());
         }
         let user: Arc<str> = Arc::from(user);
-        let conns = peers.entry(user.clone()).or_default();
-        if conns.len() >= self.limits.max_connections_per_user {
+        let entry = users.entry(user.clone()).or_insert_with(|| UserEntry {
+            conns: HashMap::new(),
+            outbound: ByteBudget::new(self.limits.max_outbound_bytes_per_user),
+            provisional: HashSet::new(),
+        });
+        if entry.conns.len() >= self.limits.max_connections_per_user {
             return Err(format!("at most {} connections per user", self.limits.max_connections_per_user));
         }
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
         let signal = Arc::new(PeerSignal::default());
-        conns.insert(id, signal.clone());
+        entry.conns.insert(id, signal.clone());
+        let outbound = entry.outbound.clone();
         self.open_connections.fetch_add(1, Ordering::Relaxed);
         Metrics::inc(&self.metrics.connections_total);
-        Ok(Registration { hub: self.clone(), user, id, signal })
+        Ok(Registration { hub: self.clone(), user, id, signal, outbound })
     }
 
     fn unregister(&self, user: &Arc<str>, id: u64) {
-        if let Ok(mut peers) = self.peers.lock()
-            && let Some(conns) = peers.get_mut(user)
-        {
-            if conns.remove(&id).is_some() {
+        let mut users = self.users();
+        if let Some(entry) = users.get_mut(user) {
+            if let Some(signal) = entry.conns.remove(&id) {
                 self.open_connections.fetch_sub(1, Ordering::Relaxed);
+                // Presence bytes queued for the closed connection go back.
+                if let Ok(mut q) = signal.ephemeral.lock() {
+                    let (_, bytes) = q.drain();
+                    self.ephemeral_bytes.give_back(bytes);
+                }
             }
-            if conns.is_empty() {
-                peers.remove(user);
+            if entry.conns.is_empty() && entry.provisional.is_empty() {
+                users.remove(user);
             }
         }
     }
 
     /// The signals of `user`'s connections other than `except`.
     fn others(&self, user: &Arc<str>, except: u64) -> Vec<Arc<PeerSignal>> {
-        match self.peers.lock() {
-            Ok(peers) => peers
-                .get(user)
-                .map(|c| c.iter().filter(|(id, _)| **id != except).map(|(_, s)| s.clone()).collect())
-                .unwrap_or_default(),
-            Err(_) => Vec::new(),
-        }
+        self.users()
+            .get(user)
+            .map(|e| e.conns.iter().filter(|(id, _)| **id != except).map(|(_, s)| s.clone()).collect())
+            .unwrap_or_default()
     }
 
     /// Tells the user's other connections that `doc` changed.
@@ -137,17 +191,75 @@ impl Hub {
         }
     }
 
-    /// Queues an ephemeral message for the user's other connections.
-    pub fn forward_ephemeral(&self, user: &Arc<str>, except: u64, message: &protocol::Message) {
-        let signals = self.others(user, except);
-        for s in signals {
+    /// Queues an ephemeral message for the user's other connections. One
+    /// shared copy; each queue is bounded in bytes (oldest dropped first) and
+    /// all queues together are bounded too (then the message is dropped for
+    /// that receiver). Returns how many receivers it was queued for.
+    pub fn forward_ephemeral(&self, user: &Arc<str>, except: u64, message: protocol::Message) -> usize {
+        let size = ephemeral_size(&message);
+        let message = Arc::new(message);
+        let mut queued = 0;
+        for s in self.others(user, except) {
             if let Ok(mut q) = s.ephemeral.lock() {
-                if q.len() >= MAX_QUEUED_EPHEMERAL {
-                    q.pop_front();
+                while !q.messages.is_empty() && q.bytes + size > self.limits.max_ephemeral_queue_bytes {
+                    if let Some((_, dropped)) = q.messages.pop_front() {
+                        q.bytes -= dropped;
+                        self.ephemeral_bytes.give_back(dropped);
+                        Metrics::inc(&self.metrics.ephemeral_dropped);
+                    }
                 }
-                q.push_back(message.clone());
+                if !self.ephemeral_bytes.try_take(size, self.limits.max_ephemeral_bytes) {
+                    Metrics::inc(&self.metrics.ephemeral_dropped);
+                    continue;
+                }
+                q.messages.push_back((message.clone(), size));
+                q.bytes += size;
+                queued += 1;
             }
             s.notify.notify_one();
+        }
+        queued
+    }
+
+    /// Takes the presence messages queued for a connection.
+    pub fn take_ephemeral(&self, signal: &PeerSignal) -> Vec<Arc<protocol::Message>> {
+        let (messages, bytes) = match signal.ephemeral.lock() {
+            Ok(mut q) => q.drain(),
+            Err(_) => return Vec::new(),
+        };
+        self.ephemeral_bytes.give_back(bytes);
+        messages
+    }
+
+    /// Bytes of presence messages queued for all connections now.
+    pub fn queued_ephemeral_bytes(&self) -> usize {
+        self.ephemeral_bytes.in_use()
+    }
+
+    /// Admits a document that exists only in memory: `stored` is how many
+    /// the user has in storage. Refuses when stored plus in-memory ones would
+    /// pass the limit.
+    pub fn admit_provisional(&self, user: &Arc<str>, doc: DocumentId, stored: u64) -> Result<(), String> {
+        let mut users = self.users();
+        let Some(entry) = users.get_mut(user) else { return Err("connection is gone".into()) };
+        if entry.provisional.contains(&doc) {
+            return Ok(());
+        }
+        if stored + entry.provisional.len() as u64 >= self.limits.max_docs_per_user {
+            return Err(format!("document limit of {} reached", self.limits.max_docs_per_user));
+        }
+        entry.provisional.insert(doc);
+        Ok(())
+    }
+
+    /// The document is stored (or gone from memory): it no longer counts as provisional.
+    pub fn settle_provisional(&self, user: &Arc<str>, doc: &DocumentId) {
+        let mut users = self.users();
+        if let Some(entry) = users.get_mut(user) {
+            entry.provisional.remove(doc);
+            if entry.conns.is_empty() && entry.provisional.is_empty() {
+                users.remove(user);
+            }
         }
     }
 
@@ -159,28 +271,45 @@ impl Hub {
         };
         docs.entry((user.clone(), doc))
             .or_insert_with(|| {
-                Arc::new(tokio::sync::Mutex::new(DocSlot { loaded: false, doc: None, last_used: Instant::now() }))
+                Arc::new(tokio::sync::Mutex::new(DocSlot {
+                    loaded: false,
+                    doc: None,
+                    last_used: Instant::now(),
+                    provisional: false,
+                }))
             })
             .clone()
     }
 
     /// Drops slots nobody holds that were idle longer than the limit.
     pub fn evict_idle(&self, now: Instant) -> usize {
-        let mut docs = match self.docs.lock() {
-            Ok(d) => d,
-            Err(poisoned) => poisoned.into_inner(),
+        let mut settled = Vec::new();
+        let evicted = {
+            let mut docs = match self.docs.lock() {
+                Ok(d) => d,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            let before = docs.len();
+            docs.retain(|key, slot| {
+                if Arc::strong_count(slot) > 1 {
+                    return true;
+                }
+                match slot.try_lock() {
+                    Ok(s) => {
+                        let keep = now.duration_since(s.last_used) < self.limits.doc_idle_eviction;
+                        if !keep && s.provisional {
+                            settled.push(key.clone());
+                        }
+                        keep
+                    }
+                    Err(_) => true,
+                }
+            });
+            before - docs.len()
         };
-        let before = docs.len();
-        docs.retain(|_, slot| {
-            if Arc::strong_count(slot) > 1 {
-                return true;
-            }
-            match slot.try_lock() {
-                Ok(s) => now.duration_since(s.last_used) < self.limits.doc_idle_eviction,
-                Err(_) => true,
-            }
-        });
-        let evicted = before - docs.len();
+        for (user, doc) in settled {
+            self.settle_provisional(&user, &doc);
+        }
         Metrics::add(&self.metrics.docs_evicted, evicted as u64);
         evicted
     }

@@ -8,6 +8,7 @@
 //! [`storage`] (durable documents behind a trait), [`limits`], [`metrics`].
 
 pub mod auth;
+pub mod budget;
 pub mod config;
 pub mod error;
 pub mod hub;

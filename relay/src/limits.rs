@@ -18,6 +18,24 @@ pub struct Limits {
     pub ping_interval: Duration,
     /// A loaded document untouched for this long is dropped from memory.
     pub doc_idle_eviction: Duration,
+    /// A frame that cannot be written to a peer within this long closes that
+    /// connection: a peer that stops reading is a slow consumer, not a reason
+    /// to hold memory. Kept below `idle_timeout`.
+    pub send_timeout: Duration,
+    /// Bytes of frames being written to one user's connections at once.
+    pub max_outbound_bytes_per_user: usize,
+    /// Bytes of frames being written to all connections at once.
+    pub max_outbound_bytes: usize,
+    /// Bytes of presence (ephemeral) messages queued for one connection;
+    /// the oldest are dropped past it (one message is always accepted).
+    pub max_ephemeral_queue_bytes: usize,
+    /// Bytes of presence messages queued for all connections together;
+    /// past it new ones are dropped (presence data is lossy by contract).
+    pub max_ephemeral_bytes: usize,
+    /// Bytes waiting for the storage writer (appends, write-behind sync states).
+    pub max_storage_queue_bytes: usize,
+    /// Longest token lifetime accepted (expiry minus now, at connect).
+    pub max_token_lifetime: Duration,
 }
 
 impl Default for Limits {
@@ -30,6 +48,13 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(120),
             ping_interval: Duration::from_secs(30),
             doc_idle_eviction: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(15),
+            max_outbound_bytes_per_user: 24 * 1024 * 1024,
+            max_outbound_bytes: 96 * 1024 * 1024,
+            max_ephemeral_queue_bytes: 1024 * 1024,
+            max_ephemeral_bytes: 32 * 1024 * 1024,
+            max_storage_queue_bytes: 64 * 1024 * 1024,
+            max_token_lifetime: Duration::from_secs(31 * 24 * 3600),
         }
     }
 }

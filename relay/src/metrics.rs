@@ -67,6 +67,12 @@ pub struct Metrics {
     pub docs_evicted: AtomicU64,
     pub docs_unavailable: AtomicU64,
     pub storage_errors: AtomicU64,
+    /// Presence messages dropped by a full queue (per receiver).
+    pub ephemeral_dropped: AtomicU64,
+    /// Connections closed because a frame could not be written in time.
+    pub slow_consumers_closed: AtomicU64,
+    /// Connections closed because their token expired.
+    pub tokens_expired_closed: AtomicU64,
 }
 
 impl Metrics {
@@ -82,7 +88,7 @@ impl Metrics {
     /// owns those numbers, so there is one source for each.
     pub fn render(&self, connections_open: u64, docs_resident: usize) -> String {
         let mut out = String::new();
-        let rows: [(&str, &str, &str, u64); 15] = [
+        let rows: Vec<(&str, &str, &str, u64)> = vec![
             ("relay_connections_open", "gauge", "WebSocket connections open now", connections_open),
             (
                 "relay_connections_total",
@@ -133,6 +139,24 @@ impl Metrics {
                 self.storage_errors.load(Relaxed),
             ),
             ("relay_docs_resident", "gauge", "Documents loaded in memory now", docs_resident as u64),
+            (
+                "relay_ephemeral_dropped_total",
+                "counter",
+                "Presence messages dropped for a receiver whose queue was full",
+                self.ephemeral_dropped.load(Relaxed),
+            ),
+            (
+                "relay_slow_consumers_closed_total",
+                "counter",
+                "Connections closed because a frame could not be written within the send timeout",
+                self.slow_consumers_closed.load(Relaxed),
+            ),
+            (
+                "relay_tokens_expired_closed_total",
+                "counter",
+                "Connections closed when their device token expired",
+                self.tokens_expired_closed.load(Relaxed),
+            ),
         ];
         for (name, kind, help, value) in rows {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");

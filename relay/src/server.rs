@@ -57,6 +57,16 @@ async fn sync_upgrade(
             return Err(RelayError::Unauthorized(e.to_string()));
         }
     };
+    // A token valid for longer than the relay allows is refused, so a leaked
+    // long-lived token cannot outlive the rotation policy.
+    let max_lifetime = app.hub.limits.max_token_lifetime.as_secs();
+    if claims.exp > now_secs().saturating_add(max_lifetime) {
+        Metrics::inc(&app.hub.metrics.auth_failures);
+        return Err(RelayError::Unauthorized(format!(
+            "token lifetime exceeds this relay's maximum of {} hours",
+            max_lifetime / 3600
+        )));
+    }
     let registration = app.hub.register(&claims.user_id).map_err(|e| {
         Metrics::inc(&app.hub.metrics.connections_refused_limit);
         RelayError::TooManyConnections(e)
@@ -185,7 +195,10 @@ impl RunningRelay {
 /// Opens storage under `config.data_dir`, binds `config.listen` and serves.
 pub async fn start(config: Config) -> Result<RunningRelay, RelayError> {
     std::fs::create_dir_all(&config.data_dir)?;
-    let storage: Arc<dyn DocStorage> = Arc::new(SqliteStorage::open(&config.data_dir.join("relay.sqlite3"))?);
+    let storage: Arc<dyn DocStorage> = Arc::new(SqliteStorage::open_with(
+        &config.data_dir.join("relay.sqlite3"),
+        config.limits.max_storage_queue_bytes,
+    )?);
     // One stable, short peer id: relays sharing storage are the same peer to
     // a client, and the id rides in every message.
     let hub = Arc::new(Hub::new(storage, config.limits.clone(), RELAY_PEER_ID.to_owned()));

@@ -36,8 +36,54 @@ struct Connection {
     persisted: HashMap<DocumentId, EncodedHeads>,
 }
 
+/// Something to write to the peer.
+enum Outgoing {
+    Message(Message),
+    /// A presence message from another device, shared with its other receivers;
+    /// readdressed (and so copied) only once bytes for it are budgeted.
+    Ephemeral(Arc<Message>),
+}
+
+impl Outgoing {
+    /// Bytes the frame will take, for the outbound budgets.
+    fn size_hint(&self) -> usize {
+        match self {
+            Outgoing::Message(m) => match m {
+                Message::Sync { data, .. } | Message::Request { data, .. } => data.len() + 256,
+                _ => 256,
+            },
+            Outgoing::Ephemeral(m) => crate::hub::ephemeral_size(m),
+        }
+    }
+}
+
+/// Why a frame could not be written.
+enum SendFailure {
+    /// The peer is gone; nothing more to say.
+    Gone,
+    /// The peer did not take the frame within the send timeout.
+    SlowConsumer,
+}
+
+type Sink = futures_util::stream::SplitSink<WebSocket, WsMessage>;
+
+/// What woke the connection task.
+enum Event {
+    Frame(Option<Result<WsMessage, axum::Error>>),
+    Notified,
+    Tick,
+    TokenExpired,
+}
+
+/// How long until a token expiring at `exp` (Unix seconds) expires.
+fn until_expiry(exp: u64) -> std::time::Duration {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    std::time::Duration::from_secs(exp).saturating_sub(now)
+}
+
 pub async fn run(socket: WebSocket, hub: Arc<Hub>, claims: DeviceClaims, reg: Registration) {
     let relay_peer = hub.peer_id.clone();
+    let expires = tokio::time::Instant::now() + until_expiry(claims.exp);
     let mut conn = Connection {
         hub: hub.clone(),
         reg,
@@ -52,82 +98,137 @@ pub async fn run(socket: WebSocket, hub: Arc<Hub>, claims: DeviceClaims, reg: Re
     let mut last_heard = Instant::now();
     let signal = conn.reg.signal.clone();
 
-    let close_reason: Option<CloseReason> = loop {
-        let outgoing: Result<Vec<Message>, CloseReason> = tokio::select! {
-            frame = stream.next() => {
+    let close_reason: Result<Option<CloseReason>, SendFailure> = loop {
+        let event = tokio::select! {
+            frame = stream.next() => Event::Frame(frame),
+            _ = signal.notify.notified() => Event::Notified,
+            _ = ping.tick() => Event::Tick,
+            _ = tokio::time::sleep_until(expires) => Event::TokenExpired,
+        };
+        let step: Result<(), Result<Option<CloseReason>, SendFailure>> = match event {
+            Event::Frame(frame) => {
                 last_heard = Instant::now();
                 match frame {
-                    None => break None,
+                    None => Err(Ok(None)),
                     // A peer that vanishes (app killed, network gone) is not a protocol error.
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "connection dropped");
-                        break None;
+                        Err(Ok(None))
                     }
                     Some(Ok(WsMessage::Binary(bytes))) => {
                         Metrics::inc(&hub.metrics.messages_in);
                         Metrics::add(&hub.metrics.bytes_in, bytes.len() as u64);
                         match Message::decode(&bytes) {
-                            Ok(msg) => conn.handle(msg).await,
-                            Err(e) => Err(format!("malformed message: {e}")),
+                            Ok(msg) => match conn.handle(msg).await {
+                                Ok(out) => conn.send_all(&mut sink, out).await.map_err(Err),
+                                Err(reason) => Err(Ok(Some(reason))),
+                            },
+                            Err(e) => Err(Ok(Some(format!("malformed message: {e}")))),
                         }
                     }
-                    Some(Ok(WsMessage::Close(_))) => break None,
-                    Some(Ok(WsMessage::Text(_))) => Err("text frames are not part of the protocol".into()),
-                    Some(Ok(_)) => Ok(Vec::new()), // ping/pong
+                    Some(Ok(WsMessage::Close(_))) => Err(Ok(None)),
+                    Some(Ok(WsMessage::Text(_))) => Err(Ok(Some("text frames are not part of the protocol".into()))),
+                    Some(Ok(_)) => Ok(()), // ping/pong
                 }
             }
-            _ = signal.notify.notified() => {
-                let docs: Vec<DocumentId> = signal.changed.lock().map(|mut c| c.drain().collect()).unwrap_or_default();
-                let ephemeral: Vec<Message> = signal.ephemeral.lock().map(|mut q| q.drain(..).collect()).unwrap_or_default();
-                let mut out: Vec<Message> = ephemeral.iter().filter_map(|m| conn.session.forward_ephemeral(m)).collect();
-                let mut failed = None;
-                for doc in docs {
-                    match conn.push(doc).await {
-                        Ok(Some(m)) => out.push(m),
-                        Ok(None) => {}
-                        Err(e) => { failed = Some(e); break; }
-                    }
-                }
-                match failed { Some(e) => Err(e), None => Ok(out) }
-            }
-            _ = ping.tick() => {
+            Event::Notified => conn.forward(&mut sink).await,
+            Event::Tick => {
                 if last_heard.elapsed() > hub.limits.idle_timeout {
-                    break Some("idle timeout".into());
+                    Err(Ok(Some("idle timeout".into())))
+                } else {
+                    conn.write(&mut sink, WsMessage::Ping(Default::default()), 64).await.map_err(Err)
                 }
-                if sink.send(WsMessage::Ping(Default::default())).await.is_err() {
-                    break None;
-                }
-                Ok(Vec::new())
+            }
+            Event::TokenExpired => {
+                Metrics::inc(&hub.metrics.tokens_expired_closed);
+                Err(Ok(Some("token expired; reconnect with a new token".into())))
             }
         };
-        match outgoing {
-            Ok(messages) => {
-                let mut send_failed = false;
-                for m in messages {
-                    let bytes = m.encode();
-                    Metrics::inc(&hub.metrics.messages_out);
-                    Metrics::add(&hub.metrics.bytes_out, bytes.len() as u64);
-                    if sink.send(WsMessage::Binary(bytes.into())).await.is_err() {
-                        send_failed = true;
-                        break;
-                    }
-                }
-                if send_failed {
-                    break None;
-                }
-            }
-            Err(reason) => break Some(reason),
+        if let Err(end) = step {
+            break end;
         }
     };
-    if let Some(reason) = close_reason {
-        Metrics::inc(&hub.metrics.protocol_errors);
-        tracing::info!(user = %conn.reg.user, device = %conn.device, %reason, "closing connection");
-        let _ = sink.send(WsMessage::Binary(Message::Error { message: reason }.encode().into())).await;
+    match close_reason {
+        Ok(Some(reason)) => {
+            Metrics::inc(&hub.metrics.protocol_errors);
+            tracing::info!(user = %conn.reg.user, device = %conn.device, %reason, "closing connection");
+            let error = Outgoing::Message(Message::Error { message: reason });
+            if conn.send(&mut sink, error).await.is_ok() {
+                let _ = tokio::time::timeout(hub.limits.send_timeout, sink.close()).await;
+            }
+        }
+        Ok(None) => {
+            let _ = tokio::time::timeout(hub.limits.send_timeout, sink.close()).await;
+        }
+        Err(SendFailure::SlowConsumer) => {
+            Metrics::inc(&hub.metrics.slow_consumers_closed);
+            tracing::info!(user = %conn.reg.user, device = %conn.device, "closing a connection that stopped reading");
+        }
+        Err(SendFailure::Gone) => {}
     }
-    let _ = sink.close().await;
 }
 
 impl Connection {
+    /// Writes one frame within the send timeout, holding its bytes from the
+    /// user's and the relay's outbound budgets while it is written.
+    async fn send(&self, sink: &mut Sink, out: Outgoing) -> Result<(), SendFailure> {
+        let size = out.size_hint();
+        let frame = async {
+            let _user = self.reg.outbound.acquire(size).await;
+            let _all = self.hub.outbound.acquire(size).await;
+            let message = match out {
+                Outgoing::Message(m) => m,
+                Outgoing::Ephemeral(m) => match self.session.forward_ephemeral(&m) {
+                    Some(m) => m,
+                    None => return Ok(()),
+                },
+            };
+            let bytes = message.encode();
+            drop(message);
+            Metrics::inc(&self.hub.metrics.messages_out);
+            Metrics::add(&self.hub.metrics.bytes_out, bytes.len() as u64);
+            sink.send(WsMessage::Binary(bytes.into())).await.map_err(|_| SendFailure::Gone)
+        };
+        match tokio::time::timeout(self.hub.limits.send_timeout, frame).await {
+            Ok(result) => result,
+            Err(_) => Err(SendFailure::SlowConsumer),
+        }
+    }
+
+    async fn send_all(&self, sink: &mut Sink, messages: Vec<Message>) -> Result<(), SendFailure> {
+        for m in messages {
+            self.send(sink, Outgoing::Message(m)).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes a control frame within the send timeout.
+    async fn write(&self, sink: &mut Sink, frame: WsMessage, size: usize) -> Result<(), SendFailure> {
+        let write = async {
+            let _user = self.reg.outbound.acquire(size).await;
+            sink.send(frame).await.map_err(|_| SendFailure::Gone)
+        };
+        tokio::time::timeout(self.hub.limits.send_timeout, write).await.unwrap_or(Err(SendFailure::SlowConsumer))
+    }
+
+    /// Another device of the user changed documents or sent presence: pass
+    /// it on, one frame at a time (nothing is generated ahead of the socket).
+    async fn forward(&mut self, sink: &mut Sink) -> Result<(), Result<Option<CloseReason>, SendFailure>> {
+        for m in self.hub.take_ephemeral(&self.reg.signal) {
+            self.send(sink, Outgoing::Ephemeral(m)).await.map_err(Err)?;
+        }
+        let docs: Vec<DocumentId> =
+            self.reg.signal.changed.lock().map(|mut c| c.drain().collect()).unwrap_or_default();
+        for doc in docs {
+            match self.push(doc).await {
+                Ok(Some(m)) => self.send(sink, Outgoing::Message(m)).await.map_err(Err)?,
+                Ok(None) => {}
+                Err(reason) => return Err(Ok(Some(reason))),
+            }
+        }
+        Ok(())
+    }
+
     async fn handle(&mut self, msg: Message) -> Result<Vec<Message>, CloseReason> {
         match self.session.on_message(msg) {
             Action::Joined(peer) => {
@@ -142,7 +243,7 @@ impl Connection {
                 out
             }
             Action::Ephemeral(m) => {
-                self.hub.forward_ephemeral(&self.reg.user, self.reg.id, &m);
+                self.hub.forward_ephemeral(&self.reg.user, self.reg.id, m);
                 Ok(Vec::new())
             }
             Action::Ignore => Ok(Vec::new()),
@@ -228,21 +329,27 @@ impl Connection {
                 Metrics::inc(&self.hub.metrics.docs_unavailable);
                 return Ok(vec![self.session.unavailable(doc_id)]);
             }
+            // A new document. It counts against the limit from now on, even if
+            // this message stores nothing (a peer could otherwise hold any
+            // number of empty documents and sync states in memory).
             let storage = self.hub.storage.clone();
             let user = self.reg.user.to_string();
             let count = blocking(move || storage.count_docs(&user)).await.map_err(|e| self.storage_failed(e))?;
-            if count >= self.hub.limits.max_docs_per_user {
-                return Err(format!("document limit of {} reached", self.hub.limits.max_docs_per_user));
-            }
+            self.hub.admit_provisional(&self.reg.user, doc_id, count)?;
             guard.doc = Some(Automerge::new());
+            guard.provisional = true;
         }
         let mut state = self.sync_state(doc_id).await?;
-        let Some(doc) = guard.doc.as_mut() else { return Ok(Vec::new()) };
+        let slot_ref = &mut *guard;
+        let Some(doc) = slot_ref.doc.as_mut() else { return Ok(Vec::new()) };
         let before = doc.get_heads();
         if let Err(e) = doc.receive_sync_message(&mut state, message) {
             // The in-memory copy may hold part of it; reload from storage next time.
-            guard.loaded = false;
-            guard.doc = None;
+            slot_ref.loaded = false;
+            slot_ref.doc = None;
+            if std::mem::take(&mut slot_ref.provisional) {
+                self.hub.settle_provisional(&self.reg.user, &doc_id);
+            }
             return Err(format!("invalid sync message for {doc_id}: {e}"));
         }
         let after = doc.get_heads();
@@ -255,6 +362,10 @@ impl Connection {
             match stored {
                 Ok(chunks) => {
                     Metrics::inc(&self.hub.metrics.changes_stored);
+                    if slot_ref.provisional {
+                        slot_ref.provisional = false;
+                        self.hub.settle_provisional(&self.reg.user, &doc_id);
+                    }
                     if chunks >= COMPACT_AFTER_CHUNKS {
                         let snapshot = doc.save();
                         let storage = self.hub.storage.clone();
@@ -266,8 +377,11 @@ impl Connection {
                     self.hub.notify_others(&self.reg.user, self.reg.id, doc_id);
                 }
                 Err(e) => {
-                    guard.loaded = false;
-                    guard.doc = None;
+                    slot_ref.loaded = false;
+                    slot_ref.doc = None;
+                    if std::mem::take(&mut slot_ref.provisional) {
+                        self.hub.settle_provisional(&self.reg.user, &doc_id);
+                    }
                     return Err(self.storage_failed(e));
                 }
             }

@@ -102,6 +102,22 @@ pub async fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -
     panic!("timed out after {timeout:?} waiting for: {what}");
 }
 
+/// Like [`eventually`], for checks that must await (an HTTP call).
+pub async fn eventually_async<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out after {timeout:?} waiting for: {what}");
+}
+
 /// True when the engine is connected and has nothing unacknowledged.
 pub fn settled(e: &Engine) -> bool {
     e.sync_status().map(|s| s.connected && s.pending_documents == 0).unwrap_or(false)

@@ -15,7 +15,8 @@ use protocol::DocumentId;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use crate::budget::BlockingBudget;
+use std::sync::{Arc, Mutex};
 use std::sync::mpsc;
 
 /// Most requests committed in one transaction.
@@ -48,8 +49,23 @@ enum WriteRequest {
     },
 }
 
+impl WriteRequest {
+    /// Bytes the request holds while queued, for the queue's byte budget.
+    fn size(&self) -> usize {
+        128 + match self {
+            WriteRequest::Append { chunk, heads, .. } => chunk.len() + heads.len(),
+            WriteRequest::Compact { snapshot, .. } => snapshot.len(),
+            WriteRequest::SaveSyncState { state, shared_heads, .. } => state.len() + shared_heads.len(),
+            WriteRequest::Flush { .. } => 0,
+        }
+    }
+}
+
 pub struct SqliteStorage {
     reader: Mutex<Connection>,
+    /// Bytes queued for the writer thread: a submitter waits while it is full,
+    /// so write-behind sync states cannot pile up without bound.
+    queued: Arc<BlockingBudget>,
     writer: Mutex<Option<mpsc::Sender<WriteRequest>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -66,17 +82,26 @@ pub(crate) fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
 }
 
 impl SqliteStorage {
+    /// Opens with the default writer queue budget (64 MiB).
     pub fn open(path: &Path) -> Result<SqliteStorage> {
+        SqliteStorage::open_with(path, 64 * 1024 * 1024)
+    }
+
+    /// Opens with at most `max_queue_bytes` waiting for the writer thread.
+    pub fn open_with(path: &Path, max_queue_bytes: usize) -> Result<SqliteStorage> {
         let mut writer_conn = open_connection(path)?;
         migrations::migrate(&mut writer_conn)?;
         let reader = open_connection(path)?;
         let (tx, rx) = mpsc::channel();
+        let queued = Arc::new(BlockingBudget::new(max_queue_bytes));
+        let writer_budget = queued.clone();
         let thread = std::thread::Builder::new()
             .name("relay-storage-writer".into())
-            .spawn(move || writer_loop(writer_conn, rx))
+            .spawn(move || writer_loop(writer_conn, rx, &writer_budget))
             .map_err(|e| StorageError::Writer(e.to_string()))?;
         Ok(SqliteStorage {
             reader: Mutex::new(reader),
+            queued,
             writer: Mutex::new(Some(tx)),
             writer_thread: Mutex::new(Some(thread)),
         })
@@ -88,9 +113,22 @@ impl SqliteStorage {
     }
 
     fn submit(&self, request: WriteRequest) -> Result<()> {
-        let writer = self.writer.lock().map_err(|_| StorageError::Poisoned)?;
-        let sender = writer.as_ref().ok_or_else(|| StorageError::Writer("storage is closed".into()))?;
-        sender.send(request).map_err(|_| StorageError::Writer("storage writer stopped".into()))
+        let size = request.size();
+        self.queued.reserve(size);
+        let sent = (|| {
+            let writer = self.writer.lock().map_err(|_| StorageError::Poisoned)?;
+            let sender = writer.as_ref().ok_or_else(|| StorageError::Writer("storage is closed".into()))?;
+            sender.send(request).map_err(|_| StorageError::Writer("storage writer stopped".into()))
+        })();
+        if sent.is_err() {
+            self.queued.release(size);
+        }
+        sent
+    }
+
+    /// Bytes waiting for the writer thread now.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued.in_use()
     }
 
     fn call<T>(&self, make: impl FnOnce(mpsc::SyncSender<Result<T>>) -> WriteRequest) -> Result<T> {
@@ -118,7 +156,7 @@ impl Drop for SqliteStorage {
     }
 }
 
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<WriteRequest>) {
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<WriteRequest>, queued: &BlockingBudget) {
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -127,7 +165,9 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<WriteRequest>) {
                 Err(_) => break,
             }
         }
+        let bytes: usize = group.iter().map(WriteRequest::size).sum();
         commit_group(&mut conn, group);
+        queued.release(bytes);
     }
 }
 

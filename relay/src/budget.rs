@@ -1,0 +1,153 @@
+//! Byte budgets: how much peer data the relay may hold at once.
+//!
+//! Counting messages is not enough (one message may be 8 MiB), so every
+//! place that holds bytes a peer made us hold (frames being written to a
+//! slow socket, queued presence messages, the storage writer's queue)
+//! draws from a budget counted in bytes. A request larger than the whole
+//! budget is clamped to it, so it still goes through, alone.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// An async byte budget (frames in flight to sockets).
+#[derive(Clone)]
+pub struct ByteBudget {
+    permits: Arc<Semaphore>,
+    capacity: usize,
+}
+
+/// Bytes held from a [`ByteBudget`]; returned when dropped.
+pub struct Held {
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl ByteBudget {
+    pub fn new(capacity: usize) -> ByteBudget {
+        let capacity = capacity.clamp(1, u32::MAX as usize);
+        ByteBudget { permits: Arc::new(Semaphore::new(capacity)), capacity }
+    }
+
+    /// Waits until `bytes` (clamped to the capacity) are free, and holds them.
+    pub async fn acquire(&self, bytes: usize) -> Held {
+        let n = bytes.clamp(1, self.capacity) as u32;
+        // The semaphore is never closed, so acquiring only fails if it were.
+        Held { _permit: self.permits.clone().acquire_many_owned(n).await.ok() }
+    }
+
+    /// Bytes held right now.
+    pub fn in_use(&self) -> usize {
+        self.capacity - self.permits.available_permits()
+    }
+}
+
+/// A blocking byte budget for a queue fed from threads (the storage
+/// writer's channel): `reserve` waits while the queue is full, unless it is
+/// empty (so one request larger than the budget still passes).
+pub struct BlockingBudget {
+    used: Mutex<usize>,
+    freed: Condvar,
+    capacity: usize,
+}
+
+impl BlockingBudget {
+    pub fn new(capacity: usize) -> BlockingBudget {
+        BlockingBudget { used: Mutex::new(0), freed: Condvar::new(), capacity }
+    }
+
+    pub fn reserve(&self, bytes: usize) {
+        let mut used = match self.used.lock() {
+            Ok(u) => u,
+            Err(p) => p.into_inner(),
+        };
+        while *used > 0 && *used + bytes > self.capacity {
+            used = match self.freed.wait(used) {
+                Ok(u) => u,
+                Err(p) => p.into_inner(),
+            };
+        }
+        *used += bytes;
+    }
+
+    pub fn release(&self, bytes: usize) {
+        let mut used = match self.used.lock() {
+            Ok(u) => u,
+            Err(p) => p.into_inner(),
+        };
+        *used = used.saturating_sub(bytes);
+        self.freed.notify_all();
+    }
+
+    pub fn in_use(&self) -> usize {
+        self.used.lock().map(|u| *u).unwrap_or(0)
+    }
+}
+
+/// A non-waiting byte counter for data that may be dropped instead of
+/// waited for (presence messages): `try_take` says no when full.
+#[derive(Default)]
+pub struct DropBudget {
+    used: AtomicUsize,
+}
+
+impl DropBudget {
+    pub fn try_take(&self, bytes: usize, capacity: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| (u + bytes <= capacity).then_some(u + bytes))
+            .is_ok()
+    }
+
+    pub fn give_back(&self, bytes: usize) {
+        let _ = self.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| Some(u.saturating_sub(bytes)));
+    }
+
+    pub fn in_use(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn byte_budget_waits_for_bytes_and_clamps_big_requests() {
+        let b = ByteBudget::new(100);
+        let first = b.acquire(60).await;
+        assert_eq!(b.in_use(), 60);
+        // 60 more do not fit until the first are returned.
+        assert!(tokio::time::timeout(Duration::from_millis(50), b.acquire(60)).await.is_err());
+        drop(first);
+        let big = b.acquire(10_000).await; // clamped: takes the whole budget
+        assert_eq!(b.in_use(), 100);
+        drop(big);
+        assert_eq!(b.in_use(), 0);
+    }
+
+    #[test]
+    fn blocking_budget_lets_one_oversized_request_through_alone() {
+        let b = Arc::new(BlockingBudget::new(10));
+        b.reserve(50);
+        let waiter = {
+            let b = b.clone();
+            std::thread::spawn(move || {
+                b.reserve(5);
+                b.in_use()
+            })
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(b.in_use(), 50, "the second request waits while the first is over budget");
+        b.release(50);
+        assert_eq!(waiter.join().unwrap(), 5);
+    }
+
+    #[test]
+    fn drop_budget_refuses_past_capacity() {
+        let d = DropBudget::default();
+        assert!(d.try_take(8, 10));
+        assert!(!d.try_take(3, 10));
+        d.give_back(8);
+        assert!(d.try_take(10, 10));
+    }
+}
