@@ -30,6 +30,12 @@ pub struct Config {
     pub release_limits: SizeLimits,
     /// How long a device may accept a manifest after it was issued.
     pub manifest_ttl: Duration,
+    /// How often refused admin requests are written to the audit log, as one
+    /// entry per source (they are counted in memory in between).
+    pub refusal_audit_interval: Duration,
+    /// Allow development credentials (the embedded token key, a generated
+    /// admin token) on a non-loopback address. Never in production.
+    pub dev: bool,
 }
 
 impl Config {
@@ -47,6 +53,8 @@ impl Config {
             manifest_key: None,
             release_limits: SizeLimits { max_artifact_bytes: 4 << 30, max_release_bytes: 16 << 30 },
             manifest_ttl: Duration::from_secs(7 * 24 * 3600),
+            refusal_audit_interval: Duration::from_secs(60),
+            dev: false,
         }
     }
 }
@@ -62,6 +70,37 @@ pub fn dev_issuer() -> TokenIssuer {
 /// `relay dev-token` and a relay started with defaults agree.
 fn dev_seed() -> [u8; 32] {
     *b"progress-relay-dev-key-not-prod!"
+}
+
+/// Refuses development credentials on an address other machines can reach.
+///
+/// The embedded token key's private half is in this repository, so a relay
+/// trusting it accepts anyone; a generated admin token sits in a file next
+/// to the data. Both are fine on loopback (the README's first command) and
+/// fail closed anywhere else unless `dev` says the operator means it.
+pub fn check_dev_credentials(
+    listen: SocketAddr,
+    dev_token_key: bool,
+    generated_admin_token: bool,
+    dev: bool,
+) -> Result<(), String> {
+    if dev || listen.ip().is_loopback() {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    if dev_token_key {
+        missing.push("--token-key (without it the embedded development key, whose private half is public, is trusted)");
+    }
+    if generated_admin_token {
+        missing.push("--admin-token (without it a generated development admin token is used)");
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "refusing to listen on {listen} with development credentials; set {}, or pass --dev to run a development relay on a non-loopback address",
+        missing.join(" and ")
+    ))
 }
 
 /// Parses `KID=BASE64_32_BYTES` (a public key or a seed).
@@ -105,7 +144,7 @@ pub fn dev_manifest_key(data_dir: &Path) -> std::io::Result<(String, [u8; 32], b
     Ok((format!("dev-{}", &hex::encode(public)[..8]), seed, created))
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -117,4 +156,25 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut f = options.open(path)?;
     f.write_all(bytes)?;
     f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn development_credentials_only_on_loopback_unless_dev() {
+        let public: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        let v6_any: SocketAddr = "[::]:8080".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let local6: SocketAddr = "[::1]:8080".parse().unwrap();
+        assert!(check_dev_credentials(local, true, true, false).is_ok());
+        assert!(check_dev_credentials(local6, true, true, false).is_ok());
+        let err = check_dev_credentials(public, true, false, false).unwrap_err();
+        assert!(err.contains("--token-key") && !err.contains("--admin-token"), "{err}");
+        let err = check_dev_credentials(v6_any, false, true, false).unwrap_err();
+        assert!(err.contains("--admin-token"), "{err}");
+        assert!(check_dev_credentials(public, true, true, true).is_ok(), "--dev allows it");
+        assert!(check_dev_credentials(public, false, false, false).is_ok(), "real credentials");
+    }
 }

@@ -32,6 +32,29 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub config: Arc<Config>,
     pub releases: Arc<ReleaseService>,
+    /// Refused admin requests, counted until the next flush.
+    pub refusals: Arc<crate::release::refusals::RefusalLog>,
+}
+
+/// Appends the counted admin refusals to the audit log (off the async workers).
+async fn flush_refusals(app: &AppState) {
+    let entries = app.refusals.take(crate::release::service::now_ms());
+    if entries.is_empty() {
+        return;
+    }
+    let releases = app.releases.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        for entry in &entries {
+            releases.repo.audit(entry)?;
+        }
+        Ok::<_, crate::release::repository::RepoError>(())
+    })
+    .await;
+    match written {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "could not write refused admin requests to the audit log"),
+        Err(e) => tracing::error!(error = %e, "refusal flush task failed"),
+    }
 }
 
 #[derive(Deserialize)]
@@ -205,7 +228,14 @@ pub async fn start(config: Config) -> Result<RunningRelay, RelayError> {
     let releases = Arc::new(open_releases(&config)?);
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
-    let state = AppState { hub: hub.clone(), config: Arc::new(config), releases };
+    let refusal_period = config.refusal_audit_interval;
+    let state = AppState {
+        hub: hub.clone(),
+        config: Arc::new(config),
+        releases,
+        refusals: Arc::new(crate::release::refusals::RefusalLog::default()),
+    };
+    let flusher_state = state.clone();
     let (shutdown, mut rx) = watch::channel(false);
 
     let sweeper_hub = hub.clone();
@@ -221,7 +251,22 @@ pub async fn start(config: Config) -> Result<RunningRelay, RelayError> {
         }
     });
 
-    let app = router(state);
+    let mut flusher_rx = rx.clone();
+    let flusher = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(refusal_period);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => flush_refusals(&flusher_state).await,
+                _ = flusher_rx.changed() => {
+                    flush_refusals(&flusher_state).await;
+                    return;
+                }
+            }
+        }
+    });
+
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     // Sync messages are small and latency-bound: never let Nagle hold them.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
@@ -237,6 +282,7 @@ pub async fn start(config: Config) -> Result<RunningRelay, RelayError> {
         if let Err(e) = result {
             tracing::error!(error = %e, "server stopped");
         }
+        let _ = flusher.await;
     });
     tracing::info!(%addr, "relay listening");
     Ok(RunningRelay { addr, hub, shutdown, task })

@@ -217,8 +217,7 @@ impl Connection {
         for m in self.hub.take_ephemeral(&self.reg.signal) {
             self.send(sink, Outgoing::Ephemeral(m)).await.map_err(Err)?;
         }
-        let docs: Vec<DocumentId> =
-            self.reg.signal.changed.lock().map(|mut c| c.drain().collect()).unwrap_or_default();
+        let docs: Vec<DocumentId> = self.reg.signal.changed.lock().map(|mut c| c.drain().collect()).unwrap_or_default();
         for doc in docs {
             match self.push(doc).await {
                 Ok(Some(m)) => self.send(sink, Outgoing::Message(m)).await.map_err(Err)?,

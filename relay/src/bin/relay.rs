@@ -32,6 +32,10 @@ struct Cli {
     /// How long devices may accept a manifest after it is issued.
     #[arg(long, env = "RELAY_MANIFEST_TTL_HOURS", default_value_t = 168)]
     manifest_ttl_hours: u64,
+    /// Allow development credentials (embedded token key, generated admin
+    /// token) on a non-loopback address. Without it the relay refuses to start.
+    #[arg(long, env = "RELAY_DEV")]
+    dev: bool,
 }
 
 #[derive(Subcommand)]
@@ -61,7 +65,7 @@ fn dev_admin_token(data_dir: &Path) -> std::io::Result<String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::create_dir_all(data_dir)?;
             let token = hex::encode(rand::random::<[u8; 24]>());
-            std::fs::write(&path, &token)?;
+            config::write_private(&path, token.as_bytes())?;
             println!("generated a development admin token (in {}): {token}", path.display());
             Ok(token)
         }
@@ -70,7 +74,15 @@ fn dev_admin_token(data_dir: &Path) -> std::io::Result<String> {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() {
+    // Errors are printed as sentences (Display), not as `Debug` structures.
+    if let Err(e) = run().await {
+        eprintln!("relay: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
@@ -92,7 +104,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         None => {}
     }
+    config::check_dev_credentials(cli.listen, cli.token_keys.is_empty(), cli.admin_tokens.is_empty(), cli.dev)?;
     let mut config = Config::local(cli.data_dir.clone(), cli.listen);
+    config.dev = cli.dev;
     if cli.token_keys.is_empty() {
         tracing::warn!("no --token-key given: trusting the embedded DEVELOPMENT key; anyone can mint tokens");
     } else {

@@ -7,7 +7,8 @@ use crate::server::AppState;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use release::dto::{
     AttachExternal, AuditEntry, AuditLog, AuditQuery, CreateRelease, DatasetConfig, DeprecateRequest, ErrorBody,
@@ -16,6 +17,7 @@ use release::dto::{
 use release::model::Release;
 use release::rules::ValidationReport;
 use std::future::Future;
+use std::net::SocketAddr;
 
 /// A named admin token from the configuration.
 #[derive(Clone)]
@@ -24,8 +26,32 @@ pub struct AdminToken {
     pub token: String,
 }
 
+/// Compares two secrets in time that depends on neither their contents nor
+/// their lengths: both are hashed to 32 bytes first, then compared whole.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use sha2::{Digest, Sha256};
+    let (x, y) = (Sha256::digest(a), Sha256::digest(b));
+    x.iter().zip(y.iter()).fold(0u8, |acc, (p, q)| acc | (p ^ q)) == 0
+}
+
+/// What an admin handler needs to know about its caller.
+pub struct Caller {
+    pub headers: HeaderMap,
+    /// The peer address, for aggregating refusals per source.
+    pub source: String,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let source = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip().to_string())
+            .unwrap_or_else(|| "unknown".into());
+        Ok(Caller { headers: parts.headers.clone(), source })
+    }
 }
 
 /// The admin's name, or 401 (no token) / 403 (unknown token).
@@ -36,12 +62,15 @@ fn authorize(app: &AppState, headers: &HeaderMap) -> Result<String, RelayError> 
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .ok_or_else(|| RelayError::Unauthorized("an admin token is required (Authorization: Bearer ...)".into()))?;
-    app.config
-        .admin_tokens
-        .iter()
-        .find(|t| constant_time_eq(t.token.as_bytes(), presented.as_bytes()))
-        .map(|t| t.name.clone())
-        .ok_or_else(|| RelayError::Forbidden("the admin token is not valid".into()))
+    // Every configured token is compared, so the time taken does not say
+    // which one (or whether any) matched early.
+    let mut found = None;
+    for t in &app.config.admin_tokens {
+        if constant_time_eq(t.token.as_bytes(), presented.as_bytes()) && found.is_none() {
+            found = Some(t.name.clone());
+        }
+    }
+    found.ok_or_else(|| RelayError::Forbidden("the admin token is not valid".into()))
 }
 
 fn record(app: &AppState, actor: &str, action: &str, target: &str, outcome: Result<(), &RelayError>) {
@@ -65,23 +94,40 @@ fn record(app: &AppState, actor: &str, action: &str, target: &str, outcome: Resu
 }
 
 /// Authorizes, runs `work`, and audits the outcome either way.
-async fn audited<T>(
+///
+/// The work and its audit entry run on a blocking thread (the registry is
+/// SQLite with fsyncs), never on the async workers that carry sync traffic.
+/// A request without a valid token costs no write at all: it is counted per
+/// source and written as one entry per source and interval (see
+/// [`super::refusals`]), so an unauthenticated flood cannot fill the disk.
+async fn audited<T, F, Fut>(
     app: &AppState,
-    headers: &HeaderMap,
+    caller: &Caller,
     action: &str,
     target: &str,
-    work: impl Future<Output = Result<T, RelayError>>,
-) -> Result<T, RelayError> {
-    let actor = match authorize(app, headers) {
+    work: F,
+) -> Result<T, RelayError>
+where
+    T: Send + 'static,
+    F: FnOnce(AppState) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, RelayError>> + Send + 'static,
+{
+    let actor = match authorize(app, &caller.headers) {
         Ok(a) => a,
         Err(e) => {
-            record(app, "unauthenticated", action, target, Err(&e));
+            app.refusals.note(&caller.source, e.status().as_u16(), action);
             return Err(e);
         }
     };
-    let out = work.await;
-    record(app, &actor, action, target, out.as_ref().map(|_| ()));
-    out
+    let (app, action, target) = (app.clone(), action.to_owned(), target.to_owned());
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let out = runtime.block_on(work(app.clone()));
+        record(&app, &actor, &action, &target, out.as_ref().map(|_| ()));
+        out
+    })
+    .await
+    .map_err(|e| RelayError::Internal(format!("admin task failed: {e}")))?
 }
 
 /// JSON bodies: a syntax error is 400, a wrong or missing field 422 naming it.
@@ -104,14 +150,16 @@ fn body<T>(parsed: Result<Json<T>, JsonRejection>) -> Result<T, RelayError> {
         (status = 422, body = ErrorBody)))]
 pub async fn create(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     req: Result<Json<CreateRelease>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Release>), RelayError> {
     let target = match &req {
         Ok(Json(r)) => format!("{}/{}", r.dataset, r.channel),
         Err(_) => "-".into(),
     };
-    let release = audited(&app, &headers, "release.create", &target, async { app.releases.create(body(req)?) }).await?;
+    let release =
+        audited(&app, &caller, "release.create", &target, move |app| async move { app.releases.create(body(req)?) })
+            .await?;
     Ok((StatusCode::CREATED, Json(release)))
 }
 
@@ -119,13 +167,14 @@ pub async fn create(
     responses((status = 200, body = ReleaseList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn list(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<ReleaseList>, RelayError> {
     let target = format!("{}/{}", q.dataset.as_deref().unwrap_or("*"), q.channel.as_deref().unwrap_or("*"));
-    let work =
-        async { Ok(ReleaseList { releases: app.releases.repo.list(q.dataset.as_deref(), q.channel.as_deref())? }) };
-    audited(&app, &headers, "release.list", &target, work).await.map(Json)
+    let work = move |app: AppState| async move {
+        Ok(ReleaseList { releases: app.releases.repo.list(q.dataset.as_deref(), q.channel.as_deref())? })
+    };
+    audited(&app, &caller, "release.list", &target, work).await.map(Json)
 }
 
 #[utoipa::path(get, path = "/admin/releases/{id}", tag = "admin", params(("id" = String, Path)),
@@ -133,10 +182,18 @@ pub async fn list(
     responses((status = 200, body = Release), (status = 404, body = ErrorBody)))]
 pub async fn show(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Release>, RelayError> {
-    audited(&app, &headers, "release.show", &id, async { Ok(app.releases.repo.get(&id)?.release) }).await.map(Json)
+    audited(
+        &app,
+        &caller,
+        "release.show",
+        &id.clone(),
+        move |app| async move { Ok(app.releases.repo.get(&id)?.release) },
+    )
+    .await
+    .map(Json)
 }
 
 #[utoipa::path(patch, path = "/admin/releases/{id}", tag = "admin", params(("id" = String, Path)),
@@ -145,11 +202,19 @@ pub async fn show(
         (status = 409, body = ErrorBody, description = "published releases are immutable"), (status = 422, body = ErrorBody)))]
 pub async fn update(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
     req: Result<Json<UpdateRelease>, JsonRejection>,
 ) -> Result<Json<Release>, RelayError> {
-    audited(&app, &headers, "release.update", &id, async { app.releases.update(&id, body(req)?) }).await.map(Json)
+    audited(
+        &app,
+        &caller,
+        "release.update",
+        &id.clone(),
+        move |app| async move { app.releases.update(&id, body(req)?) },
+    )
+    .await
+    .map(Json)
 }
 
 #[utoipa::path(put, path = "/admin/releases/{id}/artifacts/{name}", tag = "admin",
@@ -160,20 +225,21 @@ pub async fn update(
         (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn upload(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path((id, name)): Path<(String, String)>,
     request: Body,
 ) -> Result<(StatusCode, Json<Release>), RelayError> {
-    let declared = headers
+    let declared = caller
+        .headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let target = format!("{id}/{name}");
-    let work = async {
+    let work = move |app: AppState| async move {
         let stream = request.into_data_stream();
         app.releases.attach_upload(&id, &name, declared, stream).await
     };
-    let release = audited(&app, &headers, "artifact.upload", &target, work).await?;
+    let release = audited(&app, &caller, "artifact.upload", &target, work).await?;
     Ok((StatusCode::CREATED, Json(release)))
 }
 
@@ -183,13 +249,14 @@ pub async fn upload(
         (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn attach_external(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
     req: Result<Json<AttachExternal>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Release>), RelayError> {
-    let release =
-        audited(&app, &headers, "artifact.attach", &id, async { app.releases.attach_external(&id, body(req)?) })
-            .await?;
+    let release = audited(&app, &caller, "artifact.attach", &id.clone(), move |app| async move {
+        app.releases.attach_external(&id, body(req)?)
+    })
+    .await?;
     Ok((StatusCode::CREATED, Json(release)))
 }
 
@@ -198,11 +265,15 @@ pub async fn attach_external(
     responses((status = 200, body = Release), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn remove_artifact(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path((id, name)): Path<(String, String)>,
 ) -> Result<Json<Release>, RelayError> {
     let target = format!("{id}/{name}");
-    audited(&app, &headers, "artifact.remove", &target, app.releases.remove_artifact(&id, &name)).await.map(Json)
+    audited(&app, &caller, "artifact.remove", &target, move |app| async move {
+        app.releases.remove_artifact(&id, &name).await
+    })
+    .await
+    .map(Json)
 }
 
 #[utoipa::path(post, path = "/admin/releases/{id}/validate", tag = "admin", params(("id" = String, Path)),
@@ -210,10 +281,12 @@ pub async fn remove_artifact(
     responses((status = 200, body = ValidationReport, description = "every finding at once"), (status = 404, body = ErrorBody)))]
 pub async fn validate(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<ValidationReport>, RelayError> {
-    audited(&app, &headers, "release.validate", &id, app.releases.validate(&id)).await.map(Json)
+    audited(&app, &caller, "release.validate", &id.clone(), move |app| async move { app.releases.validate(&id).await })
+        .await
+        .map(Json)
 }
 
 #[utoipa::path(post, path = "/admin/releases/{id}/publish", tag = "admin", params(("id" = String, Path)),
@@ -223,12 +296,20 @@ pub async fn validate(
         (status = 422, body = ErrorBody)))]
 pub async fn publish(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
     req: Option<Json<PublishRequest>>,
 ) -> Result<Json<Release>, RelayError> {
     let req = req.map(|Json(r)| r).unwrap_or_default();
-    audited(&app, &headers, "release.publish", &id, app.releases.publish(&id, req)).await.map(Json)
+    audited(
+        &app,
+        &caller,
+        "release.publish",
+        &id.clone(),
+        move |app| async move { app.releases.publish(&id, req).await },
+    )
+    .await
+    .map(Json)
 }
 
 #[utoipa::path(post, path = "/admin/releases/{id}/rollout", tag = "admin", params(("id" = String, Path)),
@@ -237,13 +318,15 @@ pub async fn publish(
         (status = 422, body = ErrorBody)))]
 pub async fn rollout(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
     req: Result<Json<RolloutRequest>, JsonRejection>,
 ) -> Result<Json<Release>, RelayError> {
-    audited(&app, &headers, "release.rollout", &id, async { app.releases.set_rollout(&id, body(req)?.percent) })
-        .await
-        .map(Json)
+    audited(&app, &caller, "release.rollout", &id.clone(), move |app| async move {
+        app.releases.set_rollout(&id, body(req)?.percent)
+    })
+    .await
+    .map(Json)
 }
 
 #[utoipa::path(post, path = "/admin/releases/{id}/deprecate", tag = "admin", params(("id" = String, Path)),
@@ -252,13 +335,15 @@ pub async fn rollout(
         (status = 422, body = ErrorBody)))]
 pub async fn deprecate(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
     req: Result<Json<DeprecateRequest>, JsonRejection>,
 ) -> Result<Json<Release>, RelayError> {
-    audited(&app, &headers, "release.deprecate", &id, async { app.releases.deprecate(&id, &body(req)?.reason) })
-        .await
-        .map(Json)
+    audited(&app, &caller, "release.deprecate", &id.clone(), move |app| async move {
+        app.releases.deprecate(&id, &body(req)?.reason)
+    })
+    .await
+    .map(Json)
 }
 
 #[utoipa::path(put, path = "/admin/datasets/{dataset}", tag = "admin", params(("dataset" = String, Path)),
@@ -266,27 +351,31 @@ pub async fn deprecate(
     responses((status = 200, body = DatasetConfig), (status = 422, body = ErrorBody)))]
 pub async fn set_dataset(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(dataset): Path<String>,
     req: Result<Json<DatasetConfig>, JsonRejection>,
 ) -> Result<Json<DatasetConfig>, RelayError> {
-    let work = async {
+    let target = dataset.clone();
+    let work = move |app: AppState| async move {
         let config = body(req)?;
         app.releases.set_dataset_config(&dataset, &config)?;
         Ok(config)
     };
-    audited(&app, &headers, "dataset.configure", &dataset, work).await.map(Json)
+    audited(&app, &caller, "dataset.configure", &target, work).await.map(Json)
 }
 
 #[utoipa::path(get, path = "/admin/audit", tag = "admin", params(AuditQuery), security(("admin_token" = [])),
     responses((status = 200, body = AuditLog), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn audit_log(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<AuditLog>, RelayError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     // Read first, then record the read: the answer does not contain itself.
-    let work = async { Ok(AuditLog { entries: app.releases.repo.audit_log(q.target.as_deref(), q.before, limit)? }) };
-    audited(&app, &headers, "audit.read", q.target.as_deref().unwrap_or("*"), work).await.map(Json)
+    let target = q.target.clone().unwrap_or_else(|| "*".into());
+    let work = move |app: AppState| async move {
+        Ok(AuditLog { entries: app.releases.repo.audit_log(q.target.as_deref(), q.before, limit)? })
+    };
+    audited(&app, &caller, "audit.read", &target, work).await.map(Json)
 }

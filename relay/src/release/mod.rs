@@ -5,5 +5,6 @@ pub mod admin;
 pub mod artifacts;
 pub mod public;
 pub mod range;
+pub mod refusals;
 pub mod repository;
 pub mod service;

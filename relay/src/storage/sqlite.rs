@@ -11,13 +11,13 @@
 //! Reads use their own connection; WAL lets them run beside the writer.
 
 use super::{DocStorage, EncodedHeads, Result, StorageError, StoredDoc, migrations};
+use crate::budget::BlockingBudget;
 use protocol::DocumentId;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::HashMap;
 use std::path::Path;
-use crate::budget::BlockingBudget;
-use std::sync::{Arc, Mutex};
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 
 /// Most requests committed in one transaction.
 const MAX_GROUP: usize = 512;
