@@ -117,7 +117,13 @@ impl Replica {
         if let Err(source) = result {
             return Err(EngineError::Document { doc: id.to_string(), source: Box::new(source) });
         }
-        self.persist(&id, partition, &before, Some(written), true)?;
+        if let Err(e) = self.persist(&id, partition, &before, Some(written), true) {
+            // The app is told this write failed, so it must not survive in
+            // memory: it would sync to other devices, and later chunks would
+            // depend on a change that is not on disk. Reload from disk.
+            self.evict(&id);
+            return Err(e);
+        }
         Ok(id)
     }
 
@@ -145,7 +151,12 @@ impl Replica {
         let changed = doc.get_heads() != before;
         if changed {
             let partition = partition.unwrap_or_else(|| UNKNOWN_PARTITION.to_owned());
-            self.persist(id, &partition, &before, None, dirty)?;
+            if let Err(e) = self.persist(id, &partition, &before, None, dirty) {
+                // Nothing of it is on disk: forget it in memory too, so the
+                // sync state and the document agree (the peer sends it again).
+                self.evict(id);
+                return Err(e);
+            }
         }
         Ok((out, changed))
     }
@@ -208,8 +219,12 @@ impl Replica {
             }
             Ok(n)
         })?;
-        if chunks >= COMPACT_AFTER_CHUNKS {
-            self.compact(id)?;
+        // The write is committed: a failed compaction (disk full) must not
+        // turn it into an error the app would take as "not recorded".
+        if chunks >= COMPACT_AFTER_CHUNKS
+            && let Err(e) = self.compact(id)
+        {
+            tracing::warn!(doc = %id, error = %e, "compaction failed; chunks kept");
         }
         if !local {
             if !changed_items.is_empty() {

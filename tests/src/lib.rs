@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod faulty;
 pub mod peer;
+pub mod tmpfs;
 
 /// The admin token of the `test-relay` binary.
 pub const TEST_ADMIN_TOKEN: &str = "test-admin-token-0123456789";
