@@ -25,6 +25,8 @@ const COMPACT_AFTER_CHUNKS: u64 = 64;
 /// Partition recorded for a document that arrived from a peer before any of
 /// its entries could be read.
 const UNKNOWN_PARTITION: &str = "unknown";
+/// `meta` key of this data directory's storage identity.
+const STORAGE_ID_KEY: &str = "storage_id";
 
 struct CachedDoc {
     doc: Automerge,
@@ -41,12 +43,26 @@ pub struct Replica {
     clock: u64,
     /// Events for the app, drained by the engine after each call.
     pending_events: Vec<ChangeEvent>,
+    /// This data directory's identity, sent to the relay at join: a wiped and
+    /// reinstalled app gets a new one, so the relay does not trust sync state
+    /// it kept for the previous install.
+    storage_id: String,
 }
 
 impl Replica {
     pub fn open(path: &Path, user_id: &str) -> Result<Replica> {
+        let mut store = Store::open(path)?;
+        let storage_id = store.transaction(|conn| {
+            if let Some(id) = store::meta_get(conn, STORAGE_ID_KEY)? {
+                return Ok(id);
+            }
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            store::meta_set(conn, STORAGE_ID_KEY, &id)?;
+            Ok(id)
+        })?;
         Ok(Replica {
-            store: Store::open(path)?,
+            storage_id,
+            store,
             scheduler: Scheduler::new()?,
             user_id: user_id.to_owned(),
             actor: ActorId::random(),
@@ -54,6 +70,11 @@ impl Replica {
             clock: 0,
             pending_events: Vec::new(),
         })
+    }
+
+    /// This data directory's storage identity (stable across restarts).
+    pub fn storage_id(&self) -> &str {
+        &self.storage_id
     }
 
     pub fn take_events(&mut self) -> Vec<ChangeEvent> {

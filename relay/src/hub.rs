@@ -82,6 +82,8 @@ pub struct Hub {
     pub metrics: Metrics,
     /// The relay's automerge-repo peer id.
     pub peer_id: String,
+    /// The storage's identity, announced to devices (see `relay restore`).
+    pub storage_id: Option<String>,
     /// Bytes of frames being written to all connections.
     pub outbound: ByteBudget,
     /// Bytes of presence messages queued for all connections.
@@ -110,8 +112,16 @@ impl Drop for Registration {
 
 impl Hub {
     pub fn new(storage: Arc<dyn DocStorage>, limits: Limits, peer_id: String) -> Hub {
+        let storage_id = match storage.storage_id() {
+            Ok(id) => Some(id),
+            Err(e) => {
+                tracing::warn!(error = %e, "storage has no identity; devices cannot detect a restore");
+                None
+            }
+        };
         Hub {
             storage,
+            storage_id,
             outbound: ByteBudget::new(limits.max_outbound_bytes),
             limits,
             metrics: Metrics::default(),

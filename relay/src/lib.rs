@@ -8,6 +8,7 @@
 //! [`storage`] (durable documents behind a trait), [`limits`], [`metrics`].
 
 pub mod auth;
+pub mod backup;
 pub mod budget;
 pub mod config;
 pub mod error;

@@ -16,7 +16,8 @@ enum Phase {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Action {
     /// Handshake done: send this `peer` reply, then offer changed documents.
-    Joined(Message),
+    /// `storage_id` is the storage identity the peer announced, if any.
+    Joined { reply: Message, storage_id: Option<String> },
     /// Apply a sync message to a document; `request` means the peer lacks it.
     Sync { doc: DocumentId, data: Vec<u8>, request: bool },
     /// Forward an ephemeral message (presence, cursors) to the user's other devices.
@@ -29,29 +30,36 @@ pub enum Action {
 
 pub struct PeerSession {
     relay_peer_id: String,
+    /// The relay storage's identity, announced in the `peer` reply.
+    relay_storage_id: Option<String>,
     phase: Phase,
 }
 
 impl PeerSession {
-    pub fn new(relay_peer_id: String) -> PeerSession {
-        PeerSession { relay_peer_id, phase: Phase::AwaitingJoin }
+    pub fn new(relay_peer_id: String, relay_storage_id: Option<String>) -> PeerSession {
+        PeerSession { relay_peer_id, relay_storage_id, phase: Phase::AwaitingJoin }
     }
 
     pub fn on_message(&mut self, msg: Message) -> Action {
         match (&self.phase, msg) {
-            (Phase::AwaitingJoin, Message::Join { sender_id, supported_protocol_versions, .. }) => {
+            (Phase::AwaitingJoin, Message::Join { sender_id, supported_protocol_versions, metadata }) => {
                 if !supported_protocol_versions.iter().any(|v| v == PROTOCOL_VERSION) {
                     return Action::Close(format!(
                         "unsupported protocol versions {supported_protocol_versions:?}; this relay speaks {PROTOCOL_VERSION}"
                     ));
                 }
                 self.phase = Phase::Ready { remote_peer_id: sender_id.clone() };
-                Action::Joined(Message::Peer {
-                    sender_id: self.relay_peer_id.clone(),
-                    target_id: sender_id,
-                    selected_protocol_version: PROTOCOL_VERSION.to_owned(),
-                    metadata: Some(PeerMetadata { storage_id: None, is_ephemeral: false }),
-                })
+                // An ephemeral peer keeps nothing, so there is no install to key state by.
+                let storage_id = metadata.filter(|m| !m.is_ephemeral).and_then(|m| m.storage_id);
+                Action::Joined {
+                    reply: Message::Peer {
+                        sender_id: self.relay_peer_id.clone(),
+                        target_id: sender_id,
+                        selected_protocol_version: PROTOCOL_VERSION.to_owned(),
+                        metadata: Some(PeerMetadata { storage_id: self.relay_storage_id.clone(), is_ephemeral: false }),
+                    },
+                    storage_id,
+                }
             }
             (Phase::AwaitingJoin, other) => Action::Close(format!("expected join, got {}", other.type_name())),
             (Phase::Ready { .. }, Message::Join { .. }) => Action::Close("join sent twice".into()),
@@ -120,13 +128,13 @@ mod tests {
 
     #[test]
     fn handshake_then_sync() {
-        let mut s = PeerSession::new("relay".into());
+        let mut s = PeerSession::new("relay".into(), None);
         let doc = DocumentId::derive(&["d"]);
         let early =
             Message::Sync { sender_id: "dev".into(), target_id: "relay".into(), document_id: doc, data: vec![] };
-        assert!(matches!(PeerSession::new("relay".into()).on_message(early.clone()), Action::Close(_)));
+        assert!(matches!(PeerSession::new("relay".into(), None).on_message(early.clone()), Action::Close(_)));
         match s.on_message(join(&["1"])) {
-            Action::Joined(Message::Peer { target_id, selected_protocol_version, .. }) => {
+            Action::Joined { reply: Message::Peer { target_id, selected_protocol_version, .. }, .. } => {
                 assert_eq!((target_id.as_str(), selected_protocol_version.as_str()), ("dev", "1"));
             }
             other => panic!("{other:?}"),
@@ -137,7 +145,7 @@ mod tests {
 
     #[test]
     fn unsupported_version_closes() {
-        let mut s = PeerSession::new("relay".into());
+        let mut s = PeerSession::new("relay".into(), None);
         assert!(matches!(s.on_message(join(&["2"])), Action::Close(_)));
     }
 }

@@ -29,6 +29,9 @@ struct Connection {
     hub: Arc<Hub>,
     reg: Registration,
     device: String,
+    /// Whom sync states are kept for: this install of the device
+    /// (`storage::sync_peer_key`), known after the join.
+    sync_peer: String,
     session: PeerSession,
     /// Sync states of the documents this connection has touched.
     states: HashMap<DocumentId, sync::State>,
@@ -87,8 +90,9 @@ pub async fn run(socket: WebSocket, hub: Arc<Hub>, claims: DeviceClaims, reg: Re
     let mut conn = Connection {
         hub: hub.clone(),
         reg,
+        sync_peer: claims.device_id.clone(),
         device: claims.device_id,
-        session: PeerSession::new(relay_peer),
+        session: PeerSession::new(relay_peer, hub.storage_id.clone()),
         states: HashMap::new(),
         persisted: HashMap::new(),
     };
@@ -230,8 +234,18 @@ impl Connection {
 
     async fn handle(&mut self, msg: Message) -> Result<Vec<Message>, CloseReason> {
         match self.session.on_message(msg) {
-            Action::Joined(peer) => {
-                let mut out = vec![peer];
+            Action::Joined { reply, storage_id } => {
+                if let Some(storage_id) = storage_id.as_deref().filter(|s| crate::storage::valid_storage_id(s)) {
+                    // A new install of this device starts from no sync state;
+                    // the previous installs' states are dropped.
+                    self.sync_peer = crate::storage::sync_peer_key(&self.device, Some(storage_id));
+                    let storage = self.hub.storage.clone();
+                    let (user, device, keep) = (self.reg.user.to_string(), self.device.clone(), self.sync_peer.clone());
+                    blocking(move || storage.forget_other_installs(&user, &device, &keep))
+                        .await
+                        .map_err(|e| self.storage_failed(e))?;
+                }
+                let mut out = vec![reply];
                 out.extend(self.offer_changed().await?);
                 Ok(out)
             }
@@ -255,7 +269,7 @@ impl Connection {
     async fn offer_changed(&mut self) -> Result<Vec<Message>, CloseReason> {
         let storage = self.hub.storage.clone();
         let user = self.reg.user.to_string();
-        let device = self.device.clone();
+        let device = self.sync_peer.clone();
         let (heads, shared) = blocking(move || Ok((storage.heads(&user)?, storage.shared_heads(&user, &device)?)))
             .await
             .map_err(|e| self.storage_failed(e))?;
@@ -285,7 +299,7 @@ impl Connection {
             return Ok(s);
         }
         let storage = self.hub.storage.clone();
-        let (user, device) = (self.reg.user.to_string(), self.device.clone());
+        let (user, device) = (self.reg.user.to_string(), self.sync_peer.clone());
         let stored = blocking(move || storage.load_sync_state(&user, &device, &doc))
             .await
             .map_err(|e| self.storage_failed(e))?;
@@ -411,7 +425,7 @@ impl Connection {
         if self.persisted.get(&doc) != Some(&shared) {
             let encoded = state.encode();
             let storage = self.hub.storage.clone();
-            let (user, device) = (self.reg.user.to_string(), self.device.clone());
+            let (user, device) = (self.reg.user.to_string(), self.sync_peer.clone());
             let heads = shared.clone();
             blocking(move || storage.save_sync_state(&user, &device, &doc, &encoded, &heads))
                 .await

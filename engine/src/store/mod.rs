@@ -163,6 +163,29 @@ pub fn save_sync_state(conn: &Connection, doc: &DocumentId, peer: &str, state: &
     Ok(())
 }
 
+/// Forgets every sync state with `peer` and marks every document dirty, so
+/// the next connection offers everything again (the relay was restored
+/// from a backup and may lack what it once acknowledged).
+pub fn reset_peer(conn: &Connection, peer: &str) -> Result<()> {
+    conn.execute("DELETE FROM sync_states WHERE peer = ?1", [peer])?;
+    conn.execute("UPDATE documents SET dirty = 1", [])?;
+    Ok(())
+}
+
+// ---- meta ----
+
+pub fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>> {
+    Ok(conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+}
+
+pub fn meta_set(conn: &Connection, key: &str, value: &str) -> Result<()> {
+    conn.execute(
+        "INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        params![key, value],
+    )?;
+    Ok(())
+}
+
 // ---- materialized progress ----
 
 /// Inserts a review; returns false if it was already known.

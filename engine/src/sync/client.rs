@@ -23,6 +23,8 @@ use std::collections::HashMap;
 
 /// Under this name the relay's sync states are stored (one relay per engine).
 const RELAY_PEER: &str = "relay";
+/// `meta` key of the relay storage identity this device last synced with.
+const RELAY_STORAGE_KEY: &str = "relay_storage_id";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {
@@ -53,6 +55,8 @@ pub struct Output {
 
 pub struct SyncClient {
     peer_id: String,
+    /// This device's storage identity, announced at join.
+    storage_id: String,
     phase: Phase,
     /// Sync states of documents touched on this connection (others are on disk).
     states: HashMap<DocumentId, sync::State>,
@@ -62,8 +66,9 @@ pub struct SyncClient {
 }
 
 impl SyncClient {
-    pub fn new(connection_nonce: u32) -> SyncClient {
+    pub fn new(connection_nonce: u32, storage_id: String) -> SyncClient {
         SyncClient {
+            storage_id,
             // automerge-repo peer ids name a connection, not a device (the relay
             // knows the device from the token). Every message carries the id
             // twice, so it is kept short: it is a measurable part of a review's
@@ -85,8 +90,30 @@ impl SyncClient {
         Message::Join {
             sender_id: self.peer_id.clone(),
             supported_protocol_versions: vec![PROTOCOL_VERSION.to_owned()],
-            metadata: Some(PeerMetadata { storage_id: None, is_ephemeral: false }),
+            metadata: Some(PeerMetadata { storage_id: Some(self.storage_id.clone()), is_ephemeral: false }),
         }
+    }
+
+    /// The relay announced its storage identity. A different one than last
+    /// time means its storage is not the one our sync states describe (it was
+    /// restored from a backup, or replaced): forget them and offer everything.
+    fn check_relay_identity(replica: &mut Replica, relay_storage: Option<&str>) -> Result<()> {
+        let Some(current) = relay_storage else { return Ok(()) };
+        replica.store.transaction(|conn| {
+            let known = store::meta_get(conn, RELAY_STORAGE_KEY)?;
+            if known.as_deref() == Some(current) {
+                return Ok(());
+            }
+            if known.is_some() {
+                tracing::warn!(
+                    previous = known.as_deref().unwrap_or(""),
+                    current,
+                    "the relay's storage changed (restored from a backup?); offering every document again"
+                );
+                store::reset_peer(conn, RELAY_PEER)?;
+            }
+            store::meta_set(conn, RELAY_STORAGE_KEY, current)
+        })
     }
 
     /// The transport closed. In-flight state is dropped; shared heads are on disk.
@@ -100,11 +127,13 @@ impl SyncClient {
     pub fn on_message(&mut self, replica: &mut Replica, msg: Message, now: TimestampMs) -> Result<Output> {
         let mut out = Output::default();
         match (&self.phase, msg) {
-            (Phase::AwaitingPeer, Message::Peer { sender_id, selected_protocol_version, .. }) => {
+            (Phase::AwaitingPeer, Message::Peer { sender_id, selected_protocol_version, metadata, .. }) => {
                 if selected_protocol_version != PROTOCOL_VERSION {
                     out.error = Some(ProtocolError::UnsupportedVersion(selected_protocol_version));
                     return Ok(out);
                 }
+                let relay_storage = metadata.as_ref().and_then(|m| m.storage_id.as_deref());
+                Self::check_relay_identity(replica, relay_storage)?;
                 self.phase = Phase::Ready { relay_peer_id: sender_id };
                 for id in replica.dirty_docs()? {
                     self.push_doc(replica, &id, &mut out)?;

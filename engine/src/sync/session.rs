@@ -31,7 +31,8 @@ pub struct SyncSession {
 
 impl SyncSession {
     pub(crate) fn new(shared: Arc<Shared>, connection_nonce: u32) -> SyncSession {
-        SyncSession { shared, client: SyncClient::new(connection_nonce), exchanged: false }
+        let storage_id = shared.with_replica(|r| Ok(r.storage_id().to_owned())).unwrap_or_default();
+        SyncSession { shared, client: SyncClient::new(connection_nonce, storage_id), exchanged: false }
     }
 
     fn encode(&self, messages: Vec<Message>) -> Vec<Vec<u8>> {

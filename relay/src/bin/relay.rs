@@ -50,6 +50,19 @@ enum Command {
         #[arg(long, default_value_t = 30 * 24 * 3600)]
         ttl: u64,
     },
+    /// Copy the data directory (database and the artifacts it references) to
+    /// DEST, consistently, while a relay may be running on it.
+    Backup {
+        /// A new (or empty) directory for the copy.
+        dest: PathBuf,
+    },
+    /// Put a backup made by `relay backup` into the (empty) data directory.
+    /// The restored storage gets a new identity, so devices re-offer what
+    /// they hold and nothing acknowledged after the backup is lost.
+    Restore {
+        /// The directory `relay backup` wrote.
+        backup: PathBuf,
+    },
     /// Generate an Ed25519 key: prints the seed (keep secret) and the public key.
     Keygen {
         /// The key id to print with it.
@@ -91,6 +104,27 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         Some(Command::DevToken { user, device, ttl }) => {
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
             println!("{}", config::dev_issuer().issue(&user, &device, now + ttl)?);
+            return Ok(());
+        }
+        Some(Command::Backup { dest }) => {
+            let copied = relay::backup::backup(&cli.data_dir, &dest)?;
+            println!(
+                "backed up {} to {} ({} artifact files, {} bytes)",
+                cli.data_dir.display(),
+                dest.display(),
+                copied.artifacts,
+                copied.artifact_bytes
+            );
+            return Ok(());
+        }
+        Some(Command::Restore { backup }) => {
+            let copied = relay::backup::restore(&backup, &cli.data_dir)?;
+            println!(
+                "restored {} into {} ({} artifact files); the storage has a new identity, devices will re-offer their changes",
+                backup.display(),
+                cli.data_dir.display(),
+                copied.artifacts
+            );
             return Ok(());
         }
         Some(Command::Keygen { kid }) => {

@@ -109,6 +109,18 @@ const STEPS: &[M<'static>] = &[
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
     "#,
     ),
+    // 3: the storage's identity, announced to devices at join. A restore
+    // from backup gives the restored storage a new one (`relay restore`), so
+    // devices know their sync states describe another storage.
+    M::up(
+        r#"
+    CREATE TABLE relay_meta (
+        key    TEXT PRIMARY KEY,
+        value  TEXT NOT NULL
+    );
+    INSERT INTO relay_meta(key, value) VALUES ('storage_id', lower(hex(randomblob(16))));
+    "#,
+    ),
 ];
 
 /// Applied with `rusqlite_migration`: each step runs in a transaction with

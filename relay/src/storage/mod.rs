@@ -70,6 +70,27 @@ pub trait DocStorage: Send + Sync + 'static {
         state: &[u8],
         shared_heads: &EncodedHeads,
     ) -> Result<()>;
+    /// Forgets the sync states of `device`'s other installs (sync peers
+    /// named `device` or `device#<storage id>`), keeping `keep`'s. May be
+    /// written behind, ordered with the saves.
+    fn forget_other_installs(&self, user: &str, device: &str, keep: &str) -> Result<()>;
+    /// This storage's identity; changes when it is restored from a backup.
+    fn storage_id(&self) -> Result<String>;
+}
+
+/// The key sync states are kept under for one install of a device: the
+/// device id from the token, plus the storage id the app announced at join
+/// (a wiped and reinstalled app announces a new one and starts fresh).
+pub fn sync_peer_key(device: &str, storage_id: Option<&str>) -> String {
+    match storage_id {
+        Some(s) if valid_storage_id(s) => format!("{device}#{s}"),
+        _ => device.to_owned(),
+    }
+}
+
+/// Storage ids are short tokens (automerge-repo uses UUIDs).
+pub fn valid_storage_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 pub fn encode_heads(heads: &[automerge::ChangeHash]) -> EncodedHeads {

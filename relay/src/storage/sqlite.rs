@@ -43,6 +43,11 @@ enum WriteRequest {
         state: Vec<u8>,
         shared_heads: EncodedHeads,
     },
+    ForgetOtherInstalls {
+        user: String,
+        device: String,
+        keep: String,
+    },
     /// Replies once everything queued before it is committed.
     Flush {
         reply: mpsc::SyncSender<Result<()>>,
@@ -56,6 +61,7 @@ impl WriteRequest {
             WriteRequest::Append { chunk, heads, .. } => chunk.len() + heads.len(),
             WriteRequest::Compact { snapshot, .. } => snapshot.len(),
             WriteRequest::SaveSyncState { state, shared_heads, .. } => state.len() + shared_heads.len(),
+            WriteRequest::ForgetOtherInstalls { device, keep, .. } => device.len() + keep.len(),
             WriteRequest::Flush { .. } => 0,
         }
     }
@@ -199,6 +205,12 @@ fn commit_group(conn: &mut Connection, group: Vec<WriteRequest>) {
                     }
                     Outcome::None
                 }
+                WriteRequest::ForgetOtherInstalls { user, device, keep } => {
+                    if let Err(e) = forget_other_installs(&sp, &user, &device, &keep) {
+                        tracing::warn!(error = %e, "old installs' sync states not removed");
+                    }
+                    Outcome::None
+                }
                 WriteRequest::Flush { reply } => Outcome::Flushed(reply),
             };
             let failed = matches!(&outcome, Outcome::Appended(_, Err(_)) | Outcome::Compacted(_, Err(_)));
@@ -276,11 +288,32 @@ fn save_sync_state(
     Ok(())
 }
 
+fn forget_other_installs(conn: &Connection, user: &str, device: &str, keep: &str) -> Result<()> {
+    conn.execute(
+        "DELETE FROM sync_states WHERE user_id = ?1 AND device_id != ?3
+           AND (device_id = ?2 OR substr(device_id, 1, length(?2) + 1) = ?2 || '#')",
+        params![user, device, keep],
+    )?;
+    Ok(())
+}
+
 fn parse_id_map(rows: Vec<(String, Vec<u8>)>) -> HashMap<DocumentId, EncodedHeads> {
     rows.into_iter().filter_map(|(id, heads)| Some((id.parse().ok()?, heads))).collect()
 }
 
 impl DocStorage for SqliteStorage {
+    fn forget_other_installs(&self, user: &str, device: &str, keep: &str) -> Result<()> {
+        self.submit(WriteRequest::ForgetOtherInstalls {
+            user: user.to_owned(),
+            device: device.to_owned(),
+            keep: keep.to_owned(),
+        })
+    }
+
+    fn storage_id(&self) -> Result<String> {
+        self.read(|conn| Ok(conn.query_row("SELECT value FROM relay_meta WHERE key = 'storage_id'", [], |r| r.get(0))?))
+    }
+
     fn load(&self, user: &str, doc: &DocumentId) -> Result<Option<StoredDoc>> {
         self.read(|conn| {
             let id = doc.to_string();
