@@ -56,6 +56,16 @@ pub struct Manifest {
     pub issued_at: TimestampMs,
     pub expires_at: TimestampMs,
     pub artifacts: Vec<ManifestArtifact>,
+    /// Signed as the answer to `latest`: the release the channel offers this
+    /// device now. A named release's manifest says false, so it cannot be
+    /// replayed as an answer to `latest` to move a device back.
+    #[serde(default)]
+    pub latest: bool,
+    /// The channel was rolled back (a newer release was deprecated), so a
+    /// device running a newer release may move back to this one. Without
+    /// it a device never activates a release older than its active one.
+    #[serde(default)]
+    pub downgrade_allowed: bool,
 }
 
 /// What goes on the wire.
@@ -174,6 +184,8 @@ mod tests {
 
     fn manifest(sequence: u64, expires_at: TimestampMs) -> Manifest {
         Manifest {
+            latest: true,
+            downgrade_allowed: false,
             format: MANIFEST_FORMAT,
             release_id: "r1".into(),
             dataset: "vocab-en".into(),

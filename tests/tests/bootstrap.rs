@@ -287,6 +287,8 @@ async fn old_expired_unsigned_and_wrongly_signed_manifests_are_refused() {
                     issued_at: 0,
                     expires_at: i64::MAX,
                     artifacts: vec![],
+                    latest: true,
+                    downgrade_allowed: false,
                 };
                 m.notes = "forged".into();
                 serde_json::to_string(&forged.sign(&m)).expect("json")
@@ -397,5 +399,89 @@ async fn the_app_learns_when_its_release_is_below_the_mandatory_minimum() {
     // Once the mandatory release is installed, the app is no longer below it.
     update(&m).await.expect("update");
     assert!(!m.mandatory_status().active_is_below);
+    relay.relay.shutdown().await;
+}
+
+/// Answers `/v1/releases/*/manifest` with 404 and passes everything else to
+/// `upstream` (the real relay): a network that hides a release's own manifest.
+async fn relay_without_named_manifests(upstream: String) -> String {
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        let upstream = upstream.clone();
+        async move {
+            let path = uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+            if path.starts_with("/v1/releases/") && uri.path().ends_with("/manifest") {
+                return (axum::http::StatusCode::NOT_FOUND, Vec::new());
+            }
+            match reqwest::get(format!("{upstream}{path}")).await {
+                Ok(r) => {
+                    let status = axum::http::StatusCode::from_u16(r.status().as_u16())
+                        .unwrap_or(axum::http::StatusCode::BAD_GATEWAY);
+                    (status, r.bytes().await.map(|b| b.to_vec()).unwrap_or_default())
+                }
+                Err(_) => (axum::http::StatusCode::BAD_GATEWAY, Vec::new()),
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}")
+}
+
+/// Whoever answers a device's `latest` cannot move it back with a genuine,
+/// fresh manifest of an older release; only a signed rollback can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_moves_back_only_when_the_signed_manifest_says_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = Relay::start(dir.path(), Duration::from_secs(3600)).await;
+    let v1 = relay.publish("1.0.0", &[("words.db", b"one".to_vec())]).await;
+    let v2 = relay.publish("2.0.0", &[("words.db", b"two".to_vec())]).await;
+    let m = ReleaseManager::open(dir.path(), config(dir.path(), &relay.relay.http_url())).expect("open");
+    update(&m).await.expect("v2");
+    assert_eq!(m.active().expect("active").release_id, v2);
+
+    // A genuine manifest of v1, signed now with the channel's current sequence,
+    // replayed as the answer to `latest`.
+    let fresh_v1 = reqwest::get(format!("{}/v1/releases/{v1}/manifest", relay.relay.http_url()))
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("text");
+    let evil = ReleaseManager::open(dir.path(), config(dir.path(), &fake_relay(fresh_v1).await)).expect("open");
+    let refused = update(&evil).await;
+    assert!(matches!(refused, Err(BootstrapError::NotLatest(ref id)) if *id == v1), "{refused:?}");
+    assert_eq!(evil.active().expect("active").release_id, v2);
+    drop(evil);
+
+    // `latest` itself names the older release (v2 rolled out to nobody), but
+    // the operator did not roll the channel back: refused.
+    relay.call(reqwest::Method::POST, &format!("/admin/releases/{v2}/rollout"), Some(json!({"percent": 0}))).await;
+    let outcome = update(&m).await.expect("checked");
+    assert_eq!(
+        outcome,
+        UpdateOutcome::RefusedDowngrade {
+            release_id: v1.clone(),
+            version: "1.0.0".into(),
+            active_version: "2.0.0".into()
+        }
+    );
+    assert_eq!(m.active().expect("active").release_id, v2);
+
+    // The operator deprecates v2: the channel is rolled back, and the signed
+    // `latest` says so. Even where v2's own manifest cannot be fetched (so
+    // the device cannot see the deprecation that way), it moves back to v1.
+    relay
+        .call(reqwest::Method::POST, &format!("/admin/releases/{v2}/deprecate"), Some(json!({"reason": "bad data"})))
+        .await;
+    let hidden = relay_without_named_manifests(relay.relay.http_url()).await;
+    let m = ReleaseManager::open(dir.path(), config(dir.path(), &hidden)).expect("open");
+    assert_eq!(
+        update(&m).await.expect("rolled back"),
+        UpdateOutcome::Activated { release_id: v1.clone(), version: "1.0.0".into() }
+    );
+    assert_eq!(m.active().expect("active").release_id, v1);
     relay.relay.shutdown().await;
 }

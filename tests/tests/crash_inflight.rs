@@ -2,8 +2,8 @@
 //! devices settled): every change a device saw acknowledged is there after
 //! the restart.
 
-use automerge::transaction::Transactable;
 use automerge::sync::SyncDoc;
+use automerge::transaction::Transactable;
 use automerge::{Automerge, ChangeHash};
 use integration_tests::peer::TestPeer;
 use integration_tests::*;
@@ -72,8 +72,7 @@ async fn sigkill_while_acknowledging_loses_nothing_acknowledged() {
     let exe = env!("CARGO_BIN_EXE_test-relay");
     let (mut relay, url) = spawn_relay_process(exe, &relay_dir);
     let acks = Arc::new(AtomicUsize::new(0));
-    let writers: Vec<_> =
-        (0..WRITERS).map(|n| tokio::spawn(writer(url.clone(), "alice", n, acks.clone()))).collect();
+    let writers: Vec<_> = (0..WRITERS).map(|n| tokio::spawn(writer(url.clone(), "alice", n, acks.clone()))).collect();
 
     eventually("acknowledgements are flowing", Duration::from_secs(60), || {
         acks.load(Ordering::SeqCst) >= KILL_AFTER_ACKS

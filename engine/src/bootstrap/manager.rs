@@ -80,6 +80,13 @@ pub enum UpdateOutcome {
         from: String,
         to: String,
     },
+    /// `latest` named a release older than the active one without the
+    /// signed manifest allowing a downgrade: refused, nothing changed.
+    RefusedDowngrade {
+        release_id: String,
+        version: String,
+        active_version: String,
+    },
 }
 
 /// What the last accepted manifest says about the active version.
@@ -105,6 +112,8 @@ pub enum BootstrapError {
     Registry(#[from] RegistryError),
     #[error("the relay answered HTTP {0}")]
     Http(u16),
+    #[error("`latest` answered with the manifest of release {0}, not signed as a latest answer")]
+    NotLatest(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
     #[error("state lock poisoned")]
@@ -261,9 +270,26 @@ impl ReleaseManager {
             .fetch(&format!("/v1/datasets/{}/channels/{}/latest", self.config.dataset, self.config.channel))
             .await?;
         let manifest = self.accept(&signed)?;
+        if !manifest.latest {
+            return Err(BootstrapError::NotLatest(manifest.release_id));
+        }
         self.update_mandatory(&manifest);
-        if self.active().is_some_and(|a| a.release_id == manifest.release_id) {
+        let active = self.active();
+        if active.as_ref().is_some_and(|a| a.release_id == manifest.release_id) {
             return Ok(UpdateOutcome::UpToDate);
+        }
+        // Never move back unless the operator said so in the signed manifest.
+        if let Some(active) = &active
+            && let Ok(active_version) = active.version.parse::<Version>()
+            && manifest.version < active_version
+            && !manifest.downgrade_allowed
+        {
+            tracing::warn!(offered = %manifest.version, active = %active_version, "refusing a downgrade the manifest does not allow");
+            return Ok(UpdateOutcome::RefusedDowngrade {
+                release_id: manifest.release_id,
+                version: manifest.version.to_string(),
+                active_version: active_version.to_string(),
+            });
         }
         let manifest_json = serde_json::to_string(&manifest).map_err(std::io::Error::other)?;
         let known = self.registry()?.remember(&manifest, &manifest_json, now_ms())?;

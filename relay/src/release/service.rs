@@ -18,6 +18,13 @@ const MAX_NOTES: usize = 10_000;
 const MAX_REASON: usize = 1_000;
 const MAX_URL: usize = 2_048;
 
+/// What a manifest is signed as: the channel's answer to `latest`, or the
+/// manifest of a release named by id.
+enum Role {
+    Latest { downgrade_allowed: bool },
+    Named,
+}
+
 pub fn now_ms() -> TimestampMs {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
@@ -285,7 +292,13 @@ impl ReleaseService {
         let Some(chosen) = offered.first() else {
             return Err(RelayError::NotFound(format!("no release of {dataset}/{channel} is offered to this device")));
         };
-        self.sign(chosen, &offered)
+        // Rolled back: a release newer than the one offered was deprecated.
+        let rolled_back = self
+            .repo
+            .list(Some(dataset), Some(channel))?
+            .iter()
+            .any(|r| r.state == ReleaseState::Deprecated && r.version > chosen.version);
+        self.sign(chosen, &offered, Role::Latest { downgrade_allowed: rolled_back })
     }
 
     /// A release's signed manifest (published or deprecated releases only).
@@ -301,10 +314,10 @@ impl ReleaseService {
         }
         let app = app_version.map(|v| parse_version("app_version", v)).transpose()?;
         let offered = self.offered(&release.dataset, &release.channel, app, install_id)?;
-        self.sign(&release, &offered)
+        self.sign(&release, &offered, Role::Named)
     }
 
-    fn sign(&self, release: &Release, offered: &[Release]) -> Result<SignedManifest, RelayError> {
+    fn sign(&self, release: &Release, offered: &[Release], role: Role) -> Result<SignedManifest, RelayError> {
         let floor = offered.iter().filter(|r| r.mandatory).map(|r| r.version).max();
         let now = now_ms();
         let manifest = Manifest {
@@ -338,6 +351,8 @@ impl ReleaseService {
                     },
                 })
                 .collect(),
+            latest: matches!(role, Role::Latest { .. }),
+            downgrade_allowed: matches!(role, Role::Latest { downgrade_allowed: true }),
         };
         Ok(self.signer.sign(&manifest))
     }
