@@ -28,15 +28,44 @@ pub struct Client {
 
 pub use release::names::encode_path_segment as segment;
 
+/// An error with its causes ("error sending request" alone says nothing;
+/// the certificate or connection error under it does).
+pub fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = s.source();
+    }
+    text
+}
+
 impl Client {
-    pub fn new(base: &str, token: &str) -> Client {
-        Client { http: reqwest::Client::new(), base: base.trim_end_matches('/').to_owned(), token: token.to_owned() }
+    /// A client for the relay at `base`; `ca_cert` is a PEM file of a CA to
+    /// trust besides the web's roots.
+    pub fn new(base: &str, token: &str, ca_cert: Option<&Path>) -> Result<Client, CliError> {
+        let pem = match ca_cert {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|e| CliError::Usage(format!("cannot read the CA certificate {}: {e}", path.display())))?,
+            ),
+            None => None,
+        };
+        let tls = tls_config::client_config(pem.as_deref()).map_err(|e| CliError::Usage(format!("--ca-cert: {e}")))?;
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .build()
+            .map_err(|e| CliError::Usage(format!("cannot set up the HTTP client: {e}")))?;
+        Ok(Client { http, base: base.trim_end_matches('/').to_owned(), token: token.to_owned() })
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<Value, CliError> {
-        let resp = req.bearer_auth(&self.token).send().await.map_err(|e| CliError::Network(e.to_string()))?;
+        let resp = req.bearer_auth(&self.token).send().await.map_err(|e| CliError::Network(causes(&e)))?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| CliError::Network(e.to_string()))?;
+        let bytes = resp.bytes().await.map_err(|e| CliError::Network(causes(&e)))?;
         if status.is_success() {
             return serde_json::from_slice(&bytes).map_err(|e| CliError::Network(format!("unexpected answer: {e}")));
         }

@@ -18,6 +18,10 @@ struct Cli {
     /// An admin token (see the relay's --admin-token).
     #[arg(long, env = "RELAY_ADMIN_TOKEN", hide_env_values = true)]
     token: String,
+    /// A CA certificate (PEM) to trust for an https:// relay, besides the
+    /// web's roots (an operator's private CA).
+    #[arg(long, env = "RELAY_CA_CERT")]
+    ca_cert: Option<PathBuf>,
     /// Print the relay's JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
@@ -109,7 +113,13 @@ enum Command {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let client = Client::new(&cli.url, &cli.token);
+    let client = match Client::new(&cli.url, &cli.token, cli.ca_cert.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            output::error(&e, cli.json);
+            return ExitCode::FAILURE;
+        }
+    };
     match run(&client, cli.command, cli.json).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -92,3 +92,27 @@ async fn an_operator_drives_a_release_with_the_cli() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("403"));
     relay.shutdown().await;
 }
+
+/// An https:// relay with a private CA: the CLI trusts it with --ca-cert,
+/// and without it says the certificate is the problem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_speaks_https_with_a_pinned_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = integration_tests::tls::TestPki::new();
+    let mut config = relay::Config::local(dir.path().join("relay"), "127.0.0.1:0".parse().expect("addr"));
+    config.admin_tokens = vec![relay::release::admin::AdminToken { name: "alice".into(), token: TOKEN.into() }];
+    config.tls = Some(pki.server_config());
+    let relay = relay::start(config).await.expect("relay");
+    let url = relay.http_url().replace("127.0.0.1", "localhost");
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).expect("ca file");
+
+    let listed = json(&cli(&url, TOKEN, &["--ca-cert", ca.to_str().expect("utf-8"), "--json", "list"]).await);
+    assert!(listed["releases"].is_array(), "{listed}");
+
+    let out = cli(&url, TOKEN, &["--json", "list"]).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(stderr.contains("certificate"), "{stderr}");
+    relay.shutdown().await;
+}

@@ -36,6 +36,9 @@ pub struct Config {
     /// Allow development credentials (the embedded token key, a generated
     /// admin token) on a non-loopback address. Never in production.
     pub dev: bool,
+    /// Terminate TLS here (`--tls-cert`/`--tls-key`); `None`: plain HTTP
+    /// (behind a TLS proxy, or on loopback).
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 impl Config {
@@ -55,6 +58,7 @@ impl Config {
             manifest_ttl: Duration::from_secs(7 * 24 * 3600),
             refusal_audit_interval: Duration::from_secs(60),
             dev: false,
+            tls: None,
         }
     }
 }

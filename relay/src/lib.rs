@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod server;
 pub mod session;
 pub mod storage;
+pub mod tls_listener;
 pub mod ws;
 
 pub use config::Config;

@@ -197,15 +197,17 @@ pub struct RunningRelay {
     pub hub: Arc<Hub>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    /// Serving TLS (`wss://`, `https://`).
+    tls: bool,
 }
 
 impl RunningRelay {
     pub fn ws_url(&self) -> String {
-        format!("ws://{}/sync", self.addr)
+        format!("{}://{}/sync", if self.tls { "wss" } else { "ws" }, self.addr)
     }
 
     pub fn http_url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", if self.tls { "https" } else { "http" }, self.addr)
     }
 
     /// Stops accepting, closes connections, waits for the server task.
@@ -229,6 +231,7 @@ pub async fn start(config: Config) -> Result<RunningRelay, RelayError> {
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let refusal_period = config.refusal_audit_interval;
+    let tls = config.tls.clone();
     let state = AppState {
         hub: hub.clone(),
         config: Arc::new(config),
@@ -267,23 +270,36 @@ pub async fn start(config: Config) -> Result<RunningRelay, RelayError> {
     });
 
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    // Sync messages are small and latency-bound: never let Nagle hold them.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
-    let task = tokio::spawn(async move {
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = rx.changed().await;
+    let stopped = async move {
+        let _ = rx.changed().await;
+    };
+    let task = match tls.clone() {
+        Some(config) => {
+            // (`tap_io` gives the listener axum's `ConnectInfo<SocketAddr>` support.)
+            let listener =
+                axum::serve::ListenerExt::tap_io(crate::tls_listener::TlsListener::new(listener, config)?, |_| {});
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
+                    tracing::error!(error = %e, "server stopped");
+                }
+                let _ = flusher.await;
             })
-            .await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "server stopped");
         }
-        let _ = flusher.await;
-    });
-    tracing::info!(%addr, "relay listening");
-    Ok(RunningRelay { addr, hub, shutdown, task })
+        None => {
+            // Sync messages are small and latency-bound: never let Nagle hold them.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "could not set TCP_NODELAY");
+                }
+            });
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
+                    tracing::error!(error = %e, "server stopped");
+                }
+                let _ = flusher.await;
+            })
+        }
+    };
+    tracing::info!(%addr, tls = tls.is_some(), "relay listening");
+    Ok(RunningRelay { addr, hub, shutdown, task, tls: tls.is_some() })
 }

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod faulty;
 pub mod peer;
+pub mod tls;
 pub mod tmpfs;
 
 /// The admin token of the `test-relay` binary.

@@ -95,6 +95,7 @@ fn config(dir: &Path, relay_url: &str) -> BootstrapConfig {
             initial_backoff: Duration::from_millis(1),
             max_backoff: Duration::from_millis(5),
         },
+        extra_ca_pem: None,
         crash_point: None,
     }
 }

@@ -46,6 +46,10 @@ pub struct BootstrapConfig {
     /// Failed launches of a new release before going back.
     pub max_failed_launches: u32,
     pub retry: RetryPolicy,
+    /// A CA (PEM) to trust for `https://` besides the web's roots, e.g. an
+    /// operator's private CA. Manifests are signed and artifacts hashed
+    /// either way; TLS keeps what a device downloads private.
+    pub extra_ca_pem: Option<Vec<u8>>,
     /// Tests only: stop the activation at this step, as if the app were killed.
     #[doc(hidden)]
     pub crash_point: Option<super::activation::CrashPoint>,
@@ -112,6 +116,8 @@ pub enum BootstrapError {
     Registry(#[from] RegistryError),
     #[error("the relay answered HTTP {0}")]
     Http(u16),
+    #[error("TLS setup: {0}")]
+    Tls(String),
     #[error("`latest` answered with the manifest of release {0}, not signed as a latest answer")]
     NotLatest(String),
     #[error("io: {0}")]
@@ -160,13 +166,13 @@ impl ReleaseManager {
             channel.active = pointed;
             registry.set_channel(&config.dataset, &config.channel, &channel)?;
         }
-        Ok(ReleaseManager {
-            config,
-            dir,
-            registry: Mutex::new(registry),
-            http: reqwest::Client::new(),
-            mandatory_minimum: Mutex::new(None),
-        })
+        let tls = tls_config::client_config(config.extra_ca_pem.as_deref())
+            .map_err(|e| BootstrapError::Tls(e.to_string()))?;
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .build()
+            .map_err(|e| BootstrapError::Tls(e.to_string()))?;
+        Ok(ReleaseManager { config, dir, registry: Mutex::new(registry), http, mandatory_minimum: Mutex::new(None) })
     }
 
     fn registry(&self) -> Result<std::sync::MutexGuard<'_, Registry>, BootstrapError> {

@@ -22,6 +22,12 @@ pub struct RelayConfig {
     /// First reconnect delay; doubles up to `max_backoff`.
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
+    /// A CA (PEM) to trust for `wss://` besides the web's roots (an
+    /// operator's private CA, or one pinned by the app).
+    pub extra_ca_pem: Option<Vec<u8>>,
+    /// Allow `ws://` (no TLS) to a host other than loopback. Off: the device
+    /// token would cross the network in clear.
+    pub allow_insecure: bool,
 }
 
 impl RelayConfig {
@@ -31,7 +37,34 @@ impl RelayConfig {
             token: token.into(),
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(30),
+            extra_ca_pem: None,
+            allow_insecure: false,
         }
+    }
+
+    /// Refuses configurations that would send the token in clear, and
+    /// builds the TLS connector for `wss://`.
+    pub(crate) fn connector(&self) -> Result<Option<tokio_tungstenite::Connector>, String> {
+        let url = self.url.to_ascii_lowercase();
+        if url.starts_with("wss://") {
+            let tls = tls_config::client_config(self.extra_ca_pem.as_deref()).map_err(|e| e.to_string())?;
+            return Ok(Some(tokio_tungstenite::Connector::Rustls(Arc::new(tls))));
+        }
+        let Some(rest) = url.strip_prefix("ws://") else {
+            return Err(format!("relay URL `{}` must start with wss:// (or ws:// on loopback)", self.url));
+        };
+        let authority = rest.split(['/', '?']).next().unwrap_or("");
+        let host = match authority.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(""),
+            None => authority.rsplit_once(':').map(|(h, _)| h).unwrap_or(authority),
+        };
+        let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        if !loopback && !self.allow_insecure {
+            return Err(format!(
+                "refusing ws:// to {host}: the device token would cross the network in clear; use wss://"
+            ));
+        }
+        Ok(None)
     }
 }
 
@@ -83,11 +116,14 @@ async fn connect_and_sync(
     nonce: u32,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Exit, String> {
+    let connector = config.connector()?;
     let mut request = config.url.as_str().into_client_request().map_err(|e| e.to_string())?;
     let bearer = HeaderValue::from_str(&format!("Bearer {}", config.token)).map_err(|e| e.to_string())?;
     request.headers_mut().insert("authorization", bearer);
     // TCP_NODELAY: a review is one small message that should leave now.
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(request, None, true).await.map_err(|e| e.to_string())?;
+    let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector)
+        .await
+        .map_err(|e| e.to_string())?;
     let (mut sink, mut stream) = ws.split();
 
     let mut session = SyncSession::new(shared.clone(), nonce);
@@ -136,4 +172,28 @@ where
 /// Emits an event to subscribers; no subscriber is not an error.
 pub(crate) fn emit(shared: &Shared, event: ChangeEvent) {
     let _ = shared.events.send(event);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_websocket_only_to_loopback_unless_allowed() {
+        let ok = |url: &str| RelayConfig::new(url, "t").connector().map(|c| c.is_some());
+        assert_eq!(ok("ws://127.0.0.1:8080/sync"), Ok(false));
+        assert_eq!(ok("ws://localhost:8080/sync"), Ok(false));
+        assert_eq!(ok("ws://[::1]:8080/sync"), Ok(false));
+        assert_eq!(ok("wss://relay.example/sync"), Ok(true));
+        let refused = ok("ws://relay.example:8080/sync").unwrap_err();
+        assert!(refused.contains("in clear"), "{refused}");
+        assert!(ok("ws://192.0.2.1/sync").is_err());
+        assert!(ok("http://127.0.0.1/sync").is_err());
+        let mut lan = RelayConfig::new("ws://192.0.2.1/sync", "t");
+        lan.allow_insecure = true;
+        assert!(lan.connector().is_ok());
+        let mut pinned = RelayConfig::new("wss://relay.example/sync", "t");
+        pinned.extra_ca_pem = Some(b"junk".to_vec());
+        assert!(pinned.connector().is_err(), "a pinned CA that is not a certificate is an error");
+    }
 }

@@ -36,6 +36,12 @@ struct Cli {
     /// token) on a non-loopback address. Without it the relay refuses to start.
     #[arg(long, env = "RELAY_DEV")]
     dev: bool,
+    /// Serve TLS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, env = "RELAY_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "RELAY_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -141,6 +147,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     config::check_dev_credentials(cli.listen, cli.token_keys.is_empty(), cli.admin_tokens.is_empty(), cli.dev)?;
     let mut config = Config::local(cli.data_dir.clone(), cli.listen);
     config.dev = cli.dev;
+    if let (Some(cert), Some(key)) = (&cli.tls_cert, &cli.tls_key) {
+        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+        let server = tls_config::server_config(&read(cert)?, &read(key)?)
+            .map_err(|e| format!("TLS certificate {} / key {}: {e}", cert.display(), key.display()))?;
+        config.tls = Some(std::sync::Arc::new(server));
+    }
     if cli.token_keys.is_empty() {
         tracing::warn!("no --token-key given: trusting the embedded DEVELOPMENT key; anyone can mint tokens");
     } else {
