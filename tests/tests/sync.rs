@@ -115,25 +115,48 @@ async fn another_user_gets_nothing_of_alices() {
         }
     }
 
-    // Writing to Alice's id creates Mallory's own document, never touches Alice's.
-    let mut tx = doc.transaction();
-    automerge::transaction::Transactable::put(&mut tx, automerge::ROOT, "r/evil", "x").expect("put");
-    tx.commit();
+    // Mallory forges a real review in a document with Alice's id (an engine
+    // opened as "alice" on Mallory's machine derives the same id) and pushes
+    // it under Mallory's own token: it lands in Mallory's namespace only.
+    let forger = open_engine(&dir.path().join("forger"), "alice", "forged");
+    review(&forger, "evil", Rating::Again, T0 + 2);
+    let forged = forger.export_documents().expect("export");
+    let (forged_id, forged_bytes) = forged.iter().find(|(id, _)| *id == alice_doc.to_string()).expect("same doc id");
+    assert_eq!(forged_id.parse::<DocumentId>().expect("id"), alice_doc);
+    let mut doc = automerge::Automerge::load(forged_bytes).expect("forged document");
+    let alice_on_relay = relay.hub.storage.heads("alice").expect("heads");
     let mut state = automerge::sync::State::new();
-    let msg = automerge::sync::SyncDoc::generate_sync_message(&doc, &mut state).expect("message");
-    send(
-        &mut ws,
-        Message::Sync { sender_id: "m".into(), target_id: "r".into(), document_id: alice_doc, data: msg.encode() },
-    )
-    .await;
-    let _ = recv(&mut ws).await;
+    loop {
+        let Some(msg) = automerge::sync::SyncDoc::generate_sync_message(&doc, &mut state) else { break };
+        send(
+            &mut ws,
+            Message::Sync { sender_id: "m".into(), target_id: "r".into(), document_id: alice_doc, data: msg.encode() },
+        )
+        .await;
+        match recv(&mut ws).await {
+            Some(Message::Sync { data, .. }) => {
+                let reply = automerge::sync::Message::decode(&data).expect("reply");
+                automerge::sync::SyncDoc::receive_sync_message(&mut doc, &mut state, reply).expect("apply");
+            }
+            other => panic!("the relay should accept Mallory's write to her own namespace, got {other:?}"),
+        }
+    }
+    let mallory_on_relay = relay.hub.storage.heads("mallory").expect("heads");
+    assert!(mallory_on_relay.contains_key(&alice_doc), "the forged write was stored (for Mallory)");
+    assert_eq!(relay.hub.storage.heads("alice").expect("heads"), alice_on_relay, "Alice's documents are unchanged");
+
+    // Alice's devices never see it: her phone after another exchange, and a
+    // new device that bootstraps everything Alice has.
     review(&alice, "another", Rating::Good, T0 + 1);
     eventually("alice synced again", WAIT, || settled(&alice)).await;
     let laptop = open_engine(&dir.path().join("alice2"), "alice", "laptop");
     laptop.start_sync(relay_config(&relay.ws_url(), "alice", "laptop")).expect("sync");
     eventually("alice's second device matches", WAIT, || same_progress(&alice, &laptop)).await;
     assert_ne!(alice.document_heads().expect("heads"), alice_heads, "alice's own change arrived");
-    assert_eq!(laptop.review_count().expect("count"), 2, "mallory's write is not in alice's document");
+    for device in [&alice, &laptop] {
+        assert_eq!(device.review_count().expect("count"), 2);
+        assert_eq!(device.memory_state("evil").expect("query"), None, "Mallory's review reached Alice");
+    }
     relay.shutdown().await;
 }
 
