@@ -121,7 +121,7 @@ fn main() {
     let (mut relay, ws_url) = spawn_relay_process(env!("CARGO_BIN_EXE_test-relay"), &dir.path().join("relay"));
     let base = ws_url.replace("ws://", "http://").trim_end_matches("/sync").to_owned();
     let pid = relay.id();
-    let http = reqwest::Client::new();
+    let http = integration_tests::http();
 
     runtime.block_on(async {
         let id = integration_tests::admin::create(&http, &base, TEST_ADMIN_TOKEN, ("bench", "stable", "1.0.0")).await;
@@ -270,7 +270,7 @@ fn main() {
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut tasks = Vec::new();
         for c in 0..100 {
-            let (http, base, count, errors) = (reqwest::Client::new(), base.clone(), count.clone(), errors.clone());
+            let (http, base, count, errors) = (integration_tests::http(), base.clone(), count.clone(), errors.clone());
             tasks.push(tokio::spawn(async move {
                 let mut i = 0u64;
                 while Instant::now() < deadline {

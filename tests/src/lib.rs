@@ -39,6 +39,20 @@ pub fn ensure_interop_deps() -> Result<std::path::PathBuf, String> {
     if status.success() { Ok(dir) } else { Err(format!("npm install in {} failed: {status}", dir.display())) }
 }
 
+/// An HTTP client for tests and benches. The project's TLS is rustls with
+/// the ring provider, configured explicitly (`tls-config`), so reqwest has
+/// no process-wide default provider to fall back on: every client is built
+/// with a configuration.
+pub fn http() -> reqwest::Client {
+    let tls = tls_config::client_config(None).expect("the web's roots load");
+    reqwest::Client::builder().tls_backend_preconfigured(tls).build().expect("http client")
+}
+
+/// `GET url` with [`http`].
+pub async fn get(url: impl reqwest::IntoUrl) -> reqwest::Result<reqwest::Response> {
+    http().get(url).send().await
+}
+
 /// Starts a relay on 127.0.0.1 with an OS-chosen port and the dev token key.
 pub async fn start_relay(data_dir: &Path) -> RunningRelay {
     let config = Config::local(data_dir.to_path_buf(), "127.0.0.1:0".parse().expect("literal address"));

@@ -26,7 +26,7 @@ impl Relay {
             vec![relay::release::admin::AdminToken { name: "t".into(), token: TEST_ADMIN_TOKEN.into() }];
         config.manifest_key = Some(("k1".into(), SEED));
         config.manifest_ttl = ttl;
-        Relay { relay: relay::start(config).await.expect("relay"), http: reqwest::Client::new() }
+        Relay { relay: relay::start(config).await.expect("relay"), http: integration_tests::http() }
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
@@ -253,7 +253,7 @@ async fn old_expired_unsigned_and_wrongly_signed_manifests_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let relay = Relay::start(dir.path(), Duration::from_secs(3600)).await;
     let v1 = relay.publish("1.0.0", &[("words.db", b"one".to_vec())]).await;
-    let old_manifest = reqwest::get(format!("{}/v1/releases/{v1}/manifest", relay.relay.http_url()))
+    let old_manifest = integration_tests::get(format!("{}/v1/releases/{v1}/manifest", relay.relay.http_url()))
         .await
         .expect("get")
         .text()
@@ -413,7 +413,7 @@ async fn relay_without_named_manifests(upstream: String) -> String {
             if path.starts_with("/v1/releases/") && uri.path().ends_with("/manifest") {
                 return (axum::http::StatusCode::NOT_FOUND, Vec::new());
             }
-            match reqwest::get(format!("{upstream}{path}")).await {
+            match integration_tests::get(format!("{upstream}{path}")).await {
                 Ok(r) => {
                     let status = axum::http::StatusCode::from_u16(r.status().as_u16())
                         .unwrap_or(axum::http::StatusCode::BAD_GATEWAY);
@@ -445,7 +445,7 @@ async fn a_device_moves_back_only_when_the_signed_manifest_says_so() {
 
     // A genuine manifest of v1, signed now with the channel's current sequence,
     // replayed as the answer to `latest`.
-    let fresh_v1 = reqwest::get(format!("{}/v1/releases/{v1}/manifest", relay.relay.http_url()))
+    let fresh_v1 = integration_tests::get(format!("{}/v1/releases/{v1}/manifest", relay.relay.http_url()))
         .await
         .expect("get")
         .text()

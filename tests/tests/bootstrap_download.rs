@@ -34,7 +34,7 @@ async fn fetch(
         }
     };
     let (_tx, mut rx) = tokio::sync::watch::channel(false);
-    let out = download(&reqwest::Client::new(), req, policy(attempts), &report, &mut rx).await;
+    let out = download(&integration_tests::http(), req, policy(attempts), &report, &mut rx).await;
     let progress = seen.lock().map(|v| v.clone()).unwrap_or_default();
     (out, progress)
 }
@@ -134,7 +134,7 @@ async fn downloads_from_the_relay_resume_too() {
     config.admin_tokens =
         vec![relay::release::admin::AdminToken { name: "t".into(), token: integration_tests::TEST_ADMIN_TOKEN.into() }];
     let relay = relay::start(config).await.expect("relay");
-    let http = reqwest::Client::new();
+    let http = integration_tests::http();
     let base = relay.http_url();
     let bytes = data();
     let id = integration_tests::admin::publish(

@@ -144,7 +144,7 @@ async fn health_readiness_and_metrics() {
     assert!(peer.sync_doc(DocumentId::derive(&["m"]), &mut doc, &mut state, false).await.expect("sync"));
     let _ = tokio_tungstenite::connect_async(relay.ws_url()).await; // one auth failure
 
-    let http = reqwest::Client::new();
+    let http = integration_tests::http();
     let health = http.get(format!("{}/healthz", relay.http_url())).send().await.expect("healthz");
     assert_eq!(health.status(), 200);
     let ready: serde_json::Value =
@@ -196,7 +196,8 @@ async fn idle_documents_are_evicted_and_reloaded_on_demand() {
 async fn the_dashboard_references_only_exported_metrics() {
     let dir = tempfile::tempdir().expect("tempdir");
     let relay = start_relay(dir.path()).await;
-    let metrics = reqwest::get(format!("{}/metrics", relay.http_url())).await.expect("get").text().await.expect("text");
+    let metrics =
+        integration_tests::get(format!("{}/metrics", relay.http_url())).await.expect("get").text().await.expect("text");
     let exported: Vec<&str> =
         metrics.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split_whitespace().next()).collect();
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/grafana-sync-dashboard.json");

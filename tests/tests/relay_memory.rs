@@ -24,7 +24,8 @@ fn peak_rss_bytes(pid: u32) -> u64 {
 }
 
 async fn metric(http_url: &str, name: &str) -> u64 {
-    let text = reqwest::get(format!("{http_url}/metrics")).await.expect("metrics").text().await.expect("text");
+    let text =
+        integration_tests::get(format!("{http_url}/metrics")).await.expect("metrics").text().await.expect("text");
     text.lines()
         .find(|l| l.starts_with(name) && l.as_bytes().get(name.len()) == Some(&b' '))
         .and_then(|l| l.split_whitespace().nth(1))

@@ -29,7 +29,7 @@ impl Registry {
         config.release_limits.max_artifact_bytes = max_artifact_bytes;
         config.refusal_audit_interval = std::time::Duration::from_millis(200);
         let relay = relay::start(config).await.expect("relay starts");
-        Registry { relay, http: reqwest::Client::new(), dir }
+        Registry { relay, http: integration_tests::http(), dir }
     }
 
     fn url(&self, path: &str) -> String {

@@ -175,7 +175,7 @@ async fn load(report: &mut Report) {
 
 /// `relay_connections_open` as the relay reports it.
 async fn open_connections(base: &str) -> u64 {
-    let text = match reqwest::get(format!("{base}/metrics")).await {
+    let text = match integration_tests::get(format!("{base}/metrics")).await {
         Ok(r) => r.text().await.unwrap_or_default(),
         Err(_) => return 0,
     };
