@@ -212,15 +212,33 @@ pub async fn run(url: &str, pairs: usize, edits: usize) -> LoadResult {
 }
 
 /// Connects `n` devices (two per user) that then sit idle; returns them.
-pub async fn idle_devices(url: &str, n: usize) -> (Vec<TestPeer>, usize) {
+/// `n` connected devices (two per user); with `sync_one_doc` each has synced
+/// a document of its user's first.
+pub async fn idle_devices(url: &str, n: usize, sync_one_doc: bool) -> (Vec<TestPeer>, usize) {
     let limit = Arc::new(tokio::sync::Semaphore::new(128));
     let mut tasks = Vec::with_capacity(n);
     for i in 0..n {
         let (url, limit) = (url.to_owned(), limit.clone());
         tasks.push(tokio::spawn(async move {
             let _permit = limit.acquire_owned().await;
-            TestPeer::connect(&url, &token(&format!("idle-{}", i / 2), &format!("d{}", i % 2)), &format!("idle-{i}"))
-                .await
+            let mut peer = TestPeer::connect(
+                &url,
+                &token(&format!("idle-{}", i / 2), &format!("d{}", i % 2)),
+                &format!("idle-{i}"),
+            )
+            .await?;
+            if sync_one_doc {
+                // A device that has synced its progress: the relay holds a
+                // sync state for it, not just a bare socket.
+                let doc_id = DocumentId::derive(&["idle", &(i / 2).to_string()]);
+                let mut doc = Automerge::new();
+                let mut tx = doc.transaction();
+                tx.put(automerge::ROOT, format!("device-{}", i % 2), i as i64).map_err(|e| e.to_string())?;
+                tx.commit();
+                let mut state = sync::State::new();
+                peer.sync_doc(doc_id, &mut doc, &mut state, false).await?;
+            }
+            Ok::<TestPeer, String>(peer)
         }));
     }
     let mut peers = Vec::with_capacity(n);
