@@ -90,6 +90,10 @@ impl Shared {
         if let Ok(mut s) = self.status.lock() {
             s.traffic.messages_sent += 1;
             s.traffic.bytes_sent += bytes as u64;
+            if s.traffic.last_was_send == Some(false) {
+                s.traffic.turns += 1;
+            }
+            s.traffic.last_was_send = Some(true);
         }
     }
 
@@ -97,6 +101,10 @@ impl Shared {
         if let Ok(mut s) = self.status.lock() {
             s.traffic.messages_received += 1;
             s.traffic.bytes_received += bytes as u64;
+            if s.traffic.last_was_send == Some(true) {
+                s.traffic.turns += 1;
+            }
+            s.traffic.last_was_send = Some(false);
         }
     }
 

@@ -106,6 +106,14 @@ pub struct Traffic {
     pub messages_received: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// Times the direction of traffic changed (a send after a receive, or a
+    /// receive after a send). A round trip is two turns, so an exchange of
+    /// `t` turns took `(t + 1) / 2` round trips: this counts waits on the
+    /// network, where message counts do not (a batch of sends is one trip).
+    pub turns: u64,
+    /// Direction of the last message: true when it was sent.
+    #[doc(hidden)]
+    pub last_was_send: Option<bool>,
 }
 
 /// What the engine tells the app about, through [`crate::Engine::subscribe`].
