@@ -92,6 +92,11 @@ pub struct Hub {
     users: Mutex<HashMap<Arc<str>, UserEntry>>,
     open_connections: AtomicU64,
     next_connection: AtomicU64,
+    /// Turns true when the relay shuts down: every connection closes (1001).
+    closing: tokio::sync::watch::Sender<bool>,
+    /// When the last storage write failed (cleared by the next that
+    /// succeeds); `/readyz` reports not-ready for a while after.
+    storage_failed_at: Mutex<Option<Instant>>,
 }
 
 /// A registered connection; unregisters itself when dropped.
@@ -131,7 +136,36 @@ impl Hub {
             users: Mutex::new(HashMap::new()),
             open_connections: AtomicU64::new(0),
             next_connection: AtomicU64::new(1),
+            closing: tokio::sync::watch::Sender::new(false),
+            storage_failed_at: Mutex::new(None),
         }
+    }
+
+    /// Tells every connection to close (the relay is shutting down).
+    pub fn begin_shutdown(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves when the relay starts shutting down.
+    pub fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+
+    /// Records whether the last storage write succeeded.
+    pub fn note_storage(&self, ok: bool) {
+        if let Ok(mut at) = self.storage_failed_at.lock() {
+            *at = if ok { None } else { Some(Instant::now()) };
+        }
+    }
+
+    /// A storage write failed in the last 30 s and none succeeded since
+    /// (not forever: with no traffic routed here, none would succeed).
+    pub fn storage_failing(&self) -> bool {
+        self.storage_failed_at
+            .lock()
+            .ok()
+            .and_then(|at| *at)
+            .is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(30))
     }
 
     fn users(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, UserEntry>> {

@@ -73,9 +73,43 @@ pub struct Metrics {
     pub slow_consumers_closed: AtomicU64,
     /// Connections closed because their token expired.
     pub tokens_expired_closed: AtomicU64,
+    /// Signed manifests answered (`latest` and a release's manifest).
+    pub manifests_served: AtomicU64,
+    /// Artifact requests answered with bytes (200 or 206).
+    pub artifact_requests: AtomicU64,
+    /// Of those, answered with a range (206).
+    pub range_requests: AtomicU64,
+    /// Bytes of artifact responses, as answered (a client that goes away early counts in full).
+    pub artifact_bytes: AtomicU64,
+    /// Artifact responses still streaming.
+    pub artifact_streams: AtomicU64,
+    /// Uploads that ended without a stored artifact (refused, too large, interrupted).
+    pub upload_failures: AtomicU64,
+    /// Admin requests refused for a missing or wrong admin token.
+    pub admin_refusals: AtomicU64,
+}
+
+/// Counts one artifact stream as open for as long as it lives.
+pub struct StreamGuard(std::sync::Arc<crate::hub::Hub>);
+
+impl StreamGuard {
+    pub fn new(hub: std::sync::Arc<crate::hub::Hub>) -> StreamGuard {
+        hub.metrics.artifact_streams.fetch_add(1, Relaxed);
+        StreamGuard(hub)
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let _ = self.0.metrics.artifact_streams.fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(1)));
+    }
 }
 
 impl Metrics {
+    pub fn artifact_streams_open(&self) -> u64 {
+        self.artifact_streams.load(Relaxed)
+    }
+
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Relaxed);
     }
@@ -156,6 +190,43 @@ impl Metrics {
                 "counter",
                 "Connections closed when their device token expired",
                 self.tokens_expired_closed.load(Relaxed),
+            ),
+            (
+                "relay_manifests_served_total",
+                "counter",
+                "Signed manifests answered (latest and by release)",
+                self.manifests_served.load(Relaxed),
+            ),
+            (
+                "relay_artifact_requests_total",
+                "counter",
+                "Artifact requests answered with bytes (200 or 206)",
+                self.artifact_requests.load(Relaxed),
+            ),
+            (
+                "relay_artifact_range_requests_total",
+                "counter",
+                "Artifact requests answered with a range (206)",
+                self.range_requests.load(Relaxed),
+            ),
+            (
+                "relay_artifact_bytes_total",
+                "counter",
+                "Bytes of artifact responses as answered",
+                self.artifact_bytes.load(Relaxed),
+            ),
+            ("relay_artifact_streams_open", "gauge", "Artifact responses streaming now", self.artifact_streams_open()),
+            (
+                "relay_upload_failures_total",
+                "counter",
+                "Artifact uploads that stored nothing (refused, too large, interrupted)",
+                self.upload_failures.load(Relaxed),
+            ),
+            (
+                "relay_admin_refusals_total",
+                "counter",
+                "Admin requests refused for a missing or wrong admin token",
+                self.admin_refusals.load(Relaxed),
             ),
         ];
         for (name, kind, help, value) in rows {

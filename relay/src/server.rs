@@ -111,12 +111,28 @@ async fn health() -> impl IntoResponse {
     axum::Json(serde_json::json!({ "status": "ok" }))
 }
 
-async fn ready(State(app): State<AppState>) -> Result<impl IntoResponse, RelayError> {
+/// Ready when storage takes writes: a small real write is committed (a full
+/// disk or a read-only file system fails it), and the last sync write did
+/// not fail. 503 with a JSON reason otherwise, so a load balancer stops
+/// sending devices here while the disk is full.
+async fn ready(State(app): State<AppState>) -> Response {
     let storage = app.hub.storage.clone();
-    tokio::task::spawn_blocking(move || storage.count_docs(""))
-        .await
-        .map_err(|e| RelayError::Config(e.to_string()))??;
-    Ok(axum::Json(serde_json::json!({ "status": "ready", "connections": app.hub.open_connections() })))
+    let probe = tokio::task::spawn_blocking(move || storage.probe_write()).await;
+    let problem = match probe {
+        Ok(Ok(())) if !app.hub.storage_failing() => None,
+        Ok(Ok(())) => Some("the last document write failed".to_owned()),
+        Ok(Err(e)) => Some(format!("storage does not take writes: {e}")),
+        Err(e) => Some(format!("storage probe failed: {e}")),
+    };
+    match problem {
+        None => axum::Json(serde_json::json!({ "status": "ready", "connections": app.hub.open_connections() }))
+            .into_response(),
+        Some(reason) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({ "status": "not ready", "error": "storage", "message": reason })),
+        )
+            .into_response(),
+    }
 }
 
 async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
@@ -199,6 +215,8 @@ pub struct RunningRelay {
     task: tokio::task::JoinHandle<()>,
     /// Serving TLS (`wss://`, `https://`).
     tls: bool,
+    /// The data directory is ours while this is held.
+    _lock: crate::data_dir::DataDirLock,
 }
 
 impl RunningRelay {
@@ -210,16 +228,65 @@ impl RunningRelay {
         format!("{}://{}", if self.tls { "https" } else { "http" }, self.addr)
     }
 
-    /// Stops accepting, closes connections, waits for the server task.
-    pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
-        let _ = self.task.await;
+    /// [`RunningRelay::shutdown_within`] with a 10 s drain deadline.
+    pub async fn shutdown(self) -> ShutdownReport {
+        self.shutdown_within(std::time::Duration::from_secs(10)).await
     }
+
+    /// Stops accepting, closes every WebSocket (1001, "shutting down"),
+    /// lets HTTP requests in flight (downloads) finish until `deadline`, then
+    /// cuts what is left, flushes the write-behind state and closes the
+    /// database (the last connection's close checkpoints the WAL away).
+    pub async fn shutdown_within(self, deadline: std::time::Duration) -> ShutdownReport {
+        let started = Instant::now();
+        let websockets = self.hub.open_connections();
+        let downloads = self.hub.metrics.artifact_streams_open();
+        self.hub.begin_shutdown();
+        let _ = self.shutdown.send(true);
+        let mut task = self.task;
+        let drained = tokio::time::timeout(deadline, &mut task).await.is_ok();
+        if !drained {
+            task.abort();
+            let _ = task.await;
+        }
+        // WebSocket tasks end on their own once their close frame is out.
+        while self.hub.open_connections() > 0 && started.elapsed() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let cut_websockets = self.hub.open_connections();
+        let cut_downloads = if drained { 0 } else { self.hub.metrics.artifact_streams_open() };
+        let storage = self.hub.storage.clone();
+        let flushed = tokio::task::spawn_blocking(move || storage.flush()).await.map(|r| r.is_ok()).unwrap_or(false);
+        let report = ShutdownReport { websockets, downloads, cut_websockets, cut_downloads, flushed };
+        if cut_downloads > 0 || cut_websockets > 0 {
+            tracing::warn!(?report, "drain deadline passed; cut what was left");
+        } else {
+            tracing::info!(?report, "shut down cleanly");
+        }
+        drop(self.hub);
+        drop(self._lock);
+        report
+    }
+}
+
+/// What a shutdown closed and cut.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// WebSocket connections open when it began (all told to close).
+    pub websockets: u64,
+    /// Artifact downloads in flight when it began.
+    pub downloads: u64,
+    /// Still open at the deadline, and cut.
+    pub cut_websockets: u64,
+    pub cut_downloads: u64,
+    /// Write-behind state reached the disk.
+    pub flushed: bool,
 }
 
 /// Opens storage under `config.data_dir`, binds `config.listen` and serves.
 pub async fn start(config: Config) -> Result<RunningRelay, RelayError> {
-    std::fs::create_dir_all(&config.data_dir)?;
+    // First: nothing in the directory is touched unless it is ours.
+    let lock = crate::data_dir::DataDirLock::acquire(&config.data_dir)?;
     let storage: Arc<dyn DocStorage> = Arc::new(SqliteStorage::open_with(
         &config.data_dir.join("relay.sqlite3"),
         config.limits.max_storage_queue_bytes,
@@ -228,7 +295,9 @@ pub async fn start(config: Config) -> Result<RunningRelay, RelayError> {
     // a client, and the id rides in every message.
     let hub = Arc::new(Hub::new(storage, config.limits.clone(), RELAY_PEER_ID.to_owned()));
     let releases = Arc::new(open_releases(&config)?);
-    let listener = TcpListener::bind(config.listen).await?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| RelayError::Config(format!("cannot listen on {}: {e}", config.listen)))?;
     let addr = listener.local_addr()?;
     let refusal_period = config.refusal_audit_interval;
     let tls = config.tls.clone();
@@ -301,5 +370,5 @@ pub async fn start(config: Config) -> Result<RunningRelay, RelayError> {
         }
     };
     tracing::info!(%addr, tls = tls.is_some(), "relay listening");
-    Ok(RunningRelay { addr, hub, shutdown, task, tls: tls.is_some() })
+    Ok(RunningRelay { addr, hub, shutdown, task, tls: tls.is_some(), _lock: lock })
 }

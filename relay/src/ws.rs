@@ -22,8 +22,49 @@ use std::time::Instant;
 /// Chunks appended since the last snapshot before the relay compacts.
 const COMPACT_AFTER_CHUNKS: u64 = 64;
 
-/// Why a connection ends with an error frame.
-type CloseReason = String;
+/// Why a connection ends: an `error` message with `text`, then a close
+/// frame with `code` (RFC 6455 section 7.4.1).
+#[derive(Debug)]
+struct CloseReason {
+    code: u16,
+    text: String,
+}
+
+/// Close codes the relay uses.
+mod close_code {
+    /// Shutting down, or the peer went quiet.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A malformed or unexpected message.
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame: the protocol is binary.
+    pub const UNSUPPORTED_DATA: u16 = 1003;
+    /// A limit or policy (document limit, expired token).
+    pub const POLICY: u16 = 1008;
+    /// A frame over the message size limit.
+    pub const TOO_BIG: u16 = 1009;
+    /// The relay's own failure (storage).
+    pub const INTERNAL: u16 = 1011;
+}
+
+impl CloseReason {
+    fn new(code: u16, text: impl Into<String>) -> CloseReason {
+        CloseReason { code, text: text.into() }
+    }
+}
+
+/// Protocol errors are the default reason.
+impl From<String> for CloseReason {
+    fn from(text: String) -> CloseReason {
+        CloseReason::new(close_code::PROTOCOL_ERROR, text)
+    }
+}
+
+/// Whether a read error is a frame over the size limit (tungstenite's
+/// capacity error, which axum passes on as text only).
+fn is_too_big(e: &axum::Error) -> bool {
+    let text = e.to_string();
+    text.contains("Message too long") || text.contains("Space limit exceeded") || text.contains("too big")
+}
 
 struct Connection {
     hub: Arc<Hub>,
@@ -76,6 +117,8 @@ enum Event {
     Notified,
     Tick,
     TokenExpired,
+    /// The relay is shutting down.
+    Closing,
 }
 
 /// How long until a token expiring at `exp` (Unix seconds) expires.
@@ -101,6 +144,7 @@ pub async fn run(socket: WebSocket, hub: Arc<Hub>, claims: DeviceClaims, reg: Re
     ping.tick().await;
     let mut last_heard = Instant::now();
     let signal = conn.reg.signal.clone();
+    let mut closing = hub.closing();
 
     let close_reason: Result<Option<CloseReason>, SendFailure> = loop {
         let event = tokio::select! {
@@ -108,6 +152,7 @@ pub async fn run(socket: WebSocket, hub: Arc<Hub>, claims: DeviceClaims, reg: Re
             _ = signal.notify.notified() => Event::Notified,
             _ = ping.tick() => Event::Tick,
             _ = tokio::time::sleep_until(expires) => Event::TokenExpired,
+            _ = closing.wait_for(|c| *c) => Event::Closing,
         };
         let step: Result<(), Result<Option<CloseReason>, SendFailure>> = match event {
             Event::Frame(frame) => {
@@ -115,6 +160,10 @@ pub async fn run(socket: WebSocket, hub: Arc<Hub>, claims: DeviceClaims, reg: Re
                 match frame {
                     None => Err(Ok(None)),
                     // A peer that vanishes (app killed, network gone) is not a protocol error.
+                    Some(Err(e)) if is_too_big(&e) => Err(Ok(Some(CloseReason::new(
+                        close_code::TOO_BIG,
+                        format!("message over the limit of {} bytes", hub.limits.max_message_bytes),
+                    )))),
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "connection dropped");
                         Err(Ok(None))
@@ -127,25 +176,31 @@ pub async fn run(socket: WebSocket, hub: Arc<Hub>, claims: DeviceClaims, reg: Re
                                 Ok(out) => conn.send_all(&mut sink, out).await.map_err(Err),
                                 Err(reason) => Err(Ok(Some(reason))),
                             },
-                            Err(e) => Err(Ok(Some(format!("malformed message: {e}")))),
+                            Err(e) => Err(Ok(Some(format!("malformed message: {e}").into()))),
                         }
                     }
                     Some(Ok(WsMessage::Close(_))) => Err(Ok(None)),
-                    Some(Ok(WsMessage::Text(_))) => Err(Ok(Some("text frames are not part of the protocol".into()))),
+                    Some(Ok(WsMessage::Text(_))) => Err(Ok(Some(CloseReason::new(
+                        close_code::UNSUPPORTED_DATA,
+                        "text frames are not part of the protocol",
+                    )))),
                     Some(Ok(_)) => Ok(()), // ping/pong
                 }
             }
             Event::Notified => conn.forward(&mut sink).await,
             Event::Tick => {
                 if last_heard.elapsed() > hub.limits.idle_timeout {
-                    Err(Ok(Some("idle timeout".into())))
+                    Err(Ok(Some(CloseReason::new(close_code::GOING_AWAY, "idle timeout"))))
                 } else {
                     conn.write(&mut sink, WsMessage::Ping(Default::default()), 64).await.map_err(Err)
                 }
             }
+            Event::Closing => {
+                Err(Ok(Some(CloseReason::new(close_code::GOING_AWAY, "relay shutting down; reconnect later"))))
+            }
             Event::TokenExpired => {
                 Metrics::inc(&hub.metrics.tokens_expired_closed);
-                Err(Ok(Some("token expired; reconnect with a new token".into())))
+                Err(Ok(Some(CloseReason::new(close_code::POLICY, "token expired; reconnect with a new token"))))
             }
         };
         if let Err(end) = step {
@@ -154,11 +209,22 @@ pub async fn run(socket: WebSocket, hub: Arc<Hub>, claims: DeviceClaims, reg: Re
     };
     match close_reason {
         Ok(Some(reason)) => {
-            Metrics::inc(&hub.metrics.protocol_errors);
-            tracing::info!(user = %conn.reg.user, device = %conn.device, %reason, "closing connection");
-            let error = Outgoing::Message(Message::Error { message: reason });
+            if reason.code == close_code::PROTOCOL_ERROR
+                || reason.code == close_code::UNSUPPORTED_DATA
+                || reason.code == close_code::TOO_BIG
+            {
+                Metrics::inc(&hub.metrics.protocol_errors);
+            }
+            tracing::info!(user = %conn.reg.user, device = %conn.device, code = reason.code, reason = %reason.text, "closing connection");
+            let error = Outgoing::Message(Message::Error { message: reason.text.clone() });
             if conn.send(&mut sink, error).await.is_ok() {
-                let _ = tokio::time::timeout(hub.limits.send_timeout, sink.close()).await;
+                // A close frame's reason is at most 123 bytes.
+                let mut text = reason.text;
+                while text.len() > 123 {
+                    text.pop();
+                }
+                let frame = axum::extract::ws::CloseFrame { code: reason.code, reason: text.into() };
+                let _ = tokio::time::timeout(hub.limits.send_timeout, sink.send(WsMessage::Close(Some(frame)))).await;
             }
         }
         Ok(None) => {
@@ -260,7 +326,7 @@ impl Connection {
                 Ok(Vec::new())
             }
             Action::Ignore => Ok(Vec::new()),
-            Action::Close(reason) => Err(reason),
+            Action::Close(reason) => Err(reason.into()),
         }
     }
 
@@ -290,8 +356,9 @@ impl Connection {
 
     fn storage_failed(&self, e: String) -> CloseReason {
         Metrics::inc(&self.hub.metrics.storage_errors);
+        self.hub.note_storage(false);
         tracing::error!(error = %e, "storage failure");
-        "relay storage failure; retry later".into()
+        CloseReason::new(close_code::INTERNAL, "relay storage failure; retry later")
     }
 
     async fn sync_state(&mut self, doc: DocumentId) -> Result<sync::State, CloseReason> {
@@ -334,7 +401,8 @@ impl Connection {
 
     /// Applies a peer's sync message, stores what it added, then replies.
     async fn apply(&mut self, doc_id: DocumentId, data: &[u8], request: bool) -> Result<Vec<Message>, CloseReason> {
-        let message = sync::Message::decode(data).map_err(|e| format!("malformed sync message for {doc_id}: {e}"))?;
+        let message = sync::Message::decode(data)
+            .map_err(|e| CloseReason::from(format!("malformed sync message for {doc_id}: {e}")))?;
         let slot = self.hub.slot(&self.reg.user, doc_id);
         let mut guard = slot.lock().await;
         if !self.ensure_loaded(&mut guard, doc_id).await? {
@@ -348,7 +416,9 @@ impl Connection {
             let storage = self.hub.storage.clone();
             let user = self.reg.user.to_string();
             let count = blocking(move || storage.count_docs(&user)).await.map_err(|e| self.storage_failed(e))?;
-            self.hub.admit_provisional(&self.reg.user, doc_id, count)?;
+            self.hub
+                .admit_provisional(&self.reg.user, doc_id, count)
+                .map_err(|e| CloseReason::new(close_code::POLICY, e))?;
             guard.doc = Some(Automerge::new());
             guard.provisional = true;
         }
@@ -363,7 +433,7 @@ impl Connection {
             if std::mem::take(&mut slot_ref.provisional) {
                 self.hub.settle_provisional(&self.reg.user, &doc_id);
             }
-            return Err(format!("invalid sync message for {doc_id}: {e}"));
+            return Err(format!("invalid sync message for {doc_id}: {e}").into());
         }
         let after = doc.get_heads();
         if after != before {
@@ -375,6 +445,7 @@ impl Connection {
             match stored {
                 Ok(chunks) => {
                     Metrics::inc(&self.hub.metrics.changes_stored);
+                    self.hub.note_storage(true);
                     if slot_ref.provisional {
                         slot_ref.provisional = false;
                         self.hub.settle_provisional(&self.reg.user, &doc_id);

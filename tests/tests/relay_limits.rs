@@ -252,3 +252,75 @@ async fn ephemeral_messages_reach_the_users_other_devices_only() {
     assert_eq!(other.recv(Duration::from_millis(300)).await.expect("recv"), None);
     relay.shutdown().await;
 }
+
+/// Reads frames until the relay's close frame; returns its code.
+async fn close_code_after(ws: &mut integration_tests::peer::Ws) -> Option<u16> {
+    use futures_util::StreamExt;
+    tokio::time::timeout(WAIT, async {
+        while let Some(frame) = ws.next().await {
+            match frame {
+                Ok(tungstenite::Message::Close(Some(c))) => return Some(u16::from(c.code)),
+                Ok(tungstenite::Message::Close(None)) | Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// A malformed, text or oversized frame closes its connection with a code
+/// that says which (1002, 1003, 1009), not 1005 or 1006.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_close_with_a_code_that_says_why() {
+    use futures_util::SinkExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limits = Limits { max_message_bytes: 64 * 1024, ..Limits::default() };
+    let relay = start_relay_with(dir.path(), loopback(), limits).await;
+    let cases: [(tungstenite::Message, u16); 3] = [
+        (tungstenite::Message::Binary(vec![0xff, 0x00, 0x13].into()), 1002),
+        (tungstenite::Message::Text("hello".into()), 1003),
+        (tungstenite::Message::Binary(vec![0u8; 200 * 1024].into()), 1009),
+    ];
+    for (i, (frame, expected)) in cases.into_iter().enumerate() {
+        let mut peer =
+            TestPeer::connect(&relay.ws_url(), &token("quinn", &format!("d{i}")), "q").await.expect("connect");
+        peer.ws.send(frame).await.expect("send");
+        assert_eq!(close_code_after(&mut peer.ws).await, Some(expected), "case {i}");
+    }
+    relay.shutdown().await;
+}
+
+/// `/readyz` says not ready while storage cannot take writes (a real full
+/// disk), and ready again once it can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_disk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(disk) = integration_tests::tmpfs::tmpfs_or_skip(&dir.path().join("relay-disk"), 8 << 20) else { return };
+    let relay = start_relay(&dir.path().join("relay-disk/relay")).await;
+    let ready = || async { integration_tests::get(format!("{}/readyz", relay.http_url())).await.expect("readyz") };
+    assert_eq!(ready().await.status(), 200);
+
+    let filler = disk.fill();
+    let mut peer = TestPeer::connect(&relay.ws_url(), &token("rae", "a"), "a").await.expect("connect");
+    let mut doc = Automerge::new();
+    let mut tx = doc.transaction();
+    tx.put(automerge::ROOT, "big", "x".repeat(1 << 20)).expect("put");
+    tx.commit();
+    let mut state = automerge::sync::State::new();
+    let stored = peer.sync_doc(DocumentId::derive(&["full"]), &mut doc, &mut state, false).await;
+    assert!(stored.is_err(), "a write on a full disk is refused, not acknowledged");
+    let resp = ready().await;
+    assert_eq!(resp.status(), 503);
+    let body: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(body["error"], "storage", "{body}");
+
+    std::fs::remove_file(&filler).expect("free the space");
+    let mut peer = TestPeer::connect(&relay.ws_url(), &token("rae", "b"), "b").await.expect("connect");
+    let mut state = automerge::sync::State::new();
+    assert!(peer.sync_doc(DocumentId::derive(&["full"]), &mut doc, &mut state, false).await.expect("stored now"));
+    assert_eq!(ready().await.status(), 200);
+    relay.shutdown().await;
+}

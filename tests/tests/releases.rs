@@ -389,6 +389,23 @@ async fn downloads_resume_with_ranges_and_a_strong_etag() {
 
     let resp = r.http.get(&url).header("if-none-match", &etag).send().await.expect("get");
     assert_eq!(resp.status(), StatusCode::NOT_MODIFIED);
+
+    // The release side is in /metrics: requests, ranges, bytes, manifests, open streams.
+    let manifest = r.http.get(r.url(&format!("/v1/releases/{id}/manifest"))).send().await.expect("manifest");
+    assert_eq!(manifest.status(), StatusCode::OK);
+    let metrics = r.http.get(r.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+    };
+    assert_eq!(value("relay_artifact_requests_total"), 3, "two ranges and one whole file");
+    assert_eq!(value("relay_artifact_range_requests_total"), 2);
+    assert_eq!(value("relay_artifact_bytes_total"), 60_000 + 10 + 100_000);
+    assert!(value("relay_manifests_served_total") >= 1);
+    assert!(metrics.contains("relay_artifact_streams_open"));
+    assert!(metrics.contains("relay_upload_failures_total") && metrics.contains("relay_admin_refusals_total"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,6 +42,52 @@ struct Cli {
     /// The PEM private key of --tls-cert.
     #[arg(long, env = "RELAY_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// On SIGTERM or Ctrl-C: how long downloads in flight may finish before
+    /// they are cut (WebSockets are closed at once with 1001).
+    #[arg(long, env = "RELAY_SHUTDOWN_TIMEOUT_SECS", default_value_t = 10)]
+    shutdown_timeout_secs: u64,
+    /// Log lines as `text` (colours only on a terminal) or `json` (one object a line, for collectors).
+    #[arg(long, env = "RELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(std::io::stdout().is_terminal()).init(),
+    }
+}
+
+/// Resolves on SIGTERM (systemd, Docker, Kubernetes) or Ctrl-C; names which.
+async fn stop_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    }
 }
 
 #[derive(Subcommand)]
@@ -102,10 +148,8 @@ async fn main() {
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     match cli.command {
         Some(Command::DevToken { user, device, ttl }) => {
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
@@ -187,7 +231,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     config.manifest_ttl = std::time::Duration::from_secs(cli.manifest_ttl_hours * 3600);
     let relay = relay::start(config).await?;
     println!("relay listening on {} (sync at {})", relay.http_url(), relay.ws_url());
-    tokio::signal::ctrl_c().await?;
-    relay.shutdown().await;
+    let signal = stop_signal().await;
+    tracing::info!(signal, "shutting down");
+    let report = relay.shutdown_within(std::time::Duration::from_secs(cli.shutdown_timeout_secs)).await;
+    println!(
+        "relay stopped ({signal}): closed {} WebSocket connections, {} downloads in flight, cut {} and {}",
+        report.websockets, report.downloads, report.cut_websockets, report.cut_downloads
+    );
     Ok(())
 }

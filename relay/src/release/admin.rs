@@ -115,6 +115,7 @@ where
     let actor = match authorize(app, &caller.headers) {
         Ok(a) => a,
         Err(e) => {
+            crate::metrics::Metrics::inc(&app.hub.metrics.admin_refusals);
             app.refusals.note(&caller.source, e.status().as_u16(), action);
             return Err(e);
         }
@@ -239,7 +240,9 @@ pub async fn upload(
         let stream = request.into_data_stream();
         app.releases.attach_upload(&id, &name, declared, stream).await
     };
-    let release = audited(&app, &caller, "artifact.upload", &target, work).await?;
+    let release = audited(&app, &caller, "artifact.upload", &target, work).await.inspect_err(|_| {
+        crate::metrics::Metrics::inc(&app.hub.metrics.upload_failures);
+    })?;
     Ok((StatusCode::CREATED, Json(release)))
 }
 

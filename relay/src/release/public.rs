@@ -5,12 +5,14 @@
 use super::range::{self, RangeReply};
 use super::service::Download;
 use crate::error::RelayError;
+use crate::metrics::{Metrics, StreamGuard};
 use crate::server::AppState;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use release::dto::{ErrorBody, LatestQuery};
 use release::manifest::SignedManifest;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -27,7 +29,9 @@ pub async fn latest(
     Path((dataset, channel)): Path<(String, String)>,
     Query(q): Query<LatestQuery>,
 ) -> Result<Json<SignedManifest>, RelayError> {
-    app.releases.latest(&dataset, &channel, q.app_version.as_deref(), q.install_id.as_deref()).map(Json)
+    let signed = app.releases.latest(&dataset, &channel, q.app_version.as_deref(), q.install_id.as_deref())?;
+    Metrics::inc(&app.hub.metrics.manifests_served);
+    Ok(Json(signed))
 }
 
 #[utoipa::path(get, path = "/v1/releases/{id}/manifest", tag = "public",
@@ -38,7 +42,9 @@ pub async fn manifest(
     Path(id): Path<String>,
     Query(q): Query<LatestQuery>,
 ) -> Result<Json<SignedManifest>, RelayError> {
-    app.releases.manifest(&id, q.app_version.as_deref(), q.install_id.as_deref()).map(Json)
+    let signed = app.releases.manifest(&id, q.app_version.as_deref(), q.install_id.as_deref())?;
+    Metrics::inc(&app.hub.metrics.manifests_served);
+    Ok(Json(signed))
 }
 
 fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
@@ -82,7 +88,19 @@ pub async fn artifact(
     if start > 0 {
         file.seek(std::io::SeekFrom::Start(start)).await?;
     }
-    let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), STREAM_CHUNK);
+    let metrics = &app.hub.metrics;
+    Metrics::inc(&metrics.artifact_requests);
+    Metrics::add(&metrics.artifact_bytes, len);
+    if status == StatusCode::PARTIAL_CONTENT {
+        Metrics::inc(&metrics.range_requests);
+    }
+    // The guard lives as long as the body stream: the open-streams gauge,
+    // and what a shutdown reports as cut.
+    let guard = StreamGuard::new(app.hub.clone());
+    let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), STREAM_CHUNK).map(move |chunk| {
+        let _ = &guard;
+        chunk
+    });
     let mut response = Response::new(Body::from_stream(stream));
     *response.status_mut() = status;
     let h = response.headers_mut();

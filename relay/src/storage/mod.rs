@@ -76,6 +76,13 @@ pub trait DocStorage: Send + Sync + 'static {
     fn forget_other_installs(&self, user: &str, device: &str, keep: &str) -> Result<()>;
     /// This storage's identity; changes when it is restored from a backup.
     fn storage_id(&self) -> Result<String>;
+    /// Waits until every queued write (write-behind ones included) is durable.
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Writes and commits a little (readiness: can this storage take writes
+    /// now?). A full disk or a read-only file system fails it.
+    fn probe_write(&self) -> Result<()>;
 }
 
 /// The key sync states are kept under for one install of a device: the

@@ -43,6 +43,10 @@ enum WriteRequest {
         state: Vec<u8>,
         shared_heads: EncodedHeads,
     },
+    /// A readiness probe: a small real write, committed.
+    Probe {
+        reply: mpsc::SyncSender<Result<()>>,
+    },
     ForgetOtherInstalls {
         user: String,
         device: String,
@@ -62,7 +66,7 @@ impl WriteRequest {
             WriteRequest::Compact { snapshot, .. } => snapshot.len(),
             WriteRequest::SaveSyncState { state, shared_heads, .. } => state.len() + shared_heads.len(),
             WriteRequest::ForgetOtherInstalls { device, keep, .. } => device.len() + keep.len(),
-            WriteRequest::Flush { .. } => 0,
+            WriteRequest::Flush { .. } | WriteRequest::Probe { .. } => 0,
         }
     }
 }
@@ -212,6 +216,16 @@ fn commit_group(conn: &mut Connection, group: Vec<WriteRequest>) {
                     Outcome::None
                 }
                 WriteRequest::Flush { reply } => Outcome::Flushed(reply),
+                WriteRequest::Probe { reply } => Outcome::Compacted(
+                    reply,
+                    sp.execute(
+                        "INSERT INTO relay_meta(key, value) VALUES ('ready_probe', unixepoch())
+                         ON CONFLICT(key) DO UPDATE SET value = excluded.value || ''",
+                        [],
+                    )
+                    .map(|_| ())
+                    .map_err(StorageError::from),
+                ),
             };
             let failed = matches!(&outcome, Outcome::Appended(_, Err(_)) | Outcome::Compacted(_, Err(_)));
             if failed {
@@ -308,6 +322,14 @@ impl DocStorage for SqliteStorage {
             device: device.to_owned(),
             keep: keep.to_owned(),
         })
+    }
+
+    fn flush(&self) -> Result<()> {
+        SqliteStorage::flush(self)
+    }
+
+    fn probe_write(&self) -> Result<()> {
+        self.call(|reply| WriteRequest::Probe { reply })
     }
 
     fn storage_id(&self) -> Result<String> {
