@@ -47,6 +47,30 @@ impl Client {
     /// A client for the relay at `base`; `ca_cert` is a PEM file of a CA to
     /// trust besides the web's roots.
     pub fn new(base: &str, token: &str, ca_cert: Option<&Path>) -> Result<Client, CliError> {
+        let base = base.trim();
+        match reqwest::Url::parse(base) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
+            Ok(url) => {
+                return Err(CliError::Usage(format!(
+                    "--url `{base}` must be an http:// or https:// URL (scheme `{}`)",
+                    url.scheme()
+                )));
+            }
+            Err(_) => {
+                return Err(CliError::Usage(format!(
+                    "--url `{base}` is not a URL; write it with its scheme, e.g. http://{base}"
+                )));
+            }
+        }
+        // `$(cat token-file)` keeps a stray \r; a token is visible ASCII.
+        let token = token.trim();
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(CliError::Usage(
+                "the admin token (--token or RELAY_ADMIN_TOKEN) is empty or holds spaces or control characters; \
+                 copy it again from the relay's --admin-token or its dev-admin-token file"
+                    .into(),
+            ));
+        }
         let pem = match ca_cert {
             Some(path) => Some(
                 std::fs::read(path)
@@ -70,10 +94,17 @@ impl Client {
             return serde_json::from_slice(&bytes).map_err(|e| CliError::Network(format!("unexpected answer: {e}")));
         }
         let body: Option<ErrorBody> = serde_json::from_slice(&bytes).ok();
-        let message = match &body {
+        let mut message = match &body {
             Some(b) => format!("{} ({}): {}", status.as_u16(), b.error, b.message),
             None => format!("{}: {}", status, String::from_utf8_lossy(&bytes)),
         };
+        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+            message.push_str(
+                "\nadmin tokens are the TOKEN part of the relay's --admin-token NAME=TOKEN (or RELAY_ADMIN_TOKENS); \
+                 a development relay keeps its token in <data-dir>/dev-admin-token. \
+                 Pass it with --token or RELAY_ADMIN_TOKEN.",
+            );
+        }
         Err(CliError::Relay { status: status.as_u16(), message, body })
     }
 
@@ -111,14 +142,30 @@ impl Client {
             }
         });
         let url = format!("{}/admin/releases/{}/artifacts/{}", self.base, segment(release), segment(name));
+        // Ask first: a refusal (token, state, name, size) is read as the
+        // relay's answer here, not as a broken pipe halfway through the body.
+        self.check_upload(&url, len).await?;
         let req = self
             .http
-            .put(url)
+            .put(&url)
             .header(reqwest::header::CONTENT_LENGTH, len)
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .body(reqwest::Body::wrap_stream(stream));
         let out = self.send(req).await;
         bar.finish_and_clear();
-        out
+        match out {
+            // The relay may have refused mid-way and closed (a race with
+            // another admin, a full disk): its reason beats "broken pipe".
+            Err(CliError::Network(e)) => match self.check_upload(&url, len).await {
+                Err(refusal @ CliError::Relay { .. }) => Err(refusal),
+                _ => Err(CliError::Network(e)),
+            },
+            other => other,
+        }
+    }
+
+    /// The relay's answer to "would an upload of `len` bytes to `url` be accepted?".
+    async fn check_upload(&self, url: &str, len: u64) -> Result<Value, CliError> {
+        self.send(self.http.put(url).query(&[("dry_run", "true".to_owned()), ("size", len.to_string())])).await
     }
 }

@@ -71,15 +71,20 @@ enum Command {
     /// Publish (refused with the findings unless validation passes).
     Publish {
         release: String,
-        /// Share of devices offered it at first.
-        #[arg(long, default_value_t = 100)]
+        /// Share of devices offered it at first (0 to 100).
+        #[arg(long, default_value_t = 100, value_parser = percent)]
         rollout: u8,
         /// Devices on the channel may not keep an older version.
         #[arg(long)]
         mandatory: bool,
     },
     /// Change a published release's rollout: 0 pauses, 100 completes.
-    Rollout { release: String, percent: u8 },
+    Rollout {
+        release: String,
+        /// 0 to 100.
+        #[arg(value_parser = percent)]
+        percent: u8,
+    },
     /// Deprecate a published release.
     Deprecate {
         release: String,
@@ -110,8 +115,28 @@ enum Command {
     },
 }
 
+/// A rollout share: a whole number between 0 and 100.
+fn percent(text: &str) -> Result<u8, String> {
+    match text.trim().parse::<u32>() {
+        Ok(n) if n <= 100 => Ok(n as u8),
+        _ => Err(format!("`{text}` is not a percentage: give a whole number between 0 and 100")),
+    }
+}
+
+/// `relay-admin list | head`: when the reader goes away, stop quietly like
+/// other Unix tools instead of panicking on a broken pipe.
+fn quiet_on_broken_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE at startup, before
+    // any thread exists; no handler runs our code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    quiet_on_broken_pipe();
     let cli = Cli::parse();
     let client = match Client::new(&cli.url, &cli.token, cli.ca_cert.as_deref()) {
         Ok(c) => c,
@@ -155,16 +180,19 @@ async fn run(client: &Client, command: Command, json: bool) -> Result<(), CliErr
         Command::AttachUrl { release, name, url, sha256, size } => show_release(
             client
                 .post(
-                    &format!("/admin/releases/{release}/artifacts"),
+                    &format!("/admin/releases/{}/artifacts", client::segment(&release)),
                     json!({"name": name, "url": url, "sha256": sha256, "size": size}),
                 )
                 .await?,
         ),
         Command::Detach { release, name } => show_release(
-            client.delete(&format!("/admin/releases/{release}/artifacts/{}", client::segment(&name))).await?,
+            client
+                .delete(&format!("/admin/releases/{}/artifacts/{}", client::segment(&release), client::segment(&name)))
+                .await?,
         ),
         Command::Validate { release } => {
-            let report = client.post(&format!("/admin/releases/{release}/validate"), json!({})).await?;
+            let report =
+                client.post(&format!("/admin/releases/{}/validate", client::segment(&release)), json!({})).await?;
             output::report(&report, json);
             if report["valid"] == false {
                 return Err(CliError::Failed("the release does not pass validation".into()));
@@ -173,17 +201,21 @@ async fn run(client: &Client, command: Command, json: bool) -> Result<(), CliErr
         Command::Publish { release, rollout, mandatory } => show_release(
             client
                 .post(
-                    &format!("/admin/releases/{release}/publish"),
+                    &format!("/admin/releases/{}/publish", client::segment(&release)),
                     json!({"rollout_percent": rollout, "mandatory": mandatory}),
                 )
                 .await?,
         ),
-        Command::Rollout { release, percent } => {
-            show_release(client.post(&format!("/admin/releases/{release}/rollout"), json!({"percent": percent})).await?)
-        }
-        Command::Deprecate { release, reason } => {
-            show_release(client.post(&format!("/admin/releases/{release}/deprecate"), json!({"reason": reason})).await?)
-        }
+        Command::Rollout { release, percent } => show_release(
+            client
+                .post(&format!("/admin/releases/{}/rollout", client::segment(&release)), json!({"percent": percent}))
+                .await?,
+        ),
+        Command::Deprecate { release, reason } => show_release(
+            client
+                .post(&format!("/admin/releases/{}/deprecate", client::segment(&release)), json!({"reason": reason}))
+                .await?,
+        ),
         Command::List { dataset, channel } => {
             let mut query = Vec::new();
             if let Some(d) = dataset {
@@ -194,7 +226,9 @@ async fn run(client: &Client, command: Command, json: bool) -> Result<(), CliErr
             }
             output::releases(&client.get("/admin/releases", &query).await?, json);
         }
-        Command::Show { release } => show_release(client.get(&format!("/admin/releases/{release}"), &[]).await?),
+        Command::Show { release } => {
+            show_release(client.get(&format!("/admin/releases/{}", client::segment(&release)), &[]).await?)
+        }
         Command::Audit { target, limit } => {
             let mut query = vec![("limit", limit.to_string())];
             if let Some(t) = target {
@@ -203,7 +237,9 @@ async fn run(client: &Client, command: Command, json: bool) -> Result<(), CliErr
             output::audit(&client.get("/admin/audit", &query).await?, json);
         }
         Command::Dataset { dataset, required } => {
-            let v = client.put(&format!("/admin/datasets/{dataset}"), json!({"required_artifacts": required})).await?;
+            let v = client
+                .put(&format!("/admin/datasets/{}", client::segment(&dataset)), json!({"required_artifacts": required}))
+                .await?;
             output::raw(&v, json);
         }
     }

@@ -116,3 +116,88 @@ async fn the_cli_speaks_https_with_a_pinned_ca() {
     assert!(stderr.contains("certificate"), "{stderr}");
     relay.shutdown().await;
 }
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// What an operator types wrong, and what the CLI says back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_and_typos_get_sentences_that_say_what_to_do() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = relay::Config::local(dir.path().join("relay"), "127.0.0.1:0".parse().expect("addr"));
+    config.admin_tokens = vec![relay::release::admin::AdminToken { name: "alice".into(), token: TOKEN.into() }];
+    config.release_limits.max_artifact_bytes = 1 << 20;
+    let relay = relay::start(config).await.expect("relay");
+    let url = relay.http_url();
+    let created = json(
+        &cli(
+            &url,
+            TOKEN,
+            &[
+                "--json",
+                "create",
+                "--dataset",
+                "vocab-en",
+                "--channel",
+                "stable",
+                "--version",
+                "1.0.0",
+                "--min-app-version",
+                "1.0.0",
+            ],
+        )
+        .await,
+    );
+    let id = created["id"].as_str().expect("id").to_owned();
+
+    // A refused large upload reads the relay's answer, every time (not "cannot reach the relay").
+    let big = dir.path().join("big.db");
+    std::fs::write(&big, vec![7u8; 64 << 20]).expect("file");
+    for _ in 0..3 {
+        let out = cli(&url, TOKEN, &["attach", &id, big.to_str().expect("utf-8")]).await;
+        assert!(!out.status.success());
+        let e = stderr(&out);
+        assert!(e.contains("413") && e.contains("1.0 MiB") && !e.contains("cannot reach"), "{e}");
+    }
+    let out = cli(&url, "wrong-token-0123456789", &["attach", &id, big.to_str().expect("utf-8")]).await;
+    let e = stderr(&out);
+    assert!(e.contains("403") && e.contains("--admin-token") && e.contains("dev-admin-token"), "{e}");
+
+    // Inputs that are wrong say which input.
+    let out = cli(url.trim_start_matches("http://"), TOKEN, &["list"]).await;
+    assert!(stderr(&out).contains("is not a URL; write it with its scheme"), "{}", stderr(&out));
+    let out = cli(&url, &format!("{TOKEN}\n"), &["--json", "list"]).await;
+    assert!(out.status.success(), "a trailing newline is trimmed: {}", stderr(&out));
+    let out = cli(&url, "two words", &["list"]).await;
+    assert!(stderr(&out).contains("spaces or control characters"), "{}", stderr(&out));
+    let out = cli(&url, TOKEN, &["rollout", &id, "300"]).await;
+    assert!(stderr(&out).contains("between 0 and 100"), "{}", stderr(&out));
+
+    // Names with `/` or `..` are one path segment: the relay answers with a JSON reason.
+    let out = cli(&url, TOKEN, &["--json", "show", "../releases"]).await;
+    assert!(!out.status.success());
+    let body: Value = serde_json::from_slice(&out.stderr).expect("the relay's JSON reason");
+    assert_eq!(body["error"], "not_found", "{body}");
+
+    // `relay-admin list | head`: the reader goes away; no panic.
+    for n in 0..40 {
+        let v = format!("1.{}.0", n + 1);
+        cli(
+            &url,
+            TOKEN,
+            &["create", "--dataset", "vocab-en", "--channel", "stable", "--version", &v, "--min-app-version", "1.0.0"],
+        )
+        .await;
+    }
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_relay-admin"))
+        .args(["--url", &url, "--token", TOKEN, "list"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("runs");
+    drop(child.stdout.take()); // the reader closes at once
+    let out = child.wait_with_output().expect("exits");
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    relay.shutdown().await;
+}

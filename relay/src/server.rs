@@ -172,6 +172,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/datasets/{dataset}/channels/{channel}/latest", get(public::latest))
         .route("/v1/releases/{id}/manifest", get(public::manifest))
         .route("/v1/releases/{id}/artifacts/{name}", get(public::artifact))
+        // Every answer is JSON, unknown paths and methods included.
+        .fallback(|| async { RelayError::NotFound("no such endpoint (see /openapi.json)".into()) })
+        .method_not_allowed_fallback(|| async {
+            (
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                axum::Json(serde_json::json!({"error": "method_not_allowed", "message": "this endpoint does not take that method (see /openapi.json)"})),
+            )
+        })
         .with_state(state)
 }
 

@@ -106,6 +106,17 @@ pub struct AuditQuery {
     pub limit: Option<u32>,
 }
 
+/// Query of an artifact upload: `dry_run=true` runs every check an upload
+/// of `size` bytes would meet (token, release editable, name, size limit)
+/// and answers without a body being sent.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+pub struct UploadCheck {
+    #[serde(default)]
+    pub dry_run: bool,
+    /// The size the upload will have, in bytes.
+    pub size: Option<u64>,
+}
+
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 pub struct ListQuery {
     pub dataset: Option<String>,

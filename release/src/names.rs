@@ -80,6 +80,47 @@ pub fn encode_path_segment(s: &str) -> String {
         .collect()
 }
 
+/// A byte count for people: `4.0 GiB`, `512.0 MiB`, `900 B`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// Parses a size as people write it: `4294967296`, `4GiB`, `512 MiB`,
+/// `100MB` (decimal units are 1000-based, binary ones 1024-based).
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (number, unit) = (t[..split].trim(), t[split..].trim());
+    let factor: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        "t" | "tb" => 1_000_000_000_000,
+        "tib" => 1 << 40,
+        _ => return Err(format!("`{text}`: unknown unit `{unit}` (use B, KiB, MiB, GiB, TiB or KB, MB, GB, TB)")),
+    };
+    let value: f64 = number.parse().map_err(|_| format!("`{text}` is not a size (e.g. 4GiB or 4294967296)"))?;
+    let bytes = value * factor as f64;
+    if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 {
+        return Err(format!("`{text}` is not a usable size"));
+    }
+    Ok(bytes as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +147,19 @@ mod tests {
         for bad in ["", "Vocab", "-x", "a/b", "a b", &"x".repeat(65)] {
             assert!(check_id("dataset", bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn sizes_for_people() {
+        assert_eq!(human_bytes(900), "900 B");
+        assert_eq!(human_bytes(4 << 30), "4.0 GiB");
+        assert_eq!(human_bytes(512 << 20), "512.0 MiB");
+        assert_eq!(parse_bytes("4GiB"), Ok(4 << 30));
+        assert_eq!(parse_bytes("512 MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("100MB"), Ok(100_000_000));
+        assert_eq!(parse_bytes("4294967296"), Ok(4 << 30));
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("5 parsecs").is_err());
+        assert!(parse_bytes("0").is_err());
     }
 }

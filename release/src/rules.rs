@@ -184,7 +184,8 @@ fn size_limits(i: &ValidationInput<'_>) -> Vec<Finding> {
                 Some(&a.name),
             ));
         }
-        if a.size == 0 {
+        // An empty required artifact is an error (see `required_artifacts`).
+        if a.size == 0 && !i.required_artifacts.contains(&a.name) {
             out.push(finding("size-limits", Severity::Warning, format!("`{}` is empty", a.name), Some(&a.name)));
         }
     }
@@ -224,14 +225,21 @@ fn min_app_version(i: &ValidationInput<'_>) -> Vec<Finding> {
 fn required_artifacts(i: &ValidationInput<'_>) -> Vec<Finding> {
     i.required_artifacts
         .iter()
-        .filter(|name| !i.release.artifacts.iter().any(|a| &a.name == *name))
-        .map(|name| {
-            finding(
+        .filter_map(|name| match i.release.artifacts.iter().find(|a| &a.name == name) {
+            None => Some(finding(
                 "required-artifacts",
                 Severity::Error,
                 format!("dataset {} requires an artifact named `{name}`", i.release.dataset),
                 Some(name),
-            )
+            )),
+            // A required file with nothing in it is as good as missing.
+            Some(a) if a.size == 0 => Some(finding(
+                "required-artifacts",
+                Severity::Error,
+                format!("dataset {} requires `{name}`, and it is empty", i.release.dataset),
+                Some(name),
+            )),
+            Some(_) => None,
         })
         .collect()
 }
@@ -350,6 +358,18 @@ mod tests {
             vec![Severity::Warning]
         );
         assert_eq!(rules_of(&run(&release(vec![]), &[], &[], &[])), vec!["has-artifacts"]);
+    }
+
+    #[test]
+    fn an_empty_required_artifact_is_an_error() {
+        let r = release(vec![artifact("words.db", 0, "e3")]);
+        let stored = [StoredBytes { name: "words.db".into(), sha256: Some("e3".into()), size: 0 }];
+        let report = run(&r, &[], &stored, &["words.db".into()]);
+        assert!(!report.valid);
+        let errors: Vec<_> = report.findings.iter().filter(|f| f.severity == Severity::Error).collect();
+        assert_eq!(errors.len(), 1, "{:?}", report.findings);
+        assert_eq!(errors[0].rule, "required-artifacts");
+        assert!(errors[0].message.contains("empty"));
     }
 
     #[test]

@@ -37,8 +37,13 @@ impl FromStr for Version {
         let mut parts = s.split('.');
         let mut next = || -> Result<u32, VersionError> {
             let p = parts.next().ok_or_else(err)?;
-            // Digits only: no signs, no leading '+', no whitespace.
-            if p.is_empty() || p.len() > 9 || !p.bytes().all(|b| b.is_ascii_digit()) {
+            // Digits only: no signs, no leading '+', no whitespace, and no
+            // leading zero (semver: `01.1.0` is not 1.1.0, it is invalid).
+            if p.is_empty()
+                || p.len() > 9
+                || !p.bytes().all(|b| b.is_ascii_digit())
+                || (p.len() > 1 && p.starts_with('0'))
+            {
                 return Err(err());
             }
             p.parse().map_err(|_| err())
@@ -73,10 +78,13 @@ mod tests {
         let a: Version = "1.9.0".parse().unwrap();
         let b: Version = "1.10.0".parse().unwrap();
         assert!(a < b);
-        for bad in ["1.2", "1.x.3", "1.2.3.4", "", "+1.2.3", " 1.2.3", "1..3", "99999999999.0.0"] {
+        for bad in
+            ["1.2", "1.x.3", "1.2.3.4", "", "+1.2.3", " 1.2.3", "1..3", "99999999999.0.0", "01.1.0", "1.00.0", "1.0.01"]
+        {
             assert!(bad.parse::<Version>().is_err(), "{bad}");
         }
         assert_eq!(serde_json::to_string(&b).unwrap(), "\"1.10.0\"");
         assert_eq!(serde_json::from_str::<Version>("\"2.0.1\"").unwrap(), Version::new(2, 0, 1));
+        assert_eq!("0.10.0".parse::<Version>().unwrap(), Version::new(0, 10, 0), "a lone zero is fine");
     }
 }

@@ -42,6 +42,12 @@ struct Cli {
     /// The PEM private key of --tls-cert.
     #[arg(long, env = "RELAY_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Largest artifact an upload may bring (e.g. 4GiB, 500MB, or bytes).
+    #[arg(long, env = "RELAY_MAX_ARTIFACT_BYTES", default_value = "4GiB", value_parser = release::names::parse_bytes)]
+    max_artifact_bytes: u64,
+    /// Largest release (all its artifacts together).
+    #[arg(long, env = "RELAY_MAX_RELEASE_BYTES", default_value = "16GiB", value_parser = release::names::parse_bytes)]
+    max_release_bytes: u64,
     /// On SIGTERM or Ctrl-C: how long downloads in flight may finish before
     /// they are cut (WebSockets are closed at once with 1001).
     #[arg(long, env = "RELAY_SHUTDOWN_TIMEOUT_SECS", default_value_t = 10)]
@@ -191,6 +197,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     config::check_dev_credentials(cli.listen, cli.token_keys.is_empty(), cli.admin_tokens.is_empty(), cli.dev)?;
     let mut config = Config::local(cli.data_dir.clone(), cli.listen);
     config.dev = cli.dev;
+    config.release_limits.max_artifact_bytes = cli.max_artifact_bytes;
+    config.release_limits.max_release_bytes = cli.max_release_bytes;
     if let (Some(cert), Some(key)) = (&cli.tls_cert, &cli.tls_key) {
         let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
         let server = tls_config::server_config(&read(cert)?, &read(key)?)

@@ -6,13 +6,13 @@ use crate::error::RelayError;
 use crate::server::AppState;
 use axum::Json;
 use axum::body::Body;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use release::dto::{
     AttachExternal, AuditEntry, AuditLog, AuditQuery, CreateRelease, DatasetConfig, DeprecateRequest, ErrorBody,
-    ListQuery, PublishRequest, ReleaseList, RolloutRequest, UpdateRelease,
+    ListQuery, PublishRequest, ReleaseList, RolloutRequest, UpdateRelease, UploadCheck,
 };
 use release::model::Release;
 use release::rules::ValidationReport;
@@ -56,11 +56,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 
 /// The admin's name, or 401 (no token) / 403 (unknown token).
 fn authorize(app: &AppState, headers: &HeaderMap) -> Result<String, RelayError> {
-    let presented = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+    let presented = crate::auth::bearer_token(headers)
         .ok_or_else(|| RelayError::Unauthorized("an admin token is required (Authorization: Bearer ...)".into()))?;
     // Every configured token is compared, so the time taken does not say
     // which one (or whether any) matched early.
@@ -73,9 +69,9 @@ fn authorize(app: &AppState, headers: &HeaderMap) -> Result<String, RelayError> 
     found.ok_or_else(|| RelayError::Forbidden("the admin token is not valid".into()))
 }
 
-fn record(app: &AppState, actor: &str, action: &str, target: &str, outcome: Result<(), &RelayError>) {
+fn record(app: &AppState, actor: &str, action: &str, target: &str, outcome: Result<String, &RelayError>) {
     let (outcome, detail) = match outcome {
-        Ok(()) => ("ok", String::new()),
+        Ok(detail) => ("ok", detail),
         Err(e) if e.status().is_server_error() => ("error", e.to_string()),
         Err(e) => ("refused", e.to_string()),
     };
@@ -112,6 +108,25 @@ where
     F: FnOnce(AppState) -> Fut + Send + 'static,
     Fut: Future<Output = Result<T, RelayError>> + Send + 'static,
 {
+    audited_with(app, caller, action, target, work, |_| (None, String::new())).await
+}
+
+/// [`audited`], where the outcome names the entry's target (a created
+/// release's id) and detail (the rollout set).
+async fn audited_with<T, F, Fut, D>(
+    app: &AppState,
+    caller: &Caller,
+    action: &str,
+    target: &str,
+    work: F,
+    describe: D,
+) -> Result<T, RelayError>
+where
+    T: Send + 'static,
+    F: FnOnce(AppState) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, RelayError>> + Send + 'static,
+    D: FnOnce(&T) -> (Option<String>, String) + Send + 'static,
+{
     let actor = match authorize(app, &caller.headers) {
         Ok(a) => a,
         Err(e) => {
@@ -124,11 +139,30 @@ where
     let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         let out = runtime.block_on(work(app.clone()));
-        record(&app, &actor, &action, &target, out.as_ref().map(|_| ()));
+        match &out {
+            Ok(value) => {
+                let (target_override, detail) = describe(value);
+                record(&app, &actor, &action, target_override.as_deref().unwrap_or(&target), Ok(detail));
+            }
+            Err(e) => record(&app, &actor, &action, &target, Err(e)),
+        }
         out
     })
     .await
     .map_err(|e| RelayError::Internal(format!("admin task failed: {e}")))?
+}
+
+/// Query strings: a wrong value is 422 naming the parameter.
+fn query<T>(parsed: Result<Query<T>, QueryRejection>) -> Result<T, RelayError> {
+    match parsed {
+        Ok(Query(v)) => Ok(v),
+        Err(e) => {
+            let text = e.body_text();
+            // serde names the field: "...: limit: invalid digit found in string"
+            let field = text.rsplit(": ").nth(1).map(|f| f.trim().to_owned()).filter(|f| !f.contains(' '));
+            Err(RelayError::Invalid { field, message: text })
+        }
+    }
 }
 
 /// JSON bodies: a syntax error is 400, a wrong or missing field 422 naming it.
@@ -158,9 +192,11 @@ pub async fn create(
         Ok(Json(r)) => format!("{}/{}", r.dataset, r.channel),
         Err(_) => "-".into(),
     };
-    let release =
-        audited(&app, &caller, "release.create", &target, move |app| async move { app.releases.create(body(req)?) })
-            .await?;
+    let work = move |app: AppState| async move { app.releases.create(body(req)?) };
+    // Logged under the new release's id, so `audit --target ID` finds it.
+    let describe =
+        |r: &Release| (Some(r.id.clone()), format!("{}/{} {} created as a draft", r.dataset, r.channel, r.version));
+    let release = audited_with(&app, &caller, "release.create", &target, work, describe).await?;
     Ok((StatusCode::CREATED, Json(release)))
 }
 
@@ -169,10 +205,14 @@ pub async fn create(
 pub async fn list(
     State(app): State<AppState>,
     caller: Caller,
-    Query(q): Query<ListQuery>,
+    q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<ReleaseList>, RelayError> {
-    let target = format!("{}/{}", q.dataset.as_deref().unwrap_or("*"), q.channel.as_deref().unwrap_or("*"));
+    let target = match &q {
+        Ok(Query(q)) => format!("{}/{}", q.dataset.as_deref().unwrap_or("*"), q.channel.as_deref().unwrap_or("*")),
+        Err(_) => "-".into(),
+    };
     let work = move |app: AppState| async move {
+        let q = query(q)?;
         Ok(ReleaseList { releases: app.releases.repo.list(q.dataset.as_deref(), q.channel.as_deref())? })
     };
     audited(&app, &caller, "release.list", &target, work).await.map(Json)
@@ -219,23 +259,37 @@ pub async fn update(
 }
 
 #[utoipa::path(put, path = "/admin/releases/{id}/artifacts/{name}", tag = "admin",
-    params(("id" = String, Path), ("name" = String, Path)),
+    params(("id" = String, Path), ("name" = String, Path), UploadCheck),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the file, streamed"),
     security(("admin_token" = [])),
-    responses((status = 201, body = Release), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+    responses((status = 201, body = Release), (status = 200, body = Release, description = "dry_run: the upload would be accepted"),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn upload(
     State(app): State<AppState>,
     caller: Caller,
     Path((id, name)): Path<(String, String)>,
+    check: Result<Query<UploadCheck>, QueryRejection>,
     request: Body,
 ) -> Result<(StatusCode, Json<Release>), RelayError> {
+    let target = format!("{id}/{name}");
+    let check = match query(check) {
+        Ok(c) => c,
+        Err(e) => {
+            let work = move |_: AppState| async move { Err::<Release, _>(e) };
+            return audited(&app, &caller, "artifact.upload", &target, work).await.map(|r| (StatusCode::OK, Json(r)));
+        }
+    };
+    if check.dry_run {
+        // Every check an upload of `size` bytes would meet, without the body.
+        let work = move |app: AppState| async move { app.releases.check_upload(&id, &name, check.size) };
+        return audited(&app, &caller, "artifact.check", &target, work).await.map(|r| (StatusCode::OK, Json(r)));
+    }
     let declared = caller
         .headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let target = format!("{id}/{name}");
     let work = move |app: AppState| async move {
         let stream = request.into_data_stream();
         app.releases.attach_upload(&id, &name, declared, stream).await
@@ -301,18 +355,19 @@ pub async fn publish(
     State(app): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    req: Option<Json<PublishRequest>>,
+    req: Result<Json<PublishRequest>, JsonRejection>,
 ) -> Result<Json<Release>, RelayError> {
-    let req = req.map(|Json(r)| r).unwrap_or_default();
-    audited(
-        &app,
-        &caller,
-        "release.publish",
-        &id.clone(),
-        move |app| async move { app.releases.publish(&id, req).await },
-    )
-    .await
-    .map(Json)
+    // No body (or no JSON content type) means the defaults; a malformed one is refused.
+    let req = match req {
+        Err(JsonRejection::MissingJsonContentType(_)) => Ok(PublishRequest::default()),
+        other => body(other),
+    };
+    let target = id.clone();
+    let work = move |app: AppState| async move { app.releases.publish(&id, req?).await };
+    let describe = |r: &Release| {
+        (None, format!("rollout {} %, mandatory {}", r.rollout_percent, if r.mandatory { "yes" } else { "no" }))
+    };
+    audited_with(&app, &caller, "release.publish", &target, work, describe).await.map(Json)
 }
 
 #[utoipa::path(post, path = "/admin/releases/{id}/rollout", tag = "admin", params(("id" = String, Path)),
@@ -325,11 +380,10 @@ pub async fn rollout(
     Path(id): Path<String>,
     req: Result<Json<RolloutRequest>, JsonRejection>,
 ) -> Result<Json<Release>, RelayError> {
-    audited(&app, &caller, "release.rollout", &id.clone(), move |app| async move {
-        app.releases.set_rollout(&id, body(req)?.percent)
-    })
-    .await
-    .map(Json)
+    let target = id.clone();
+    let work = move |app: AppState| async move { app.releases.set_rollout(&id, body(req)?.percent) };
+    let describe = |r: &Release| (None, format!("rollout {} %", r.rollout_percent));
+    audited_with(&app, &caller, "release.rollout", &target, work, describe).await.map(Json)
 }
 
 #[utoipa::path(post, path = "/admin/releases/{id}/deprecate", tag = "admin", params(("id" = String, Path)),
@@ -372,12 +426,16 @@ pub async fn set_dataset(
 pub async fn audit_log(
     State(app): State<AppState>,
     caller: Caller,
-    Query(q): Query<AuditQuery>,
+    q: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<AuditLog>, RelayError> {
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     // Read first, then record the read: the answer does not contain itself.
-    let target = q.target.clone().unwrap_or_else(|| "*".into());
+    let target = match &q {
+        Ok(Query(q)) => q.target.clone().unwrap_or_else(|| "*".into()),
+        Err(_) => "-".into(),
+    };
     let work = move |app: AppState| async move {
+        let q = query(q)?;
+        let limit = q.limit.unwrap_or(100).clamp(1, 1000);
         Ok(AuditLog { entries: app.releases.repo.audit_log(q.target.as_deref(), q.before, limit)? })
     };
     audited(&app, &caller, "audit.read", &target, work).await.map(Json)

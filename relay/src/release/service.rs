@@ -25,6 +25,14 @@ enum Role {
     Named,
 }
 
+/// The 413 answer, in units an operator reads.
+fn too_large(limit: u64) -> RelayError {
+    RelayError::PayloadTooLarge(format!(
+        "artifacts are limited to {} ({limit} bytes); the relay's --max-artifact-bytes sets the limit",
+        release::names::human_bytes(limit)
+    ))
+}
+
 pub fn now_ms() -> TimestampMs {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
@@ -105,6 +113,23 @@ impl ReleaseService {
         Ok(release)
     }
 
+    /// Whether an upload of `name` (of `declared_len` bytes) to release `id`
+    /// would be accepted now, without sending it: the admin CLI asks first,
+    /// so a refusal is read as the relay's answer, not as a broken pipe
+    /// halfway through a large body.
+    pub fn check_upload(&self, id: &str, name: &str, declared_len: Option<u64>) -> Result<Release, RelayError> {
+        names::check_artifact_name(name).map_err(|e| RelayError::invalid("name", e.to_string()))?;
+        let release = self.editable(id)?;
+        if release.artifacts.iter().any(|a| a.name == name) {
+            return Err(RelayError::conflict(format!("the release already has an artifact named `{name}`")));
+        }
+        let limit = self.limits.max_artifact_bytes;
+        if declared_len.is_some_and(|n| n > limit) {
+            return Err(too_large(limit));
+        }
+        Ok(release)
+    }
+
     /// Streams an upload to disk (hashing as it goes) and records it.
     pub async fn attach_upload<S, E>(
         &self,
@@ -117,19 +142,10 @@ impl ReleaseService {
         S: Stream<Item = Result<bytes::Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        names::check_artifact_name(name).map_err(|e| RelayError::invalid("name", e.to_string()))?;
-        let release = self.editable(id)?;
-        if release.artifacts.iter().any(|a| a.name == name) {
-            return Err(RelayError::conflict(format!("the release already has an artifact named `{name}`")));
-        }
+        self.check_upload(id, name, declared_len)?;
         let limit = self.limits.max_artifact_bytes;
-        if declared_len.is_some_and(|n| n > limit) {
-            return Err(RelayError::PayloadTooLarge(format!("artifacts are limited to {limit} bytes")));
-        }
         let staged = self.store.stage(id, body, limit).await.map_err(|e| match e {
-            UploadError::TooLarge { limit } => {
-                RelayError::PayloadTooLarge(format!("artifacts are limited to {limit} bytes"))
-            }
+            UploadError::TooLarge { limit } => too_large(limit),
             UploadError::Interrupted(m) => RelayError::BadRequest(format!("upload interrupted: {m}")),
             UploadError::Io(e) => RelayError::Io(e),
         })?;
