@@ -10,6 +10,7 @@ use release::{Manifest, ManifestSigner};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::path::PathBuf;
+use std::time::Duration;
 
 const ADMIN: &str = "ops-token-0123456789abcdef";
 const SEED: [u8; 32] = [7; 32];
@@ -625,4 +626,34 @@ async fn the_registry_is_strict_and_says_what_it_did() {
         .expect("send");
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(r.artifact_files().len(), 2, "a dry run stores nothing (the two files are the earlier uploads)");
+}
+
+/// A shutdown gives downloads in flight until its deadline, then cuts them
+/// and says so, instead of waiting for a slow reader forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_cuts_a_stalled_download_at_its_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let r = Registry::start(64 << 20).await;
+    let id = r.create("1.0.0").await;
+    assert_eq!(r.upload(&id, "words.db", vec![9u8; 48 << 20]).await.0, StatusCode::CREATED);
+    assert_eq!(r.publish(&id, json!({})).await.0, StatusCode::OK);
+    // A client that asks for the file, reads its first bytes, then stops reading.
+    let mut tcp = tokio::net::TcpStream::connect(r.relay.addr).await.expect("connect");
+    let request = format!("GET /v1/releases/{id}/artifacts/words.db HTTP/1.1\r\nHost: x\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.expect("request");
+    let mut first = [0u8; 1024];
+    let n = tcp.read(&mut first).await.expect("the download starts");
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    integration_tests::eventually("the relay counts the download in flight", Duration::from_secs(10), || {
+        r.relay.hub.metrics.artifact_streams_open() == 1
+    })
+    .await;
+
+    let Registry { relay, .. } = r;
+    let started = std::time::Instant::now();
+    let report = relay.shutdown_within(Duration::from_millis(500)).await;
+    assert!(started.elapsed() < Duration::from_secs(5), "the deadline holds: {:?}", started.elapsed());
+    assert_eq!((report.downloads, report.cut_downloads), (1, 1), "{report:?}");
+    assert!(report.flushed);
+    drop(tcp);
 }
