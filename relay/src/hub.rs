@@ -88,7 +88,7 @@ pub struct Hub {
     pub outbound: ByteBudget,
     /// Bytes of presence messages queued for all connections.
     ephemeral_bytes: DropBudget,
-    docs: Mutex<HashMap<DocKey, Arc<tokio::sync::Mutex<DocSlot>>>>,
+    docs: Mutex<HashMap<DocKey, Arc<Mutex<DocSlot>>>>,
     users: Mutex<HashMap<Arc<str>, UserEntry>>,
     open_connections: AtomicU64,
     next_connection: AtomicU64,
@@ -308,14 +308,14 @@ impl Hub {
     }
 
     /// The slot of (user, doc), created empty (not loaded) if absent.
-    pub fn slot(&self, user: &Arc<str>, doc: DocumentId) -> Arc<tokio::sync::Mutex<DocSlot>> {
+    pub fn slot(&self, user: &Arc<str>, doc: DocumentId) -> Arc<Mutex<DocSlot>> {
         let mut docs = match self.docs.lock() {
             Ok(d) => d,
             Err(poisoned) => poisoned.into_inner(),
         };
         docs.entry((user.clone(), doc))
             .or_insert_with(|| {
-                Arc::new(tokio::sync::Mutex::new(DocSlot {
+                Arc::new(Mutex::new(DocSlot {
                     loaded: false,
                     doc: None,
                     last_used: Instant::now(),

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod backup;
 pub mod budget;
 pub mod config;
+pub mod conn;
 pub mod data_dir;
 pub mod error;
 pub mod hub;

@@ -1,63 +1,17 @@
-//! The WebSocket adapter: one task per connection, feeding frames to the
-//! [`PeerSession`] and doing the document work it asks for.
-//!
-//! Ordering rule: a change is acknowledged (our reply advertises heads that
-//! include it) only after `DocStorage::append` returned, i.e. after it is
-//! durable. If storage fails, the in-memory document is discarded and the
-//! connection closed, so nothing unstored is ever acknowledged or forwarded.
+//! The WebSocket adapter: one task per connection. It reads frames, hands
+//! decoded messages to the sans-IO [`ConnCore`] on a blocking thread (the
+//! core does synchronous, fsyncing storage work), and writes what the core
+//! answers under the outbound byte budgets and the send timeout. Protocol
+//! decisions are the core's; sockets, timers and budgets are this file's.
 
+use crate::conn::{CloseReason, ConnCore, close_code};
 use crate::hub::{Hub, Registration};
 use crate::metrics::Metrics;
-use crate::session::{Action, PeerSession};
-use crate::storage::{EncodedHeads, encode_heads};
-use automerge::Automerge;
-use automerge::sync::{self, SyncDoc};
 use axum::extract::ws::{Message as WsMessage, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use protocol::{DeviceClaims, DocumentId, Message};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
-
-/// Chunks appended since the last snapshot before the relay compacts.
-const COMPACT_AFTER_CHUNKS: u64 = 64;
-
-/// Why a connection ends: an `error` message with `text`, then a close
-/// frame with `code` (RFC 6455 section 7.4.1).
-#[derive(Debug)]
-struct CloseReason {
-    code: u16,
-    text: String,
-}
-
-/// Close codes the relay uses.
-mod close_code {
-    /// Shutting down, or the peer went quiet.
-    pub const GOING_AWAY: u16 = 1001;
-    /// A malformed or unexpected message.
-    pub const PROTOCOL_ERROR: u16 = 1002;
-    /// A text frame: the protocol is binary.
-    pub const UNSUPPORTED_DATA: u16 = 1003;
-    /// A limit or policy (document limit, expired token).
-    pub const POLICY: u16 = 1008;
-    /// A frame over the message size limit.
-    pub const TOO_BIG: u16 = 1009;
-    /// The relay's own failure (storage).
-    pub const INTERNAL: u16 = 1011;
-}
-
-impl CloseReason {
-    fn new(code: u16, text: impl Into<String>) -> CloseReason {
-        CloseReason { code, text: text.into() }
-    }
-}
-
-/// Protocol errors are the default reason.
-impl From<String> for CloseReason {
-    fn from(text: String) -> CloseReason {
-        CloseReason::new(close_code::PROTOCOL_ERROR, text)
-    }
-}
 
 /// Whether a read error is a frame over the size limit (tungstenite's
 /// capacity error, which axum passes on as text only).
@@ -66,18 +20,15 @@ fn is_too_big(e: &axum::Error) -> bool {
     text.contains("Message too long") || text.contains("Space limit exceeded") || text.contains("too big")
 }
 
+/// The connection task's state: the core, lent to a blocking thread while
+/// it works (so `None` only during a call).
 struct Connection {
     hub: Arc<Hub>,
-    reg: Registration,
+    core: Option<ConnCore>,
+    /// The user's outbound budget, kept here so sends never need the core.
+    outbound: crate::budget::ByteBudget,
+    user: Arc<str>,
     device: String,
-    /// Whom sync states are kept for: this install of the device
-    /// (`storage::sync_peer_key`), known after the join.
-    sync_peer: String,
-    session: PeerSession,
-    /// Sync states of the documents this connection has touched.
-    states: HashMap<DocumentId, sync::State>,
-    /// Shared heads last written to storage, to skip redundant writes.
-    persisted: HashMap<DocumentId, EncodedHeads>,
 }
 
 /// Something to write to the peer.
@@ -128,22 +79,19 @@ fn until_expiry(exp: u64) -> std::time::Duration {
 }
 
 pub async fn run(socket: WebSocket, hub: Arc<Hub>, claims: DeviceClaims, reg: Registration) {
-    let relay_peer = hub.peer_id.clone();
     let expires = tokio::time::Instant::now() + until_expiry(claims.exp);
+    let signal = reg.signal.clone();
     let mut conn = Connection {
         hub: hub.clone(),
-        reg,
-        sync_peer: claims.device_id.clone(),
-        device: claims.device_id,
-        session: PeerSession::new(relay_peer, hub.storage_id.clone()),
-        states: HashMap::new(),
-        persisted: HashMap::new(),
+        outbound: reg.outbound.clone(),
+        user: reg.user.clone(),
+        device: claims.device_id.clone(),
+        core: Some(ConnCore::new(hub.clone(), reg, claims.device_id)),
     };
     let (mut sink, mut stream) = socket.split();
     let mut ping = tokio::time::interval(hub.limits.ping_interval);
     ping.tick().await;
     let mut last_heard = Instant::now();
-    let signal = conn.reg.signal.clone();
     let mut closing = hub.closing();
 
     let close_reason: Result<Option<CloseReason>, SendFailure> = loop {
@@ -172,7 +120,7 @@ pub async fn run(socket: WebSocket, hub: Arc<Hub>, claims: DeviceClaims, reg: Re
                         Metrics::inc(&hub.metrics.messages_in);
                         Metrics::add(&hub.metrics.bytes_in, bytes.len() as u64);
                         match Message::decode(&bytes) {
-                            Ok(msg) => match conn.handle(msg).await {
+                            Ok(msg) => match conn.with_core(move |core| core.handle(msg, Instant::now())).await {
                                 Ok(out) => conn.send_all(&mut sink, out).await.map_err(Err),
                                 Err(reason) => Err(Ok(Some(reason))),
                             },
@@ -215,7 +163,7 @@ pub async fn run(socket: WebSocket, hub: Arc<Hub>, claims: DeviceClaims, reg: Re
             {
                 Metrics::inc(&hub.metrics.protocol_errors);
             }
-            tracing::info!(user = %conn.reg.user, device = %conn.device, code = reason.code, reason = %reason.text, "closing connection");
+            tracing::info!(user = %conn.user, device = %conn.device, code = reason.code, reason = %reason.text, "closing connection");
             let error = Outgoing::Message(Message::Error { message: reason.text.clone() });
             if conn.send(&mut sink, error).await.is_ok() {
                 // A close frame's reason is at most 123 bytes.
@@ -232,23 +180,49 @@ pub async fn run(socket: WebSocket, hub: Arc<Hub>, claims: DeviceClaims, reg: Re
         }
         Err(SendFailure::SlowConsumer) => {
             Metrics::inc(&hub.metrics.slow_consumers_closed);
-            tracing::info!(user = %conn.reg.user, device = %conn.device, "closing a connection that stopped reading");
+            tracing::info!(user = %conn.user, device = %conn.device, "closing a connection that stopped reading");
         }
         Err(SendFailure::Gone) => {}
     }
 }
 
 impl Connection {
+    /// Runs `f` on the core on a blocking thread (the core's storage calls
+    /// fsync and take locks), giving it back afterwards.
+    async fn with_core<T: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut ConnCore) -> Result<T, CloseReason> + Send + 'static,
+    ) -> Result<T, CloseReason> {
+        let Some(mut core) = self.core.take() else {
+            return Err(CloseReason::new(close_code::INTERNAL, "connection state lost"));
+        };
+        match tokio::task::spawn_blocking(move || {
+            let out = f(&mut core);
+            (core, out)
+        })
+        .await
+        {
+            Ok((core, out)) => {
+                self.core = Some(core);
+                out
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "connection work failed");
+                Err(CloseReason::new(close_code::INTERNAL, "relay failure; retry later"))
+            }
+        }
+    }
+
     /// Writes one frame within the send timeout, holding its bytes from the
     /// user's and the relay's outbound budgets while it is written.
     async fn send(&self, sink: &mut Sink, out: Outgoing) -> Result<(), SendFailure> {
         let size = out.size_hint();
         let frame = async {
-            let _user = self.reg.outbound.acquire(size).await;
+            let _user = self.outbound.acquire(size).await;
             let _all = self.hub.outbound.acquire(size).await;
             let message = match out {
                 Outgoing::Message(m) => m,
-                Outgoing::Ephemeral(m) => match self.session.forward_ephemeral(&m) {
+                Outgoing::Ephemeral(m) => match self.core.as_ref().and_then(|c| c.session.forward_ephemeral(&m)) {
                     Some(m) => m,
                     None => return Ok(()),
                 },
@@ -275,7 +249,7 @@ impl Connection {
     /// Writes a control frame within the send timeout.
     async fn write(&self, sink: &mut Sink, frame: WsMessage, size: usize) -> Result<(), SendFailure> {
         let write = async {
-            let _user = self.reg.outbound.acquire(size).await;
+            let _user = self.outbound.acquire(size).await;
             sink.send(frame).await.map_err(|_| SendFailure::Gone)
         };
         tokio::time::timeout(self.hub.limits.send_timeout, write).await.unwrap_or(Err(SendFailure::SlowConsumer))
@@ -284,237 +258,20 @@ impl Connection {
     /// Another device of the user changed documents or sent presence: pass
     /// it on, one frame at a time (nothing is generated ahead of the socket).
     async fn forward(&mut self, sink: &mut Sink) -> Result<(), Result<Option<CloseReason>, SendFailure>> {
-        for m in self.hub.take_ephemeral(&self.reg.signal) {
+        let (ephemeral, docs): (Vec<Arc<Message>>, Vec<DocumentId>) = match &self.core {
+            Some(core) => (core.take_ephemeral(), core.take_changed()),
+            None => return Ok(()),
+        };
+        for m in ephemeral {
             self.send(sink, Outgoing::Ephemeral(m)).await.map_err(Err)?;
         }
-        let docs: Vec<DocumentId> = self.reg.signal.changed.lock().map(|mut c| c.drain().collect()).unwrap_or_default();
         for doc in docs {
-            match self.push(doc).await {
+            match self.with_core(move |core| core.push(doc, Instant::now())).await {
                 Ok(Some(m)) => self.send(sink, Outgoing::Message(m)).await.map_err(Err)?,
                 Ok(None) => {}
                 Err(reason) => return Err(Ok(Some(reason))),
             }
         }
         Ok(())
-    }
-
-    async fn handle(&mut self, msg: Message) -> Result<Vec<Message>, CloseReason> {
-        match self.session.on_message(msg) {
-            Action::Joined { reply, storage_id } => {
-                if let Some(storage_id) = storage_id.as_deref().filter(|s| crate::storage::valid_storage_id(s)) {
-                    // A new install of this device starts from no sync state;
-                    // the previous installs' states are dropped.
-                    self.sync_peer = crate::storage::sync_peer_key(&self.device, Some(storage_id));
-                    let storage = self.hub.storage.clone();
-                    let (user, device, keep) = (self.reg.user.to_string(), self.device.clone(), self.sync_peer.clone());
-                    blocking(move || storage.forget_other_installs(&user, &device, &keep))
-                        .await
-                        .map_err(|e| self.storage_failed(e))?;
-                }
-                let mut out = vec![reply];
-                out.extend(self.offer_changed().await?);
-                Ok(out)
-            }
-            Action::Sync { doc, data, request } => {
-                let started = Instant::now();
-                let out = self.apply(doc, &data, request).await;
-                self.hub.metrics.sync_apply_seconds.observe(started.elapsed());
-                out
-            }
-            Action::Ephemeral(m) => {
-                self.hub.forward_ephemeral(&self.reg.user, self.reg.id, m);
-                Ok(Vec::new())
-            }
-            Action::Ignore => Ok(Vec::new()),
-            Action::Close(reason) => Err(reason.into()),
-        }
-    }
-
-    /// After the handshake: sync every document whose heads moved since this
-    /// device's shared heads. An up-to-date device gets nothing.
-    async fn offer_changed(&mut self) -> Result<Vec<Message>, CloseReason> {
-        let storage = self.hub.storage.clone();
-        let user = self.reg.user.to_string();
-        let device = self.sync_peer.clone();
-        let (heads, shared) = blocking(move || Ok((storage.heads(&user)?, storage.shared_heads(&user, &device)?)))
-            .await
-            .map_err(|e| self.storage_failed(e))?;
-        let mut changed: Vec<DocumentId> =
-            heads.into_iter().filter(|(doc, h)| shared.get(doc) != Some(h)).map(|(doc, _)| doc).collect();
-        changed.sort();
-        for (doc, h) in shared {
-            self.persisted.insert(doc, h);
-        }
-        let mut out = Vec::new();
-        for doc in changed {
-            if let Some(m) = self.push(doc).await? {
-                out.push(m);
-            }
-        }
-        Ok(out)
-    }
-
-    fn storage_failed(&self, e: String) -> CloseReason {
-        Metrics::inc(&self.hub.metrics.storage_errors);
-        self.hub.note_storage(false);
-        tracing::error!(error = %e, "storage failure");
-        CloseReason::new(close_code::INTERNAL, "relay storage failure; retry later")
-    }
-
-    async fn sync_state(&mut self, doc: DocumentId) -> Result<sync::State, CloseReason> {
-        if let Some(s) = self.states.remove(&doc) {
-            return Ok(s);
-        }
-        let storage = self.hub.storage.clone();
-        let (user, device) = (self.reg.user.to_string(), self.sync_peer.clone());
-        let stored = blocking(move || storage.load_sync_state(&user, &device, &doc))
-            .await
-            .map_err(|e| self.storage_failed(e))?;
-        Ok(stored.and_then(|b| sync::State::decode(&b).ok()).unwrap_or_default())
-    }
-
-    /// Loads the document into the slot if needed. Returns whether it exists.
-    async fn ensure_loaded(&self, slot: &mut crate::hub::DocSlot, doc: DocumentId) -> Result<bool, CloseReason> {
-        if !slot.loaded {
-            let storage = self.hub.storage.clone();
-            let user = self.reg.user.to_string();
-            let stored = blocking(move || storage.load(&user, &doc)).await.map_err(|e| self.storage_failed(e))?;
-            slot.doc = match stored {
-                None => None,
-                Some(stored) => {
-                    let mut d = match &stored.snapshot {
-                        Some(s) => Automerge::load(s).map_err(|e| self.storage_failed(e.to_string()))?,
-                        None => Automerge::new(),
-                    };
-                    for chunk in &stored.chunks {
-                        d.load_incremental(chunk).map_err(|e| self.storage_failed(e.to_string()))?;
-                    }
-                    Metrics::inc(&self.hub.metrics.docs_loaded);
-                    Some(d)
-                }
-            };
-            slot.loaded = true;
-        }
-        slot.last_used = Instant::now();
-        Ok(slot.doc.is_some())
-    }
-
-    /// Applies a peer's sync message, stores what it added, then replies.
-    async fn apply(&mut self, doc_id: DocumentId, data: &[u8], request: bool) -> Result<Vec<Message>, CloseReason> {
-        let message = sync::Message::decode(data)
-            .map_err(|e| CloseReason::from(format!("malformed sync message for {doc_id}: {e}")))?;
-        let slot = self.hub.slot(&self.reg.user, doc_id);
-        let mut guard = slot.lock().await;
-        if !self.ensure_loaded(&mut guard, doc_id).await? {
-            if request {
-                Metrics::inc(&self.hub.metrics.docs_unavailable);
-                return Ok(vec![self.session.unavailable(doc_id)]);
-            }
-            // A new document. It counts against the limit from now on, even if
-            // this message stores nothing (a peer could otherwise hold any
-            // number of empty documents and sync states in memory).
-            let storage = self.hub.storage.clone();
-            let user = self.reg.user.to_string();
-            let count = blocking(move || storage.count_docs(&user)).await.map_err(|e| self.storage_failed(e))?;
-            self.hub
-                .admit_provisional(&self.reg.user, doc_id, count)
-                .map_err(|e| CloseReason::new(close_code::POLICY, e))?;
-            guard.doc = Some(Automerge::new());
-            guard.provisional = true;
-        }
-        let mut state = self.sync_state(doc_id).await?;
-        let slot_ref = &mut *guard;
-        let Some(doc) = slot_ref.doc.as_mut() else { return Ok(Vec::new()) };
-        let before = doc.get_heads();
-        if let Err(e) = doc.receive_sync_message(&mut state, message) {
-            // The in-memory copy may hold part of it; reload from storage next time.
-            slot_ref.loaded = false;
-            slot_ref.doc = None;
-            if std::mem::take(&mut slot_ref.provisional) {
-                self.hub.settle_provisional(&self.reg.user, &doc_id);
-            }
-            return Err(format!("invalid sync message for {doc_id}: {e}").into());
-        }
-        let after = doc.get_heads();
-        if after != before {
-            let chunk = doc.save_after(&before);
-            let heads = encode_heads(&after);
-            let storage = self.hub.storage.clone();
-            let user = self.reg.user.to_string();
-            let stored = blocking(move || storage.append(&user, &doc_id, &chunk, &heads)).await;
-            match stored {
-                Ok(chunks) => {
-                    Metrics::inc(&self.hub.metrics.changes_stored);
-                    self.hub.note_storage(true);
-                    if slot_ref.provisional {
-                        slot_ref.provisional = false;
-                        self.hub.settle_provisional(&self.reg.user, &doc_id);
-                    }
-                    if chunks >= COMPACT_AFTER_CHUNKS {
-                        let snapshot = doc.save();
-                        let storage = self.hub.storage.clone();
-                        let user = self.reg.user.to_string();
-                        if let Err(e) = blocking(move || storage.compact(&user, &doc_id, &snapshot)).await {
-                            tracing::warn!(error = %e, "compaction failed; chunks kept");
-                        }
-                    }
-                    self.hub.notify_others(&self.reg.user, self.reg.id, doc_id);
-                }
-                Err(e) => {
-                    slot_ref.loaded = false;
-                    slot_ref.doc = None;
-                    if std::mem::take(&mut slot_ref.provisional) {
-                        self.hub.settle_provisional(&self.reg.user, &doc_id);
-                    }
-                    return Err(self.storage_failed(e));
-                }
-            }
-        }
-        let reply = doc.generate_sync_message(&mut state);
-        drop(guard);
-        self.finish(doc_id, state).await?;
-        Ok(reply.map(|m| self.session.sync(doc_id, m.encode())).into_iter().collect())
-    }
-
-    /// Offers `doc`'s news to this peer (after another device changed it).
-    async fn push(&mut self, doc_id: DocumentId) -> Result<Option<Message>, CloseReason> {
-        let slot = self.hub.slot(&self.reg.user, doc_id);
-        let mut guard = slot.lock().await;
-        if !self.ensure_loaded(&mut guard, doc_id).await? {
-            return Ok(None);
-        }
-        let mut state = self.sync_state(doc_id).await?;
-        let reply = guard.doc.as_ref().and_then(|d| d.generate_sync_message(&mut state));
-        drop(guard);
-        self.finish(doc_id, state).await?;
-        Ok(reply.map(|m| self.session.sync(doc_id, m.encode())))
-    }
-
-    /// Keeps the state for this connection and persists its shared heads if they moved.
-    async fn finish(&mut self, doc: DocumentId, state: sync::State) -> Result<(), CloseReason> {
-        let shared = encode_heads(&state.shared_heads);
-        if self.persisted.get(&doc) != Some(&shared) {
-            let encoded = state.encode();
-            let storage = self.hub.storage.clone();
-            let (user, device) = (self.reg.user.to_string(), self.sync_peer.clone());
-            let heads = shared.clone();
-            blocking(move || storage.save_sync_state(&user, &device, &doc, &encoded, &heads))
-                .await
-                .map_err(|e| self.storage_failed(e))?;
-            self.persisted.insert(doc, shared);
-        }
-        self.states.insert(doc, state);
-        Ok(())
-    }
-}
-
-/// Runs storage work off the async threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, crate::storage::StorageError> + Send + 'static,
-) -> Result<T, String> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(e) => Err(format!("storage task failed: {e}")),
     }
 }

@@ -1,0 +1,314 @@
+//! The relay's side of one device connection, sans-IO.
+//!
+//! [`ConnCore`] is fed decoded messages and returns the messages to send:
+//! apply a sync message, store what it added, acknowledge (the reply's
+//! heads include it) and signal the user's other connections; at the join,
+//! offer the documents whose heads moved since this install last synced.
+//! It owns no socket, spawns nothing and reads no clock (`now` is an
+//! argument). Storage is the synchronous [`DocStorage`](crate::storage::DocStorage):
+//! the tokio adapter (`ws.rs`) calls the core on a blocking thread, and the
+//! simulator calls it directly, in a deterministic order.
+//!
+//! Ordering rule: a change is acknowledged or forwarded only after
+//! `DocStorage::append` returned, i.e. after it is durable. If storage
+//! fails, the in-memory document is discarded and the connection closed,
+//! so nothing unstored is ever acknowledged or forwarded.
+
+use crate::hub::{DocSlot, Hub, Registration};
+use crate::metrics::Metrics;
+use crate::session::{Action, PeerSession};
+use crate::storage::{EncodedHeads, StorageError, encode_heads};
+use automerge::Automerge;
+use automerge::sync::{self, SyncDoc};
+use protocol::{DocumentId, Message};
+use std::collections::HashMap;
+use std::sync::{Arc, MutexGuard};
+use std::time::Instant;
+
+/// Chunks appended since the last snapshot before the relay compacts.
+const COMPACT_AFTER_CHUNKS: u64 = 64;
+
+/// Close codes the relay uses (RFC 6455 section 7.4.1).
+pub mod close_code {
+    /// Shutting down, or the peer went quiet.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A malformed or unexpected message.
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame: the protocol is binary.
+    pub const UNSUPPORTED_DATA: u16 = 1003;
+    /// A limit or policy (document limit, expired token).
+    pub const POLICY: u16 = 1008;
+    /// A frame over the message size limit.
+    pub const TOO_BIG: u16 = 1009;
+    /// The relay's own failure (storage).
+    pub const INTERNAL: u16 = 1011;
+}
+
+/// Why a connection ends: an `error` message with `text`, then a close
+/// frame with `code`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseReason {
+    pub code: u16,
+    pub text: String,
+}
+
+impl CloseReason {
+    pub fn new(code: u16, text: impl Into<String>) -> CloseReason {
+        CloseReason { code, text: text.into() }
+    }
+}
+
+/// Protocol errors are the default reason.
+impl From<String> for CloseReason {
+    fn from(text: String) -> CloseReason {
+        CloseReason::new(close_code::PROTOCOL_ERROR, text)
+    }
+}
+
+fn lock(slot: &Arc<std::sync::Mutex<DocSlot>>) -> MutexGuard<'_, DocSlot> {
+    match slot.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+pub struct ConnCore {
+    hub: Arc<Hub>,
+    pub reg: Registration,
+    pub device: String,
+    /// Whom sync states are kept for: this install of the device
+    /// (`storage::sync_peer_key`), known after the join.
+    sync_peer: String,
+    pub session: PeerSession,
+    /// Sync states of the documents this connection has touched.
+    states: HashMap<DocumentId, sync::State>,
+    /// Shared heads last written to storage, to skip redundant writes.
+    persisted: HashMap<DocumentId, EncodedHeads>,
+}
+
+impl ConnCore {
+    pub fn new(hub: Arc<Hub>, reg: Registration, device: String) -> ConnCore {
+        let session = PeerSession::new(hub.peer_id.clone(), hub.storage_id.clone());
+        ConnCore {
+            hub,
+            reg,
+            sync_peer: device.clone(),
+            device,
+            session,
+            states: HashMap::new(),
+            persisted: HashMap::new(),
+        }
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// Handles one message from the device; returns the replies.
+    pub fn handle(&mut self, msg: Message, now: Instant) -> Result<Vec<Message>, CloseReason> {
+        match self.session.on_message(msg) {
+            Action::Joined { reply, storage_id } => {
+                if let Some(storage_id) = storage_id.as_deref().filter(|s| crate::storage::valid_storage_id(s)) {
+                    // A new install of this device starts from no sync state;
+                    // the previous installs' states are dropped.
+                    self.sync_peer = crate::storage::sync_peer_key(&self.device, Some(storage_id));
+                    self.hub
+                        .storage
+                        .forget_other_installs(&self.reg.user, &self.device, &self.sync_peer)
+                        .map_err(|e| self.storage_failed(e))?;
+                }
+                let mut out = vec![reply];
+                out.extend(self.offer_changed(now)?);
+                Ok(out)
+            }
+            Action::Sync { doc, data, request } => {
+                let started = Instant::now();
+                let out = self.apply(doc, &data, request, now);
+                self.hub.metrics.sync_apply_seconds.observe(started.elapsed());
+                out
+            }
+            Action::Ephemeral(m) => {
+                self.hub.forward_ephemeral(&self.reg.user, self.reg.id, m);
+                Ok(Vec::new())
+            }
+            Action::Ignore => Ok(Vec::new()),
+            Action::Close(reason) => Err(reason.into()),
+        }
+    }
+
+    /// Presence messages other devices queued for this one.
+    pub fn take_ephemeral(&self) -> Vec<Arc<Message>> {
+        self.hub.take_ephemeral(&self.reg.signal)
+    }
+
+    /// Documents other devices changed since the last call, in id order (an
+    /// order that does not depend on hashing, so runs are reproducible).
+    pub fn take_changed(&self) -> Vec<DocumentId> {
+        let mut docs: Vec<DocumentId> =
+            self.reg.signal.changed.lock().map(|mut c| c.drain().collect()).unwrap_or_default();
+        docs.sort();
+        docs
+    }
+
+    /// After the handshake: sync every document whose heads moved since this
+    /// device's shared heads. An up-to-date device gets nothing.
+    fn offer_changed(&mut self, now: Instant) -> Result<Vec<Message>, CloseReason> {
+        let storage = self.hub.storage.clone();
+        let heads = storage.heads(&self.reg.user).map_err(|e| self.storage_failed(e))?;
+        let shared = storage.shared_heads(&self.reg.user, &self.sync_peer).map_err(|e| self.storage_failed(e))?;
+        let mut changed: Vec<DocumentId> =
+            heads.into_iter().filter(|(doc, h)| shared.get(doc) != Some(h)).map(|(doc, _)| doc).collect();
+        changed.sort();
+        for (doc, h) in shared {
+            self.persisted.insert(doc, h);
+        }
+        let mut out = Vec::new();
+        for doc in changed {
+            if let Some(m) = self.push(doc, now)? {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
+    fn storage_failed(&self, e: impl std::fmt::Display) -> CloseReason {
+        Metrics::inc(&self.hub.metrics.storage_errors);
+        self.hub.note_storage(false);
+        tracing::error!(error = %e, "storage failure");
+        CloseReason::new(close_code::INTERNAL, "relay storage failure; retry later")
+    }
+
+    fn sync_state(&mut self, doc: DocumentId) -> Result<sync::State, CloseReason> {
+        if let Some(s) = self.states.remove(&doc) {
+            return Ok(s);
+        }
+        let stored = self
+            .hub
+            .storage
+            .load_sync_state(&self.reg.user, &self.sync_peer, &doc)
+            .map_err(|e| self.storage_failed(e))?;
+        Ok(stored.and_then(|b| sync::State::decode(&b).ok()).unwrap_or_default())
+    }
+
+    /// Loads the document into the slot if needed. Returns whether it exists.
+    fn ensure_loaded(&self, slot: &mut DocSlot, doc: DocumentId, now: Instant) -> Result<bool, CloseReason> {
+        if !slot.loaded {
+            let stored = self.hub.storage.load(&self.reg.user, &doc).map_err(|e| self.storage_failed(e))?;
+            slot.doc = match stored {
+                None => None,
+                Some(stored) => {
+                    let mut d = match &stored.snapshot {
+                        Some(s) => Automerge::load(s).map_err(|e| self.storage_failed(e))?,
+                        None => Automerge::new(),
+                    };
+                    for chunk in &stored.chunks {
+                        d.load_incremental(chunk).map_err(|e| self.storage_failed(e))?;
+                    }
+                    Metrics::inc(&self.hub.metrics.docs_loaded);
+                    Some(d)
+                }
+            };
+            slot.loaded = true;
+        }
+        slot.last_used = now;
+        Ok(slot.doc.is_some())
+    }
+
+    /// Forgets an in-memory document whose state is unknown (a failed apply
+    /// or store): the next use reloads it from storage.
+    fn discard(&self, slot: &mut DocSlot, doc_id: &DocumentId) {
+        slot.loaded = false;
+        slot.doc = None;
+        if std::mem::take(&mut slot.provisional) {
+            self.hub.settle_provisional(&self.reg.user, doc_id);
+        }
+    }
+
+    /// Applies a peer's sync message, stores what it added, then replies.
+    fn apply(&mut self, doc_id: DocumentId, data: &[u8], request: bool, now: Instant) -> Result<Vec<Message>, CloseReason> {
+        let message = sync::Message::decode(data)
+            .map_err(|e| CloseReason::from(format!("malformed sync message for {doc_id}: {e}")))?;
+        let slot = self.hub.slot(&self.reg.user, doc_id);
+        let mut guard = lock(&slot);
+        if !self.ensure_loaded(&mut guard, doc_id, now)? {
+            if request {
+                Metrics::inc(&self.hub.metrics.docs_unavailable);
+                return Ok(vec![self.session.unavailable(doc_id)]);
+            }
+            // A new document. It counts against the limit from now on, even if
+            // this message stores nothing (a peer could otherwise hold any
+            // number of empty documents and sync states in memory).
+            let count = self.hub.storage.count_docs(&self.reg.user).map_err(|e| self.storage_failed(e))?;
+            self.hub
+                .admit_provisional(&self.reg.user, doc_id, count)
+                .map_err(|e| CloseReason::new(close_code::POLICY, e))?;
+            guard.doc = Some(Automerge::new());
+            guard.provisional = true;
+        }
+        let mut state = self.sync_state(doc_id)?;
+        let Some(doc) = guard.doc.as_mut() else { return Ok(Vec::new()) };
+        let before = doc.get_heads();
+        if let Err(e) = doc.receive_sync_message(&mut state, message) {
+            // The in-memory copy may hold part of it; reload from storage next time.
+            self.discard(&mut guard, &doc_id);
+            return Err(format!("invalid sync message for {doc_id}: {e}").into());
+        }
+        let after = doc.get_heads();
+        if after != before {
+            let chunk = doc.save_after(&before);
+            match self.hub.storage.append(&self.reg.user, &doc_id, &chunk, &encode_heads(&after)) {
+                Ok(chunks) => {
+                    Metrics::inc(&self.hub.metrics.changes_stored);
+                    self.hub.note_storage(true);
+                    if chunks >= COMPACT_AFTER_CHUNKS {
+                        let snapshot = doc.save();
+                        if let Err(e) = self.hub.storage.compact(&self.reg.user, &doc_id, &snapshot) {
+                            tracing::warn!(error = %e, "compaction failed; chunks kept");
+                        }
+                    }
+                    if std::mem::take(&mut guard.provisional) {
+                        self.hub.settle_provisional(&self.reg.user, &doc_id);
+                    }
+                    self.hub.notify_others(&self.reg.user, self.reg.id, doc_id);
+                }
+                Err(e) => {
+                    self.discard(&mut guard, &doc_id);
+                    return Err(self.storage_failed(e));
+                }
+            }
+        }
+        let reply = guard.doc.as_ref().and_then(|d| d.generate_sync_message(&mut state));
+        drop(guard);
+        self.finish(doc_id, state)?;
+        Ok(reply.map(|m| self.session.sync(doc_id, m.encode())).into_iter().collect())
+    }
+
+    /// Offers `doc`'s news to this peer (after another device changed it).
+    pub fn push(&mut self, doc_id: DocumentId, now: Instant) -> Result<Option<Message>, CloseReason> {
+        let slot = self.hub.slot(&self.reg.user, doc_id);
+        let mut guard = lock(&slot);
+        if !self.ensure_loaded(&mut guard, doc_id, now)? {
+            return Ok(None);
+        }
+        let mut state = self.sync_state(doc_id)?;
+        let reply = guard.doc.as_ref().and_then(|d| d.generate_sync_message(&mut state));
+        drop(guard);
+        self.finish(doc_id, state)?;
+        Ok(reply.map(|m| self.session.sync(doc_id, m.encode())))
+    }
+
+    /// Keeps the state for this connection and persists its shared heads if they moved.
+    fn finish(&mut self, doc: DocumentId, state: sync::State) -> Result<(), CloseReason> {
+        let shared = encode_heads(&state.shared_heads);
+        if self.persisted.get(&doc) != Some(&shared) {
+            let encoded = state.encode();
+            self.hub
+                .storage
+                .save_sync_state(&self.reg.user, &self.sync_peer, &doc, &encoded, &shared)
+                .map_err(|e: StorageError| self.storage_failed(e))?;
+            self.persisted.insert(doc, shared);
+        }
+        self.states.insert(doc, state);
+        Ok(())
+    }
+}
