@@ -123,11 +123,16 @@ impl Engine {
     /// Opens (or creates) the device database under `config.data_dir`. Cost
     /// does not grow with history: nothing is replayed or loaded eagerly.
     pub fn open(config: EngineConfig) -> Result<Engine> {
+        Engine::open_with_ids(config, Box::new(crate::ids::RandomIds))
+    }
+
+    /// [`Engine::open`] with the ids drawn from `ids` (the simulator seeds it).
+    pub fn open_with_ids(config: EngineConfig, ids: Box<dyn crate::ids::IdSource>) -> Result<Engine> {
         check_id("user_id", &config.user_id)?;
         check_id("device_id", &config.device_id)?;
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| EngineError::InvalidInput(format!("data_dir {}: {e}", config.data_dir.display())))?;
-        let replica = Replica::open(&config.data_dir.join(DATABASE_FILE), &config.user_id)?;
+        let replica = Replica::open(&config.data_dir.join(DATABASE_FILE), &config.user_id, ids)?;
         let (events, _) = broadcast::channel(256);
         Ok(Engine {
             shared: Arc::new(Shared {
@@ -150,7 +155,7 @@ impl Engine {
     pub fn start_session(&self, mode: &str, started_at: TimestampMs) -> Result<Session> {
         check_text("mode", mode)?;
         let session = Session {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: self.replica(|r| Ok(r.new_id()))?,
             started_at,
             ended_at: None,
             device_id: self.shared.device_id.clone(),
@@ -196,7 +201,7 @@ impl Engine {
             check_id("session_id", s)?;
         }
         let review = Review {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: self.replica(|r| Ok(r.new_id()))?,
             item_id: new.item_id,
             rating: new.rating,
             reviewed_at: new.reviewed_at,
@@ -231,6 +236,12 @@ impl Engine {
     /// Sessions started in `[from, to)`.
     pub fn sessions(&self, from: TimestampMs, to: TimestampMs) -> Result<Vec<Session>> {
         self.replica(|r| store::sessions_between(r.store.conn(), from, to))
+    }
+
+    /// The ids of every review this device knows, sorted (for checks that
+    /// compare devices review by review, as the simulator does).
+    pub fn review_ids(&self) -> Result<Vec<String>> {
+        self.replica(|r| store::review_ids(r.store.conn()))
     }
 
     pub fn review_count(&self) -> Result<u64> {

@@ -10,6 +10,7 @@
 pub mod bootstrap;
 mod engine;
 pub mod error;
+pub mod ids;
 mod memory;
 pub mod model;
 /// How progress is laid out in Automerge documents. Public for tools (the

@@ -8,6 +8,7 @@
 //! engine API and the sync client call it, and so can the simulator.
 
 use crate::error::{EngineError, Result};
+use crate::ids::IdSource;
 use crate::memory::Scheduler;
 use crate::model::ChangeEvent;
 use crate::progress_doc;
@@ -47,29 +48,39 @@ pub struct Replica {
     /// reinstalled app gets a new one, so the relay does not trust sync state
     /// it kept for the previous install.
     storage_id: String,
+    /// Fresh ids (review and session ids, actor ids).
+    ids: Box<dyn IdSource>,
 }
 
 impl Replica {
-    pub fn open(path: &Path, user_id: &str) -> Result<Replica> {
+    pub fn open(path: &Path, user_id: &str, mut ids: Box<dyn IdSource>) -> Result<Replica> {
         let mut store = Store::open(path)?;
+        let fresh = ids.next_id();
         let storage_id = store.transaction(|conn| {
             if let Some(id) = store::meta_get(conn, STORAGE_ID_KEY)? {
                 return Ok(id);
             }
-            let id = uuid::Uuid::new_v4().simple().to_string();
+            let id = hex::encode(fresh);
             store::meta_set(conn, STORAGE_ID_KEY, &id)?;
             Ok(id)
         })?;
+        let actor = ActorId::from(ids.next_id().as_slice());
         Ok(Replica {
             storage_id,
+            ids,
             store,
             scheduler: Scheduler::new()?,
             user_id: user_id.to_owned(),
-            actor: ActorId::random(),
+            actor,
             cache: HashMap::new(),
             clock: 0,
             pending_events: Vec::new(),
         })
+    }
+
+    /// A fresh id for a review or a session.
+    pub fn new_id(&mut self) -> String {
+        crate::ids::uuid_text(self.ids.next_id())
     }
 
     /// This data directory's storage identity (stable across restarts).

@@ -225,7 +225,13 @@ impl ConnCore {
     }
 
     /// Applies a peer's sync message, stores what it added, then replies.
-    fn apply(&mut self, doc_id: DocumentId, data: &[u8], request: bool, now: Instant) -> Result<Vec<Message>, CloseReason> {
+    fn apply(
+        &mut self,
+        doc_id: DocumentId,
+        data: &[u8],
+        request: bool,
+        now: Instant,
+    ) -> Result<Vec<Message>, CloseReason> {
         let message = sync::Message::decode(data)
             .map_err(|e| CloseReason::from(format!("malformed sync message for {doc_id}: {e}")))?;
         let slot = self.hub.slot(&self.reg.user, doc_id);

@@ -212,6 +212,12 @@ fn review_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Review> {
 }
 
 /// An item's reviews in replay order: time, then review id.
+pub fn review_ids(conn: &Connection) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached("SELECT id FROM reviews ORDER BY id")?;
+    let ids = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+    Ok(ids)
+}
+
 pub fn reviews_for_item(conn: &Connection, item_id: &str) -> Result<Vec<Review>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, item_id, rating, reviewed_at, duration_ms, device_id, session_id

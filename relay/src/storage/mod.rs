@@ -9,9 +9,11 @@
 //! can neither read nor write nor detect another user's document, because
 //! every lookup is already scoped to the authenticated user.
 
+pub mod memory;
 pub mod migrations;
 mod sqlite;
 
+pub use memory::MemStorage;
 pub use sqlite::SqliteStorage;
 pub(crate) use sqlite::open_connection;
 
