@@ -48,6 +48,11 @@ pub fn invariants(w: &World) -> Vec<String> {
                 }
             }
         }
+        if let Some((r, _)) = &reference
+            && let Some(engine) = w.engine(*r)
+        {
+            fresh_replay_matches(w, *r, engine, &mut failures);
+        }
         if let Some((r, ids)) = &reference {
             let on_relay = relay.get(&user).cloned().unwrap_or_default();
             if &on_relay != ids {
@@ -92,5 +97,26 @@ fn compare(w: &World, a: usize, b: usize, failures: &mut Vec<String>) {
     }
     if ea.sessions(i64::MIN, i64::MAX).ok() != eb.sessions(i64::MIN, i64::MAX).ok() {
         failures.push(format!("{na} and {nb} show different sessions"));
+    }
+}
+
+/// Memory states maintained incrementally, under every interleaving the run
+/// produced, equal a from-scratch replay of the merged reviews on a new
+/// device that receives the documents at once.
+fn fresh_replay_matches(w: &World, r: usize, engine: &engine::Engine, failures: &mut Vec<String>) {
+    let Ok(dir) = tempfile::tempdir() else { return };
+    let config = engine::EngineConfig {
+        data_dir: dir.path().to_path_buf(),
+        user_id: format!("user{}", r / w.params.devices_per_user),
+        device_id: "fresh-replay".into(),
+    };
+    let Ok(fresh) = engine::Engine::open(config) else { return };
+    let Ok(docs) = engine.export_documents() else { return };
+    if let Err(e) = fresh.import_documents(&docs) {
+        failures.push(format!("{}'s documents do not import into a fresh device: {e}", w.device_name(r)));
+        return;
+    }
+    if fresh.memory_states().ok() != engine.memory_states().ok() {
+        failures.push(format!("{}'s memory states differ from a fresh replay of the same reviews", w.device_name(r)));
     }
 }

@@ -90,6 +90,10 @@ pub struct Coverage {
     pub relay_crashes: u64,
     pub relay_crash_lost_pending: u64,
     pub storage_failures_hit: u64,
+    /// The relay died after storing a change and before acknowledging it,
+    /// or after acknowledging and before forwarding it to other devices.
+    pub crash_after_store_before_ack: u64,
+    pub crash_after_ack_before_forward: u64,
     pub restores: u64,
     pub partitions: u64,
     pub reconnects: u64,
@@ -106,6 +110,8 @@ impl Coverage {
         self.relay_crashes += o.relay_crashes;
         self.relay_crash_lost_pending += o.relay_crash_lost_pending;
         self.storage_failures_hit += o.storage_failures_hit;
+        self.crash_after_store_before_ack += o.crash_after_store_before_ack;
+        self.crash_after_ack_before_forward += o.crash_after_ack_before_forward;
         self.restores += o.restores;
         self.partitions += o.partitions;
         self.reconnects += o.reconnects;
@@ -123,6 +129,8 @@ impl Coverage {
             ("relay_crashes", self.relay_crashes),
             ("relay_crash_lost_pending", self.relay_crash_lost_pending),
             ("storage_failures_hit", self.storage_failures_hit),
+            ("crash_after_store_before_ack", self.crash_after_store_before_ack),
+            ("crash_after_ack_before_forward", self.crash_after_ack_before_forward),
             ("restores", self.restores),
             ("partitions", self.partitions),
             ("reconnects", self.reconnects),
@@ -487,6 +495,7 @@ impl World {
 
     fn relay_receive(&mut self, conn: u64, bytes: &[u8]) {
         let now = self.relay_now();
+        let appends_before = self.relay.storage.appends();
         let Some((d, core)) = self.relay.conns.get_mut(&conn) else {
             // The relay forgot this connection (it closed it, or crashed): the
             // device's socket is reset, as TCP would.
@@ -501,10 +510,25 @@ impl World {
             Err(e) => Err(format!("malformed: {e}").into()),
         };
         self.trace.hash(self.now, "relay<", bytes);
+        // The relay may die inside a step: after it stored a change and
+        // before the acknowledgement left, or after that and before the
+        // change was forwarded to the user's other devices.
+        let crash_mid_step = !self.healing && self.params.relay_crashes > 0 && self.rng.random_bool(0.01);
+        let stored = result.is_ok() && self.relay.storage.appends() > appends_before;
         match result {
+            Ok(_) if crash_mid_step && stored && self.rng.random_bool(0.5) => {
+                self.coverage.crash_after_store_before_ack += 1;
+                self.relay_crash();
+                return;
+            }
             Ok(out) => {
                 for m in out {
                     self.send(conn, false, m.encode());
+                }
+                if crash_mid_step && stored {
+                    self.coverage.crash_after_ack_before_forward += 1;
+                    self.relay_crash();
+                    return;
                 }
             }
             Err(reason) => {

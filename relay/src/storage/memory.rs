@@ -98,6 +98,11 @@ impl MemStorage {
         self.with(|s| s.fail_writes = fail)
     }
 
+    /// Appends accepted so far (the simulator tells "stored" steps apart).
+    pub fn appends(&self) -> u64 {
+        self.with(|s| s.appends).unwrap_or(0)
+    }
+
     /// Plants a bug (the simulator's proof that its checks can fail).
     pub fn plant(&self, bug: PlantedBug) -> Result<()> {
         self.with(|s| s.planted = bug)
