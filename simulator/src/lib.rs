@@ -9,6 +9,7 @@
 
 pub mod check;
 pub mod params;
+pub mod scenario;
 pub mod trace;
 pub mod world;
 
@@ -61,7 +62,7 @@ pub fn run_planted(seed: u64, bug: relay::storage::memory::PlantedBug) -> RunRep
 
 fn run_params(params: params::Params, tail: usize) -> RunReport {
     let seed = params.seed;
-    let mut world = match world::World::new(params.clone()) {
+    let mut world = match world::World::random(params.clone()) {
         Ok(w) => w,
         Err(e) => {
             return RunReport {

@@ -28,6 +28,15 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         start: u64,
     },
+    /// Run scenario files (TOML timelines; see simulator/scenarios/).
+    Run {
+        /// One or more scenario files.
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+        /// Print every traced event.
+        #[arg(long)]
+        trace: bool,
+    },
     /// Run one seed and print its report (and the end of its trace).
     Replay {
         #[arg(long)]
@@ -66,6 +75,44 @@ fn print_report(r: &RunReport, json: bool) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Run { files, trace } => {
+            let mut failed = 0;
+            for file in &files {
+                let scenario = match simulator::scenario::Scenario::load(file) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        failed += 1;
+                        continue;
+                    }
+                };
+                let r = scenario.run();
+                if cli.json {
+                    print_report(&r, true);
+                } else {
+                    println!(
+                        "{} {}: {} ({} events)",
+                        if r.passed() { "PASSED" } else { "FAILED" },
+                        file.display(),
+                        scenario.name,
+                        r.steps
+                    );
+                    for f in &r.failures {
+                        println!("  - {f}");
+                    }
+                    if trace || !r.passed() {
+                        for line in &r.tail {
+                            println!("  {line}");
+                        }
+                    }
+                    if !r.passed() {
+                        println!("  rerun: cargo run -p simulator -- run {} --trace", file.display());
+                    }
+                }
+                failed += usize::from(!r.passed());
+            }
+            if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+        }
         Command::Replay { seed, trace } => {
             let r = simulator::run_seed_with(seed, if trace { usize::MAX } else { 40 });
             print_report(&r, cli.json);

@@ -37,10 +37,72 @@ impl IdSource for SeededIds {
     }
 }
 
+/// A scripted action: one step of a scenario file.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    Review {
+        device: String,
+        item: String,
+        #[serde(default)]
+        rating: Option<String>,
+    },
+    StartSession {
+        device: String,
+    },
+    EndSession {
+        device: String,
+        #[serde(default)]
+        reviewed: u32,
+        #[serde(default)]
+        correct: u32,
+    },
+    Offline {
+        device: String,
+    },
+    Online {
+        device: String,
+    },
+    Crash {
+        device: String,
+    },
+    Restart {
+        device: String,
+    },
+    Wipe {
+        device: String,
+    },
+    /// The device's clock moves by `hours` (reviews are stamped with it).
+    Skew {
+        device: String,
+        hours: i64,
+    },
+    RelayCrash,
+    /// The relay dies in its next step that stores a change, before the
+    /// acknowledgement leaves.
+    RelayCrashAfterStore,
+    /// ... after the acknowledgement left and before the change is forwarded.
+    RelayCrashAfterAck,
+    StorageFails,
+    StorageWorks,
+    Backup,
+    Restore,
+    /// The next message on the network is delivered twice.
+    DuplicateNext,
+}
+
+/// Where an armed relay crash strikes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CrashPoint {
+    AfterStore,
+    AfterAck,
+}
+
 /// What happens at a point of virtual time.
 #[derive(Debug, Clone)]
 enum Event {
     Op { device: usize },
+    Script(Action),
     Deliver { conn: u64, to_relay: bool, bytes: Arc<Vec<u8>> },
     Connect { device: usize },
     Offline { device: usize },
@@ -160,6 +222,8 @@ pub struct World {
     /// only in a relay that was restored from an older backup).
     pub destroyed: BTreeSet<String>,
     pub steps: u64,
+    armed_crash: Option<CrashPoint>,
+    armed_duplicate: bool,
 }
 
 fn temp_root() -> std::io::Result<tempfile::TempDir> {
@@ -219,13 +283,47 @@ impl World {
             acknowledged_ops: BTreeMap::new(),
             destroyed: BTreeSet::new(),
             steps: 0,
+            armed_crash: None,
+            armed_duplicate: false,
         };
         for d in 0..world.devices.len() {
             world.open_engine(d);
             world.at(0, Event::Connect { device: d });
         }
+        Ok(world)
+    }
+
+    /// A random run: the seed's operations and faults.
+    pub fn random(params: Params) -> std::io::Result<World> {
+        let mut world = World::new(params)?;
         world.plan();
         Ok(world)
+    }
+
+    /// A scripted run: `steps` at their times, then the heal phase.
+    pub fn scripted(params: Params, steps: &[(u64, Action)]) -> Result<World, String> {
+        let mut world = World::new(params).map_err(|e| e.to_string())?;
+        let mut end = 0;
+        for (at, action) in steps {
+            if let Some(name) = action_device(action)
+                && world.device_index(name).is_none()
+            {
+                return Err(format!("step at {at} ms names device `{name}`, which the scenario does not have"));
+            }
+            world.at(*at, Event::Script(action.clone()));
+            end = end.max(*at);
+        }
+        let mut t = 0;
+        while t <= end {
+            t += 500;
+            world.at(t, Event::Flush);
+        }
+        world.at(end + 1_000, Event::Heal);
+        Ok(world)
+    }
+
+    fn device_index(&self, name: &str) -> Option<usize> {
+        self.devices.iter().position(|d| d.name == name)
     }
 
     fn at(&mut self, time: u64, event: Event) {
@@ -317,6 +415,7 @@ impl World {
     fn step(&mut self, event: Event) {
         match event {
             Event::Op { device } => self.op(device),
+            Event::Script(action) => self.script(action),
             Event::Deliver { conn, to_relay, bytes } => {
                 if to_relay {
                     self.relay_receive(conn, &bytes);
@@ -368,6 +467,129 @@ impl World {
         }
     }
 
+    fn script(&mut self, action: Action) {
+        let dev = |w: &World, name: &str| w.device_index(name);
+        match action {
+            Action::Review { device, item, rating } => {
+                let Some(d) = dev(self, &device) else { return };
+                let rating = match rating.as_deref() {
+                    Some("again") => Rating::Again,
+                    Some("hard") => Rating::Hard,
+                    Some("easy") => Rating::Easy,
+                    _ => Rating::Good,
+                };
+                self.review(d, item, rating);
+            }
+            Action::StartSession { device } => {
+                if let Some(d) = dev(self, &device) {
+                    self.start_session(d);
+                }
+            }
+            Action::EndSession { device, reviewed, correct } => {
+                if let Some(d) = dev(self, &device) {
+                    self.end_session(d, SessionCounts { reviewed, correct, new_items: 0 });
+                }
+            }
+            Action::Offline { device } => {
+                if let Some(d) = dev(self, &device) {
+                    self.step(Event::Offline { device: d });
+                }
+            }
+            Action::Online { device } => {
+                if let Some(d) = dev(self, &device) {
+                    self.step(Event::Online { device: d });
+                }
+            }
+            Action::Crash { device } => {
+                if let Some(d) = dev(self, &device) {
+                    self.step(Event::DeviceCrash { device: d });
+                }
+            }
+            Action::Restart { device } => {
+                if let Some(d) = dev(self, &device) {
+                    self.step(Event::DeviceRestart { device: d });
+                }
+            }
+            Action::Wipe { device } => {
+                if let Some(d) = dev(self, &device) {
+                    self.wipe(d);
+                }
+            }
+            Action::Skew { device, hours } => {
+                if let Some(d) = dev(self, &device) {
+                    self.devices[d].skew_ms = hours * 3_600_000;
+                    self.trace.note(self.now, format!("{device}'s clock is {hours} h off"));
+                }
+            }
+            Action::RelayCrash => self.relay_crash(),
+            Action::RelayCrashAfterStore => self.armed_crash = Some(CrashPoint::AfterStore),
+            Action::RelayCrashAfterAck => self.armed_crash = Some(CrashPoint::AfterAck),
+            Action::StorageFails => self.step(Event::StorageFails { on: true }),
+            Action::StorageWorks => self.step(Event::StorageFails { on: false }),
+            Action::Backup => self.step(Event::Backup),
+            Action::Restore => self.step(Event::Restore),
+            Action::DuplicateNext => self.armed_duplicate = true,
+        }
+    }
+
+    fn review(&mut self, d: usize, item: String, rating: Rating) {
+        let at = T0_MS + self.now as i64 + self.devices[d].skew_ms;
+        let dev = &mut self.devices[d];
+        let Some(engine) = dev.engine.as_ref() else { return };
+        let (name, user) = (dev.name.clone(), dev.user);
+        let review = NewReview {
+            item_id: item.clone(),
+            rating,
+            reviewed_at: at,
+            duration_ms: 1000,
+            session_id: dev.open_sessions.first().cloned(),
+        };
+        match engine.record_review(review) {
+            Ok(r) => {
+                self.trace.note(self.now, format!("{name}: review {} of {item}", &r.id[..8]));
+                self.acknowledged_ops.entry(user).or_default().insert(r.id);
+            }
+            Err(e) => self.trace.note(self.now, format!("{name}: review of {item} failed: {e}")),
+        }
+        self.push_local_changes(d);
+    }
+
+    fn start_session(&mut self, d: usize) {
+        let at = T0_MS + self.now as i64 + self.devices[d].skew_ms;
+        let dev = &mut self.devices[d];
+        let Some(engine) = dev.engine.as_ref() else { return };
+        match engine.start_session("review", at) {
+            Ok(s) => dev.open_sessions.push(s.id),
+            Err(e) => {
+                let line = format!("{}: start_session failed: {e}", dev.name);
+                self.trace.note(self.now, line);
+            }
+        }
+        self.push_local_changes(d);
+    }
+
+    fn end_session(&mut self, d: usize, counts: SessionCounts) {
+        let at = T0_MS + self.now as i64 + self.devices[d].skew_ms;
+        let dev = &mut self.devices[d];
+        let Some(engine) = dev.engine.as_ref() else { return };
+        // Its own open session first; else one it learned from another device.
+        let id = if dev.open_sessions.is_empty() {
+            let open = engine.sessions(i64::MIN, i64::MAX).unwrap_or_default();
+            match open.into_iter().rev().find(|s| s.ended_at.is_none()) {
+                Some(s) => s.id,
+                None => return,
+            }
+        } else {
+            dev.open_sessions.remove(0)
+        };
+        if let Err(e) = engine.end_session(&id, at, counts, "done") {
+            let line = format!("{}: end_session failed: {e}", dev.name);
+            self.trace.note(self.now, line);
+        }
+        self.push_local_changes(d);
+    }
+
+    /// A random operation of the app (the random runs' workload).
     fn op(&mut self, d: usize) {
         let roll = self.rng.random_range(0..10);
         let item = format!("item-{}", self.rng.random_range(0..self.params.items));
@@ -377,41 +599,12 @@ impl World {
             2 => Rating::Good,
             _ => Rating::Easy,
         };
-        let at = T0_MS + self.now as i64 + self.devices[d].skew_ms;
-        let dev = &mut self.devices[d];
-        let Some(engine) = dev.engine.as_ref() else { return };
-        let name = dev.name.clone();
-        let user = dev.user;
+        let sessions = self.devices[d].open_sessions.len();
         match roll {
-            0 if dev.open_sessions.len() < 2 => match engine.start_session("review", at) {
-                Ok(s) => dev.open_sessions.push(s.id),
-                Err(e) => self.trace.note(self.now, format!("{name}: start_session failed: {e}")),
-            },
-            1 if !dev.open_sessions.is_empty() => {
-                let id = dev.open_sessions.remove(0);
-                let counts = SessionCounts { reviewed: roll as u32 + 3, correct: 2, new_items: 1 };
-                if let Err(e) = engine.end_session(&id, at, counts, "done") {
-                    self.trace.note(self.now, format!("{name}: end_session failed: {e}"));
-                }
-            }
-            _ => {
-                let review = NewReview {
-                    item_id: item.clone(),
-                    rating,
-                    reviewed_at: at,
-                    duration_ms: 1000,
-                    session_id: dev.open_sessions.first().cloned(),
-                };
-                match engine.record_review(review) {
-                    Ok(r) => {
-                        self.trace.note(self.now, format!("{name}: review {} of {item}", &r.id[..8]));
-                        self.acknowledged_ops.entry(user).or_default().insert(r.id);
-                    }
-                    Err(e) => self.trace.note(self.now, format!("{name}: review of {item} failed: {e}")),
-                }
-            }
+            0 if sessions < 2 => self.start_session(d),
+            1 if sessions > 0 => self.end_session(d, SessionCounts { reviewed: 4, correct: 2, new_items: 1 }),
+            _ => self.review(d, item, rating),
         }
-        self.push_local_changes(d);
     }
 
     fn push_local_changes(&mut self, d: usize) {
@@ -466,6 +659,10 @@ impl World {
         self.coverage.messages += 1;
         let bytes = Arc::new(bytes);
         let mut delay = self.params.latency_ms + self.rng.random_range(0..=self.params.jitter_ms);
+        if std::mem::take(&mut self.armed_duplicate) {
+            self.coverage.duplicates_delivered += 1;
+            self.at(self.now + delay + 1, Event::Deliver { conn, to_relay, bytes: bytes.clone() });
+        }
         if !self.healing {
             if self.rng.random_bool(self.params.cut_rate) {
                 // TCP does not lose one message: the connection breaks instead.
@@ -513,10 +710,16 @@ impl World {
         // The relay may die inside a step: after it stored a change and
         // before the acknowledgement left, or after that and before the
         // change was forwarded to the user's other devices.
-        let crash_mid_step = !self.healing && self.params.relay_crashes > 0 && self.rng.random_bool(0.01);
         let stored = result.is_ok() && self.relay.storage.appends() > appends_before;
+        let armed = if stored { self.armed_crash.take() } else { None };
+        let random_crash = !self.healing && self.params.relay_crashes > 0 && self.rng.random_bool(0.01);
+        let crash_mid_step = armed.is_some() || random_crash;
+        let before_ack = match armed {
+            Some(point) => point == CrashPoint::AfterStore,
+            None => random_crash && stored && self.rng.random_bool(0.5),
+        };
         match result {
-            Ok(_) if crash_mid_step && stored && self.rng.random_bool(0.5) => {
+            Ok(_) if crash_mid_step && stored && before_ack => {
                 self.coverage.crash_after_store_before_ack += 1;
                 self.relay_crash();
                 return;
@@ -766,5 +969,21 @@ impl World {
 
     pub fn now(&self) -> u64 {
         self.now
+    }
+}
+
+/// The device a scripted action names, if any.
+fn action_device(action: &Action) -> Option<&str> {
+    match action {
+        Action::Review { device, .. }
+        | Action::StartSession { device }
+        | Action::EndSession { device, .. }
+        | Action::Offline { device }
+        | Action::Online { device }
+        | Action::Crash { device }
+        | Action::Restart { device }
+        | Action::Wipe { device }
+        | Action::Skew { device, .. } => Some(device),
+        _ => None,
     }
 }
