@@ -10,6 +10,7 @@
 pub mod check;
 pub mod params;
 pub mod scenario;
+pub mod shrink;
 pub mod trace;
 pub mod world;
 
@@ -30,6 +31,19 @@ pub struct RunReport {
     pub coverage: world::Coverage,
     /// The last lines of the trace, for a failure.
     pub tail: Vec<String>,
+    /// What happened, as scenario steps (see [`reproduce`]).
+    #[serde(skip)]
+    pub script: Vec<(u64, world::Action)>,
+}
+
+/// A failing (or any) random run, written as a scenario file's content.
+pub fn reproduce(report: &RunReport) -> scenario::Scenario {
+    scenario::Scenario::from_run(&report.params, &report.script, scenario::plant_name(report.params.planted))
+}
+
+/// Shrinks a failing random run to a small scenario that still fails.
+pub fn shrink_run(report: &RunReport, budget: usize) -> scenario::Scenario {
+    shrink::shrink(reproduce(report), budget, |s| !s.run().passed())
 }
 
 impl RunReport {
@@ -74,6 +88,7 @@ fn run_params(params: params::Params, tail: usize) -> RunReport {
                 failures: vec![format!("could not set up the run: {e}")],
                 coverage: world::Coverage::default(),
                 tail: Vec::new(),
+                script: Vec::new(),
             };
         }
     };
@@ -94,6 +109,7 @@ fn run_params(params: params::Params, tail: usize) -> RunReport {
         failures,
         coverage: world.coverage.clone(),
         tail: world.trace.tail(tail),
+        script: std::mem::take(&mut world.script),
         params,
     }
 }

@@ -24,6 +24,12 @@ enum Command {
         /// Plant a bug to see the sweep catch it: ack-before-durable, drop-change.
         #[arg(long)]
         plant: Option<String>,
+        /// Where shrunk reproductions of failures are written.
+        #[arg(long, default_value = ".")]
+        out: std::path::PathBuf,
+        /// Failures shrunk to scenario files (the first ones).
+        #[arg(long, default_value_t = 3)]
+        shrink: usize,
         /// First seed of the sweep.
         #[arg(long, default_value_t = 0)]
         start: u64,
@@ -36,6 +42,15 @@ enum Command {
         /// Print every traced event.
         #[arg(long)]
         trace: bool,
+    },
+    /// Shrink a failing seed to a small scenario file.
+    Shrink {
+        #[arg(long)]
+        seed: u64,
+        #[arg(long)]
+        plant: Option<String>,
+        #[arg(long, default_value = ".")]
+        out: std::path::PathBuf,
     },
     /// Run one seed and print its report (and the end of its trace).
     Replay {
@@ -69,6 +84,25 @@ fn print_report(r: &RunReport, json: bool) {
             println!("  {line}");
         }
         println!("rerun: {}", r.rerun());
+    }
+}
+
+/// Shrinks a failure to a scenario file and says where it is.
+fn write_shrunk(r: &RunReport, out: &std::path::Path) {
+    if simulator::reproduce(r).run().passed() {
+        println!("  not shrunk: the failure needs this run's exact timing (replay the seed instead)");
+        return;
+    }
+    let small = simulator::shrink_run(r, 400);
+    let path = out.join(format!("shrunk-seed-{}.toml", r.seed));
+    match std::fs::write(&path, small.to_toml()) {
+        Ok(()) => println!(
+            "  shrunk to {} steps: {} (rerun: cargo run -p simulator -- run {} --trace)",
+            small.step.len(),
+            path.display(),
+            path.display()
+        ),
+        Err(e) => println!("  could not write {}: {e}", path.display()),
     }
 }
 
@@ -113,6 +147,23 @@ fn main() -> ExitCode {
             }
             if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
+        Command::Shrink { seed, plant, out } => {
+            let bug = match simulator::scenario::planted_bug(plant.as_deref()) {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let r = simulator::run_planted(seed, bug);
+            if r.passed() {
+                println!("seed {seed} passes: nothing to shrink");
+                return ExitCode::SUCCESS;
+            }
+            println!("seed {seed} FAILED: {}", r.failures.join("; "));
+            write_shrunk(&r, &out);
+            ExitCode::FAILURE
+        }
         Command::Replay { seed, trace } => {
             let r = simulator::run_seed_with(seed, if trace { usize::MAX } else { 40 });
             print_report(&r, cli.json);
@@ -123,14 +174,12 @@ fn main() -> ExitCode {
             }
             if r.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
-        Command::Fuzz { seeds, start, plant } => {
+        Command::Fuzz { seeds, start, plant, out, shrink } => {
             use relay::storage::memory::PlantedBug;
-            let bug = match plant.as_deref() {
-                None => PlantedBug::None,
-                Some("ack-before-durable") => PlantedBug::AckBeforeDurable,
-                Some("drop-change") => PlantedBug::DropEveryNthAppend(7),
-                Some(other) => {
-                    eprintln!("unknown bug `{other}`: ack-before-durable or drop-change");
+            let bug = match simulator::scenario::planted_bug(plant.as_deref()) {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("{e}");
                     return ExitCode::FAILURE;
                 }
             };
@@ -146,6 +195,9 @@ fn main() -> ExitCode {
                     if !cli.json {
                         println!("seed {seed} FAILED: {}", r.failures.join("; "));
                         println!("  rerun: {}", r.rerun());
+                        if failed.len() < shrink {
+                            write_shrunk(&r, &out);
+                        }
                     }
                     failed.push(r);
                 }

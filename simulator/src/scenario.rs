@@ -41,10 +41,35 @@ pub struct Scenario {
     pub latency_ms: u64,
     #[serde(default)]
     pub jitter_ms: u64,
+    /// A bug planted in the relay's storage (`ack-before-durable`,
+    /// `drop-change`): shrunk reproductions of planted-bug sweeps carry it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plant: Option<String>,
     #[serde(default)]
     pub step: Vec<Step>,
     #[serde(default)]
     pub expect: Expect,
+}
+
+/// The name of a planted bug, for a scenario file.
+pub fn plant_name(bug: relay::storage::memory::PlantedBug) -> Option<&'static str> {
+    use relay::storage::memory::PlantedBug;
+    match bug {
+        PlantedBug::None => None,
+        PlantedBug::AckBeforeDurable => Some("ack-before-durable"),
+        PlantedBug::DropEveryNthAppend(_) => Some("drop-change"),
+    }
+}
+
+/// The planted bug a name stands for.
+pub fn planted_bug(name: Option<&str>) -> Result<relay::storage::memory::PlantedBug, String> {
+    use relay::storage::memory::PlantedBug;
+    match name {
+        None => Ok(PlantedBug::None),
+        Some("ack-before-durable") => Ok(PlantedBug::AckBeforeDurable),
+        Some("drop-change") => Ok(PlantedBug::DropEveryNthAppend(7)),
+        Some(other) => Err(format!("unknown planted bug `{other}` (ack-before-durable or drop-change)")),
+    }
 }
 
 fn one() -> usize {
@@ -91,8 +116,25 @@ impl Scenario {
         toml::to_string_pretty(self).unwrap_or_default()
     }
 
+    /// The timeline a random run went through, as a scenario.
+    pub fn from_run(params: &Params, script: &[(u64, Action)], plant: Option<&str>) -> Scenario {
+        Scenario {
+            name: format!("reproduction of seed {}", params.seed),
+            description: params.summary(),
+            seed: params.seed,
+            users: params.users,
+            devices_per_user: params.devices_per_user,
+            latency_ms: params.latency_ms,
+            jitter_ms: params.jitter_ms,
+            plant: plant.map(str::to_owned),
+            step: script.iter().map(|(at, action)| Step { at: *at, action: action.clone() }).collect(),
+            expect: Expect::default(),
+        }
+    }
+
     fn params(&self) -> Params {
         let mut p = Params::draw(self.seed);
+        p.planted = planted_bug(self.plant.as_deref()).unwrap_or_default();
         p.users = self.users;
         p.devices_per_user = self.devices_per_user;
         p.latency_ms = self.latency_ms;
@@ -122,6 +164,7 @@ impl Scenario {
                     failures: vec![e],
                     coverage: Default::default(),
                     tail: Vec::new(),
+                    script: Vec::new(),
                 };
             }
         };
@@ -141,6 +184,7 @@ impl Scenario {
             failures,
             coverage: world.coverage.clone(),
             tail: world.trace.tail(usize::MAX),
+            script: std::mem::take(&mut world.script),
             params,
         }
     }

@@ -89,6 +89,10 @@ pub enum Action {
     Restore,
     /// The next message on the network is delivered twice.
     DuplicateNext,
+    /// The device's connection breaks (messages in flight are lost).
+    Cut {
+        device: String,
+    },
 }
 
 /// Where an armed relay crash strikes.
@@ -224,6 +228,8 @@ pub struct World {
     pub steps: u64,
     armed_crash: Option<CrashPoint>,
     armed_duplicate: bool,
+    /// What happened, as scenario steps (a failing run is shrunk from it).
+    pub script: Vec<(u64, Action)>,
 }
 
 fn temp_root() -> std::io::Result<tempfile::TempDir> {
@@ -285,6 +291,7 @@ impl World {
             steps: 0,
             armed_crash: None,
             armed_duplicate: false,
+            script: Vec::new(),
         };
         for d in 0..world.devices.len() {
             world.open_engine(d);
@@ -425,16 +432,19 @@ impl World {
             }
             Event::Connect { device } => self.connect(device),
             Event::Offline { device } => {
+                self.log(Action::Offline { device: self.name(device) });
                 self.trace.note(self.now, format!("{} offline", self.devices[device].name));
                 self.coverage.partitions += 1;
                 self.devices[device].online = false;
                 self.disconnect_device(device, "network gone");
             }
             Event::Online { device } => {
+                self.log(Action::Online { device: self.name(device) });
                 self.devices[device].online = true;
                 self.at(self.now + 1, Event::Connect { device });
             }
             Event::DeviceCrash { device } => {
+                self.log(Action::Crash { device: self.name(device) });
                 self.trace.note(self.now, format!("{} crashed", self.devices[device].name));
                 self.coverage.device_crashes += 1;
                 self.drop_connection_of(device);
@@ -444,18 +454,24 @@ impl World {
                 dev.open_sessions.clear();
             }
             Event::DeviceRestart { device } => {
+                self.log(Action::Restart { device: self.name(device) });
                 if self.devices[device].engine.is_none() {
                     self.open_engine(device);
                     self.at(self.now + 1, Event::Connect { device });
                 }
             }
             Event::Wipe { device } => self.wipe(device),
-            Event::RelayCrash => self.relay_crash(),
+            Event::RelayCrash => {
+                self.log(Action::RelayCrash);
+                self.relay_crash();
+            }
             Event::StorageFails { on } => {
+                self.log(if on { Action::StorageFails } else { Action::StorageWorks });
                 self.trace.note(self.now, format!("relay storage writes {}", if on { "fail" } else { "work" }));
                 let _ = self.relay.storage.set_fail_writes(on && !self.healing);
             }
             Event::Backup => {
+                self.log(Action::Backup);
                 self.relay.backup = self.relay.storage.backup().ok();
                 self.trace.note(self.now, "relay backed up".into());
             }
@@ -521,7 +537,7 @@ impl World {
                     self.trace.note(self.now, format!("{device}'s clock is {hours} h off"));
                 }
             }
-            Action::RelayCrash => self.relay_crash(),
+            Action::RelayCrash => self.step(Event::RelayCrash),
             Action::RelayCrashAfterStore => self.armed_crash = Some(CrashPoint::AfterStore),
             Action::RelayCrashAfterAck => self.armed_crash = Some(CrashPoint::AfterAck),
             Action::StorageFails => self.step(Event::StorageFails { on: true }),
@@ -529,10 +545,35 @@ impl World {
             Action::Backup => self.step(Event::Backup),
             Action::Restore => self.step(Event::Restore),
             Action::DuplicateNext => self.armed_duplicate = true,
+            Action::Cut { device } => {
+                if let Some(d) = dev(self, &device)
+                    && self.devices[d].conn.is_some()
+                {
+                    self.coverage.cuts_mid_sync += 1;
+                    self.disconnect_device(d, "connection cut");
+                }
+            }
         }
     }
 
+    fn log(&mut self, action: Action) {
+        if !self.healing {
+            self.script.push((self.now, action));
+        }
+    }
+
+    fn name(&self, d: usize) -> String {
+        self.devices[d].name.clone()
+    }
+
     fn review(&mut self, d: usize, item: String, rating: Rating) {
+        let rating_name = match rating {
+            Rating::Again => "again",
+            Rating::Hard => "hard",
+            Rating::Good => "good",
+            Rating::Easy => "easy",
+        };
+        self.log(Action::Review { device: self.name(d), item: item.clone(), rating: Some(rating_name.into()) });
         let at = T0_MS + self.now as i64 + self.devices[d].skew_ms;
         let dev = &mut self.devices[d];
         let Some(engine) = dev.engine.as_ref() else { return };
@@ -555,6 +596,7 @@ impl World {
     }
 
     fn start_session(&mut self, d: usize) {
+        self.log(Action::StartSession { device: self.name(d) });
         let at = T0_MS + self.now as i64 + self.devices[d].skew_ms;
         let dev = &mut self.devices[d];
         let Some(engine) = dev.engine.as_ref() else { return };
@@ -569,6 +611,7 @@ impl World {
     }
 
     fn end_session(&mut self, d: usize, counts: SessionCounts) {
+        self.log(Action::EndSession { device: self.name(d), reviewed: counts.reviewed, correct: counts.correct });
         let at = T0_MS + self.now as i64 + self.devices[d].skew_ms;
         let dev = &mut self.devices[d];
         let Some(engine) = dev.engine.as_ref() else { return };
@@ -669,6 +712,7 @@ impl World {
                 self.trace.note(self.now, format!("conn {conn} cut"));
                 self.coverage.cuts_mid_sync += 1;
                 if let Some(&(d, _)) = self.relay.conns.get(&conn) {
+                    self.log(Action::Cut { device: self.name(d) });
                     self.disconnect_device(d, "connection cut");
                 }
                 return;
@@ -678,6 +722,7 @@ impl World {
                 delay += self.rng.random_range(1..=500);
             }
             if self.rng.random_bool(self.params.duplicate_rate) {
+                self.log(Action::DuplicateNext);
                 self.coverage.duplicates_delivered += 1;
                 let later = delay + self.rng.random_range(0..=200);
                 self.at(self.now + later, Event::Deliver { conn, to_relay, bytes: bytes.clone() });
@@ -720,6 +765,9 @@ impl World {
         };
         match result {
             Ok(_) if crash_mid_step && stored && before_ack => {
+                if armed.is_none() {
+                    self.log(Action::RelayCrashAfterStore);
+                }
                 self.coverage.crash_after_store_before_ack += 1;
                 self.relay_crash();
                 return;
@@ -729,6 +777,9 @@ impl World {
                     self.send(conn, false, m.encode());
                 }
                 if crash_mid_step && stored {
+                    if armed.is_none() {
+                        self.log(Action::RelayCrashAfterAck);
+                    }
                     self.coverage.crash_after_ack_before_forward += 1;
                     self.relay_crash();
                     return;
@@ -821,6 +872,7 @@ impl World {
     }
 
     fn wipe(&mut self, d: usize) {
+        self.log(Action::Wipe { device: self.name(d) });
         self.coverage.wipes += 1;
         let user = self.devices[d].user;
         if self.devices[d].engine.is_none() {
@@ -860,6 +912,7 @@ impl World {
     }
 
     fn restore(&mut self) {
+        self.log(Action::Restore);
         let Some(backup) = self.relay.backup.clone() else { return };
         self.coverage.restores += 1;
         self.relay.restores += 1;
@@ -976,6 +1029,7 @@ impl World {
 fn action_device(action: &Action) -> Option<&str> {
     match action {
         Action::Review { device, .. }
+        | Action::Cut { device }
         | Action::StartSession { device }
         | Action::EndSession { device, .. }
         | Action::Offline { device }
