@@ -238,6 +238,31 @@ impl Engine {
         self.replica(|r| store::sessions_between(r.store.conn(), from, to))
     }
 
+    /// Plants a known bug (simulator only; feature `simulation`).
+    #[cfg(feature = "simulation")]
+    pub fn plant(&self, bug: crate::ids::PlantedBug) -> Result<()> {
+        self.replica(|r| {
+            r.planted = Some(bug);
+            Ok(())
+        })
+    }
+
+    /// Makes every write fail (`true`) or work again, as a full disk does
+    /// (simulator only; feature `simulation`). Writes fail with a storage
+    /// error and change nothing; reads keep working.
+    #[cfg(feature = "simulation")]
+    pub fn refuse_writes(&self, refuse: bool) -> Result<()> {
+        self.replica(|r| {
+            r.store.conn().pragma_update(None, "query_only", refuse)?;
+            Ok(())
+        })
+    }
+
+    /// Reviews of `item_id` this device knows, oldest first.
+    pub fn reviews_of(&self, item_id: &str) -> Result<Vec<Review>> {
+        self.replica(|r| store::reviews_for_item(r.store.conn(), item_id))
+    }
+
     /// The ids of every review this device knows, sorted (for checks that
     /// compare devices review by review, as the simulator does).
     pub fn review_ids(&self) -> Result<Vec<String>> {

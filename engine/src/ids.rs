@@ -23,3 +23,16 @@ impl IdSource for RandomIds {
 pub(crate) fn uuid_text(bytes: [u8; 16]) -> String {
     uuid::Builder::from_random_bytes(bytes).into_uuid().to_string()
 }
+
+/// Bugs the simulator can plant in an engine (feature `simulation`), to
+/// show that its invariants catch each. The code paths they switch exist in
+/// every build; only the setter is feature-gated, so an app cannot turn one on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlantedBug {
+    /// A write whose persist failed stays in the in-memory document (the bug
+    /// fixed in issue #13): it would sync although the app was told it failed.
+    KeepFailedWrite,
+    /// The device ignores a new relay storage identity and keeps trusting
+    /// sync states that describe a relay restored from an older backup.
+    IgnoreRelayIdentity,
+}

@@ -50,6 +50,8 @@ pub struct Replica {
     storage_id: String,
     /// Fresh ids (review and session ids, actor ids).
     ids: Box<dyn IdSource>,
+    /// A bug the simulator planted (never set in an app: see `Engine::plant`).
+    pub(crate) planted: Option<crate::ids::PlantedBug>,
 }
 
 impl Replica {
@@ -66,6 +68,7 @@ impl Replica {
         })?;
         let actor = ActorId::from(ids.next_id().as_slice());
         Ok(Replica {
+            planted: None,
             storage_id,
             ids,
             store,
@@ -153,7 +156,9 @@ impl Replica {
             // The app is told this write failed, so it must not survive in
             // memory: it would sync to other devices, and later chunks would
             // depend on a change that is not on disk. Reload from disk.
-            self.evict(&id);
+            if self.planted != Some(crate::ids::PlantedBug::KeepFailedWrite) {
+                self.evict(&id);
+            }
             return Err(e);
         }
         Ok(id)

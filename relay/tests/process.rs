@@ -131,9 +131,10 @@ async fn a_second_relay_on_the_same_data_directory_refuses_and_touches_nothing()
 #[test]
 fn logs_are_json_for_collectors_and_plain_text_without_a_terminal() {
     let dir = tempfile::tempdir().expect("tempdir");
+    // SIGTERM at once, while the relay may still be starting: still a clean stop.
     let (mut relay, _, mut out) = start(&dir.path().join("json"), &["--log-format", "json"]);
     let _ = Command::new("kill").args(["-TERM", &relay.id().to_string()]).status();
-    wait_exit(&mut relay, Duration::from_secs(30));
+    assert!(wait_exit(&mut relay, Duration::from_secs(30)).success());
     let mut rest = String::new();
     let _ = out.read_to_string(&mut rest);
     let json_lines: Vec<serde_json::Value> =
@@ -142,7 +143,7 @@ fn logs_are_json_for_collectors_and_plain_text_without_a_terminal() {
 
     let (mut relay, _, mut out) = start(&dir.path().join("text"), &[]);
     let _ = Command::new("kill").args(["-TERM", &relay.id().to_string()]).status();
-    wait_exit(&mut relay, Duration::from_secs(30));
+    assert!(wait_exit(&mut relay, Duration::from_secs(30)).success());
     let mut rest = String::new();
     let _ = out.read_to_string(&mut rest);
     assert!(rest.contains("shutting down"), "{rest}");

@@ -65,6 +65,17 @@ pub fn invariants(w: &World) -> Vec<String> {
             }
         }
     }
+    // Nothing the app was told failed exists anywhere.
+    for (user, device, item, at) in &w.failed_reviews {
+        for d in w.devices_of(*user) {
+            let Some(engine) = w.engine(d) else { continue };
+            let held = engine.reviews_of(item).unwrap_or_default();
+            if held.iter().any(|r| &r.device_id == device && r.reviewed_at == *at) {
+                failures
+                    .push(format!("{} holds the review of {item} that {device} was told had failed", w.device_name(d)));
+            }
+        }
+    }
     // No device holds a review written by another user's device.
     for d in 0..w.users() * w.params.devices_per_user {
         let Some(engine) = w.engine(d) else { continue };

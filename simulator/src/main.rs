@@ -21,7 +21,8 @@ enum Command {
     Fuzz {
         #[arg(long, default_value_t = 100)]
         seeds: u64,
-        /// Plant a bug to see the sweep catch it: ack-before-durable, drop-change.
+        /// Plant a bug to see the sweep catch it: ack-before-durable, drop-change,
+        /// keep-failed-write, ignore-relay-identity.
         #[arg(long)]
         plant: Option<String>,
         /// Where shrunk reproductions of failures are written.
@@ -175,7 +176,7 @@ fn main() -> ExitCode {
             if r.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
         Command::Fuzz { seeds, start, plant, out, shrink } => {
-            use relay::storage::memory::PlantedBug;
+            use simulator::scenario::Plant;
             let bug = match simulator::scenario::planted_bug(plant.as_deref()) {
                 Ok(b) => b,
                 Err(e) => {
@@ -188,7 +189,7 @@ fn main() -> ExitCode {
             let mut failed = Vec::new();
             let mut events = 0;
             for seed in start..start + seeds {
-                let r = if bug == PlantedBug::None { run_seed(seed) } else { simulator::run_planted(seed, bug) };
+                let r = if bug == Plant::None { run_seed(seed) } else { simulator::run_planted(seed, bug) };
                 coverage.add(&r.coverage);
                 events += r.steps;
                 if !r.passed() {

@@ -28,6 +28,8 @@ pub struct Params {
     pub partitions: usize,
     pub device_crashes: usize,
     pub wipes: usize,
+    /// Windows in which one device's disk is full.
+    pub disk_full_windows: usize,
     /// Relay crashes (losing its write-behind state), windows of failing
     /// storage writes, and a restore from an earlier backup.
     pub relay_crashes: usize,
@@ -39,7 +41,7 @@ pub struct Params {
     pub items: usize,
     /// A bug planted on purpose (never drawn; set by `--plant`).
     #[serde(skip)]
-    pub planted: relay::storage::memory::PlantedBug,
+    pub planted: crate::scenario::Plant,
 }
 
 impl Params {
@@ -63,6 +65,7 @@ impl Params {
             partitions: if on(&mut r) { r.random_range(1..=3) } else { 0 },
             device_crashes: if on(&mut r) { r.random_range(1..=2) } else { 0 },
             wipes: if r.random_bool(0.25) { 1 } else { 0 },
+            disk_full_windows: if r.random_bool(0.3) { r.random_range(1..=2) } else { 0 },
             relay_crashes: if on(&mut r) { r.random_range(1..=2) } else { 0 },
             storage_failures: if r.random_bool(0.3) { 1 } else { 0 },
             restore_from_backup: r.random_bool(0.2),
@@ -76,7 +79,7 @@ impl Params {
     pub fn summary(&self) -> String {
         format!(
             "seed {}: {} user(s) x {} devices, {} ops over {} s; latency {}+{} ms; cut {:.1} %, dup {:.1} %, reorder {:.1} %; \
-             {} partition(s), {} device crash(es), {} wipe(s), {} relay crash(es), {} storage failure window(s), restore: {}, clock skew {} h",
+             {} partition(s), {} device crash(es), {} wipe(s), {} full disk(s), {} relay crash(es), {} storage failure window(s), restore: {}, clock skew {} h",
             self.seed,
             self.users,
             self.devices_per_user,
@@ -90,6 +93,7 @@ impl Params {
             self.partitions,
             self.device_crashes,
             self.wipes,
+            self.disk_full_windows,
             self.relay_crashes,
             self.storage_failures,
             if self.restore_from_backup { "yes" } else { "no" },

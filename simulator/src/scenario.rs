@@ -51,27 +51,6 @@ pub struct Scenario {
     pub expect: Expect,
 }
 
-/// The name of a planted bug, for a scenario file.
-pub fn plant_name(bug: relay::storage::memory::PlantedBug) -> Option<&'static str> {
-    use relay::storage::memory::PlantedBug;
-    match bug {
-        PlantedBug::None => None,
-        PlantedBug::AckBeforeDurable => Some("ack-before-durable"),
-        PlantedBug::DropEveryNthAppend(_) => Some("drop-change"),
-    }
-}
-
-/// The planted bug a name stands for.
-pub fn planted_bug(name: Option<&str>) -> Result<relay::storage::memory::PlantedBug, String> {
-    use relay::storage::memory::PlantedBug;
-    match name {
-        None => Ok(PlantedBug::None),
-        Some("ack-before-durable") => Ok(PlantedBug::AckBeforeDurable),
-        Some("drop-change") => Ok(PlantedBug::DropEveryNthAppend(7)),
-        Some(other) => Err(format!("unknown planted bug `{other}` (ack-before-durable or drop-change)")),
-    }
-}
-
 fn one() -> usize {
     1
 }
@@ -100,6 +79,41 @@ pub struct Expect {
     pub sessions_per_device: Option<usize>,
     /// Items with a memory state on every device of user 0.
     pub items: Option<usize>,
+    /// Writes the app was told failed (a full disk), at least.
+    pub failed_writes_at_least: Option<usize>,
+}
+
+/// A bug planted on purpose, in the relay's storage or in the engines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Plant {
+    #[default]
+    None,
+    Relay(relay::storage::memory::PlantedBug),
+    Engine(engine::ids::PlantedBug),
+}
+
+/// Every plant, by the name the CLI and scenario files use.
+pub const PLANTS: [(&str, Plant); 4] = [
+    ("ack-before-durable", Plant::Relay(relay::storage::memory::PlantedBug::AckBeforeDurable)),
+    ("drop-change", Plant::Relay(relay::storage::memory::PlantedBug::DropEveryNthAppend(7))),
+    ("keep-failed-write", Plant::Engine(engine::ids::PlantedBug::KeepFailedWrite)),
+    ("ignore-relay-identity", Plant::Engine(engine::ids::PlantedBug::IgnoreRelayIdentity)),
+];
+
+/// The name of a planted bug, for a scenario file.
+pub fn plant_name(plant: Plant) -> Option<&'static str> {
+    PLANTS.iter().find(|(_, p)| *p == plant).map(|(n, _)| *n)
+}
+
+/// The planted bug a name stands for.
+pub fn planted_bug(name: Option<&str>) -> Result<Plant, String> {
+    match name {
+        None => Ok(Plant::None),
+        Some(n) => PLANTS.iter().find(|(name, _)| *name == n).map(|(_, p)| *p).ok_or_else(|| {
+            let names: Vec<&str> = PLANTS.iter().map(|(n, _)| *n).collect();
+            format!("unknown planted bug `{n}` ({})", names.join(", "))
+        }),
+    }
 }
 
 impl Scenario {
@@ -191,6 +205,11 @@ impl Scenario {
 
     fn expectations(&self, w: &World) -> Vec<String> {
         let mut failures = Vec::new();
+        if let Some(n) = self.expect.failed_writes_at_least
+            && w.failed_reviews.len() < n
+        {
+            failures.push(format!("{} write(s) failed; the scenario expects at least {n}", w.failed_reviews.len()));
+        }
         for d in w.devices_of(0) {
             let Some(engine) = w.engine(d) else { continue };
             let name = w.device_name(d);

@@ -25,8 +25,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Reviews happen around here (2026-09-21), plus virtual time and skew.
-const T0_MS: i64 = 1_790_000_000_000;
+/// Reviews happen from five seconds before 2026-10-01T00:00Z on, plus skew:
+/// runs cross a month boundary, so new monthly documents are created
+/// mid-run (the case a relay restored from an older backup has never seen).
+const T0_MS: i64 = 1_790_812_800_000 - 5_000;
 
 /// Ids from a seeded stream, so a replay gives the same ids.
 struct SeededIds(StdRng);
@@ -93,6 +95,13 @@ pub enum Action {
     Cut {
         device: String,
     },
+    /// The device's disk is full (its writes fail) / has room again.
+    DiskFull {
+        device: String,
+    },
+    DiskOk {
+        device: String,
+    },
 }
 
 /// Where an armed relay crash strikes.
@@ -107,6 +116,7 @@ enum CrashPoint {
 enum Event {
     Op { device: usize },
     Script(Action),
+    Disk { device: usize, full: bool },
     Deliver { conn: u64, to_relay: bool, bytes: Arc<Vec<u8>> },
     Connect { device: usize },
     Offline { device: usize },
@@ -133,6 +143,8 @@ struct Device {
     skew_ms: i64,
     opens: u64,
     open_sessions: Vec<String>,
+    /// Its disk is full: every write of the engine fails.
+    disk_full: bool,
 }
 
 struct Relay {
@@ -160,6 +172,8 @@ pub struct Coverage {
     /// or after acknowledging and before forwarding it to other devices.
     pub crash_after_store_before_ack: u64,
     pub crash_after_ack_before_forward: u64,
+    /// Device writes that failed (a full disk): the app was told so.
+    pub device_writes_failed: u64,
     pub restores: u64,
     pub partitions: u64,
     pub reconnects: u64,
@@ -178,6 +192,7 @@ impl Coverage {
         self.storage_failures_hit += o.storage_failures_hit;
         self.crash_after_store_before_ack += o.crash_after_store_before_ack;
         self.crash_after_ack_before_forward += o.crash_after_ack_before_forward;
+        self.device_writes_failed += o.device_writes_failed;
         self.restores += o.restores;
         self.partitions += o.partitions;
         self.reconnects += o.reconnects;
@@ -197,6 +212,7 @@ impl Coverage {
             ("storage_failures_hit", self.storage_failures_hit),
             ("crash_after_store_before_ack", self.crash_after_store_before_ack),
             ("crash_after_ack_before_forward", self.crash_after_ack_before_forward),
+            ("device_writes_failed", self.device_writes_failed),
             ("restores", self.restores),
             ("partitions", self.partitions),
             ("reconnects", self.reconnects),
@@ -226,6 +242,8 @@ pub struct World {
     /// only in a relay that was restored from an older backup).
     pub destroyed: BTreeSet<String>,
     pub steps: u64,
+    /// Reviews the app was told failed: (user, device, item, reviewed_at).
+    pub failed_reviews: Vec<(usize, String, String, i64)>,
     armed_crash: Option<CrashPoint>,
     armed_duplicate: bool,
     /// What happened, as scenario steps (a failing run is shrunk from it).
@@ -262,6 +280,7 @@ impl World {
                     skew_ms: 0,
                     opens: 0,
                     open_sessions: Vec::new(),
+                    disk_full: false,
                 });
             }
         }
@@ -270,7 +289,9 @@ impl World {
             devices[d].skew_ms = params.clock_skew_hours * 3_600_000;
         }
         let storage = Arc::new(MemStorage::new(format!("store-{:016x}", rng.random::<u64>())));
-        let _ = storage.plant(params.planted);
+        if let crate::scenario::Plant::Relay(bug) = params.planted {
+            let _ = storage.plant(bug);
+        }
         let relay = Relay { hub: new_hub(&storage), storage, conns: BTreeMap::new(), backup: None, restores: 0 };
         let mut world = World {
             params,
@@ -289,6 +310,7 @@ impl World {
             acknowledged_ops: BTreeMap::new(),
             destroyed: BTreeSet::new(),
             steps: 0,
+            failed_reviews: Vec::new(),
             armed_crash: None,
             armed_duplicate: false,
             script: Vec::new(),
@@ -361,6 +383,12 @@ impl World {
             let back = self.rng.random_range(100..3_000);
             self.at(t + back, Event::DeviceRestart { device: d });
         }
+        for _ in 0..self.params.disk_full_windows {
+            let (t, d) = (self.rng.random_range(0..span), self.random_device());
+            let len = self.rng.random_range(200..span.max(201));
+            self.at(t, Event::Disk { device: d, full: true });
+            self.at((t + len).min(span), Event::Disk { device: d, full: false });
+        }
         for _ in 0..self.params.wipes {
             let (t, d) = (self.rng.random_range(0..span), self.random_device());
             self.at(t, Event::Wipe { device: d });
@@ -399,7 +427,15 @@ impl World {
             device_id: dev.name.clone(),
         };
         match Engine::open_with_ids(config, Box::new(SeededIds(StdRng::seed_from_u64(seed)))) {
-            Ok(e) => dev.engine = Some(e),
+            Ok(e) => {
+                if let crate::scenario::Plant::Engine(bug) = self.params.planted {
+                    let _ = e.plant(bug);
+                }
+                if dev.disk_full {
+                    let _ = e.refuse_writes(true);
+                }
+                dev.engine = Some(e);
+            }
             Err(e) => self.trace.note(self.now, format!("{}: engine failed to open: {e}", dev.name)),
         }
     }
@@ -423,6 +459,7 @@ impl World {
         match event {
             Event::Op { device } => self.op(device),
             Event::Script(action) => self.script(action),
+            Event::Disk { device, full } => self.disk(device, full),
             Event::Deliver { conn, to_relay, bytes } => {
                 if to_relay {
                     self.relay_receive(conn, &bytes);
@@ -545,6 +582,16 @@ impl World {
             Action::Backup => self.step(Event::Backup),
             Action::Restore => self.step(Event::Restore),
             Action::DuplicateNext => self.armed_duplicate = true,
+            Action::DiskFull { device } => {
+                if let Some(d) = dev(self, &device) {
+                    self.disk(d, true);
+                }
+            }
+            Action::DiskOk { device } => {
+                if let Some(d) = dev(self, &device) {
+                    self.disk(d, false);
+                }
+            }
             Action::Cut { device } => {
                 if let Some(d) = dev(self, &device)
                     && self.devices[d].conn.is_some()
@@ -553,6 +600,23 @@ impl World {
                     self.disconnect_device(d, "connection cut");
                 }
             }
+        }
+    }
+
+    /// A full disk on the device: every write of the engine fails (SQLite
+    /// refuses it; the engine's failure path is the one a real ENOSPC takes,
+    /// which `tests/tests/disk_full.rs` exercises on a real tmpfs).
+    fn disk(&mut self, d: usize, full: bool) {
+        let name = self.name(d);
+        self.log(if full {
+            Action::DiskFull { device: name.clone() }
+        } else {
+            Action::DiskOk { device: name.clone() }
+        });
+        self.trace.note(self.now, format!("{name}'s disk is {}", if full { "full" } else { "free again" }));
+        self.devices[d].disk_full = full && !self.healing;
+        if let Some(e) = self.devices[d].engine.as_ref() {
+            let _ = e.refuse_writes(self.devices[d].disk_full);
         }
     }
 
@@ -590,7 +654,11 @@ impl World {
                 self.trace.note(self.now, format!("{name}: review {} of {item}", &r.id[..8]));
                 self.acknowledged_ops.entry(user).or_default().insert(r.id);
             }
-            Err(e) => self.trace.note(self.now, format!("{name}: review of {item} failed: {e}")),
+            Err(e) => {
+                self.coverage.device_writes_failed += 1;
+                self.trace.note(self.now, format!("{name}: review of {item} failed: {e}"));
+                self.failed_reviews.push((user, name, item, at));
+            }
         }
         self.push_local_changes(d);
     }
@@ -946,6 +1014,9 @@ impl World {
         self.trace.note(self.now, "heal: perfect network from here".into());
         for d in 0..self.devices.len() {
             self.devices[d].online = true;
+            if self.devices[d].disk_full {
+                self.disk(d, false);
+            }
             if self.devices[d].engine.is_none() {
                 self.open_engine(d);
             }
@@ -1037,7 +1108,9 @@ fn action_device(action: &Action) -> Option<&str> {
         | Action::Crash { device }
         | Action::Restart { device }
         | Action::Wipe { device }
-        | Action::Skew { device, .. } => Some(device),
+        | Action::Skew { device, .. }
+        | Action::DiskFull { device }
+        | Action::DiskOk { device } => Some(device),
         _ => None,
     }
 }

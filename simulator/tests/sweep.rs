@@ -1,7 +1,7 @@
 //! The simulator's own proof: runs are reproducible, a sweep with faults
 //! passes and goes through every rare path, and planted bugs are caught.
 
-use relay::storage::memory::PlantedBug;
+use simulator::scenario::PLANTS;
 use simulator::world::Coverage;
 use simulator::{run_planted, run_seed};
 
@@ -34,23 +34,22 @@ fn a_sweep_with_faults_passes_and_covers_every_rare_path() {
     assert!(coverage.zeros().is_empty(), "never exercised in {SWEEP} seeds: {:?}", coverage.zeros());
 }
 
-/// Each planted bug is caught by a sweep, and the failure shrinks to a
+/// Each planted bug (two in the relay's storage, two in the engine) is caught by a sweep, and the failure shrinks to a
 /// scenario file of at most a dozen steps that still fails when run again
 /// from its TOML text.
 #[test]
 fn planted_bugs_are_caught_and_shrunk_to_a_dozen_steps() {
-    for bug in [PlantedBug::AckBeforeDurable, PlantedBug::DropEveryNthAppend(7)] {
-        let failing: Vec<_> = (0..60).map(|seed| run_planted(seed, bug)).filter(|r| !r.passed()).collect();
-        assert!(!failing.is_empty(), "{bug:?} went unnoticed by 60 seeds");
-        // A failure whose timeline, replayed as a scenario, fails too (the
-        // scenario replays the steps, not the random run's exact jitter).
-        let report = failing
-            .iter()
-            .find(|r| !simulator::reproduce(r).run().passed())
-            .unwrap_or_else(|| panic!("{bug:?}: no failure reproduced as a scenario"));
-        let small = simulator::shrink_run(report, 400);
-        assert!(small.step.len() <= 12, "{bug:?}: shrunk only to {} steps:\n{}", small.step.len(), small.to_toml());
+    for (name, bug) in PLANTS {
+        // The first failure whose timeline, replayed as a scenario, fails too
+        // (a scenario replays the steps, not the random run's exact jitter).
+        let report = (0..150)
+            .map(|seed| run_planted(seed, bug))
+            .find(|r| !r.passed() && !simulator::reproduce(r).run().passed())
+            .unwrap_or_else(|| panic!("{name} went unnoticed (or did not reproduce) in 150 seeds"));
+        let small = simulator::shrink_run(&report, 400);
+        assert!(small.step.len() <= 12, "{name}: shrunk only to {} steps:\n{}", small.step.len(), small.to_toml());
         let again = simulator::scenario::Scenario::parse(&small.to_toml()).expect("the file parses");
-        assert!(!again.run().passed(), "{bug:?}: the shrunk scenario file still fails:\n{}", small.to_toml());
+        assert!(!again.run().passed(), "{name}: the shrunk scenario file still fails:\n{}", small.to_toml());
+        eprintln!("{name}: caught by seed {}, shrunk to {} steps", report.seed, small.step.len());
     }
 }

@@ -99,6 +99,9 @@ impl SyncClient {
     /// restored from a backup, or replaced): forget them and offer everything.
     fn check_relay_identity(replica: &mut Replica, relay_storage: Option<&str>) -> Result<()> {
         let Some(current) = relay_storage else { return Ok(()) };
+        if replica.planted == Some(crate::ids::PlantedBug::IgnoreRelayIdentity) {
+            return Ok(());
+        }
         replica.store.transaction(|conn| {
             let known = store::meta_get(conn, RELAY_STORAGE_KEY)?;
             if known.as_deref() == Some(current) {
@@ -151,9 +154,17 @@ impl SyncClient {
                 let mut state = self.state(replica, &document_id)?;
                 let result =
                     replica.remote_change(&document_id, false, |doc| doc.receive_sync_message(&mut state, message));
-                if let Err(e) = result {
-                    tracing::warn!(doc = %document_id, error = %e, "could not apply sync message");
-                    return Ok(out);
+                match result {
+                    Ok(_) => {}
+                    // The device cannot store what it receives (a full disk):
+                    // end the session. Carrying on would have the relay send
+                    // the same changes again and again; the driver retries
+                    // with backoff, and nothing was acknowledged meanwhile.
+                    Err(e @ crate::error::EngineError::Storage(_)) => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(doc = %document_id, error = %e, "could not apply sync message");
+                        return Ok(out);
+                    }
                 }
                 self.states.insert(document_id, state);
                 self.push_doc(replica, &document_id, &mut out)?;

@@ -73,26 +73,41 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// Resolves on SIGTERM (systemd, Docker, Kubernetes) or Ctrl-C; names which.
-async fn stop_signal() -> &'static str {
+/// SIGTERM (systemd, Docker, Kubernetes) and Ctrl-C, listened for from the
+/// start: a signal that arrives while the relay is still starting is
+/// handled like any other, never the default "die at once".
+struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = tokio::signal::ctrl_c() => "SIGINT",
-            },
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                "SIGINT"
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> std::io::Result<StopSignals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(StopSignals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
+        }
+        #[cfg(not(unix))]
+        Ok(StopSignals {})
+    }
+
+    /// Resolves on the first stop signal; names it.
+    async fn wait(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.term.recv() => "SIGTERM",
+                _ = self.int.recv() => "SIGINT",
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        "Ctrl-C"
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
     }
 }
 
@@ -156,6 +171,7 @@ async fn main() {
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    let mut signals = StopSignals::install()?;
     match cli.command {
         Some(Command::DevToken { user, device, ttl }) => {
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
@@ -239,7 +255,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     config.manifest_ttl = std::time::Duration::from_secs(cli.manifest_ttl_hours * 3600);
     let relay = relay::start(config).await?;
     println!("relay listening on {} (sync at {})", relay.http_url(), relay.ws_url());
-    let signal = stop_signal().await;
+    let signal = signals.wait().await;
     tracing::info!(signal, "shutting down");
     let report = relay.shutdown_within(std::time::Duration::from_secs(cli.shutdown_timeout_secs)).await;
     println!(
