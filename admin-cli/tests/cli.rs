@@ -11,6 +11,41 @@ async fn cli(url: &str, token: &str, args: &[&str]) -> Output {
     cmd.output().await.expect("relay-admin runs")
 }
 
+/// A relay on loopback whose admin token is `TOKEN`; `max_artifact` caps uploads.
+async fn relay_with(
+    dir: &std::path::Path,
+    max_artifact: Option<u64>,
+    tls: Option<&integration_tests::tls::TestPki>,
+) -> relay::RunningRelay {
+    let mut config = relay::Config::local(dir.join("relay"), "127.0.0.1:0".parse().expect("addr"));
+    config.admin_tokens = vec![relay::release::admin::AdminToken { name: "alice".into(), token: TOKEN.into() }];
+    if let Some(max) = max_artifact {
+        config.release_limits.max_artifact_bytes = max;
+    }
+    config.tls = tls.map(|pki| pki.server_config());
+    relay::start(config).await.expect("relay")
+}
+
+/// `relay-admin create` of vocab-en/stable `version`; returns the id.
+async fn create(url: &str, version: &str, min_app: &str) -> String {
+    let args = [
+        "--json",
+        "create",
+        "--dataset",
+        "vocab-en",
+        "--channel",
+        "stable",
+        "--version",
+        version,
+        "--min-app-version",
+        min_app,
+        "--notes",
+        "first",
+    ];
+    let created = json(&cli(url, TOKEN, &args).await);
+    created["id"].as_str().expect("id").to_owned()
+}
+
 fn json(out: &Output) -> Value {
     assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).expect("json output")
@@ -19,37 +54,14 @@ fn json(out: &Output) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_drives_a_release_with_the_cli() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = relay::Config::local(dir.path().join("relay"), "127.0.0.1:0".parse().expect("addr"));
-    config.admin_tokens = vec![relay::release::admin::AdminToken { name: "alice".into(), token: TOKEN.into() }];
-    let relay = relay::start(config).await.expect("relay");
+    let relay = relay_with(dir.path(), None, None).await;
     let url = relay.http_url();
 
     let file = dir.path().join("words.db");
     std::fs::write(&file, vec![42u8; 200_000]).expect("file");
 
     json(&cli(&url, TOKEN, &["--json", "dataset", "vocab-en", "--require", "words.db"]).await);
-    let created = json(
-        &cli(
-            &url,
-            TOKEN,
-            &[
-                "--json",
-                "create",
-                "--dataset",
-                "vocab-en",
-                "--channel",
-                "stable",
-                "--version",
-                "1.0.0",
-                "--min-app-version",
-                "2.0.0",
-                "--notes",
-                "first",
-            ],
-        )
-        .await,
-    );
-    let id = created["id"].as_str().expect("id").to_owned();
+    let id = create(&url, "1.0.0", "2.0.0").await;
 
     // An empty draft does not validate: exit code 1, findings on stderr.
     let out = cli(&url, TOKEN, &["validate", &id]).await;
@@ -99,10 +111,7 @@ async fn an_operator_drives_a_release_with_the_cli() {
 async fn the_cli_speaks_https_with_a_pinned_ca() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = integration_tests::tls::TestPki::new();
-    let mut config = relay::Config::local(dir.path().join("relay"), "127.0.0.1:0".parse().expect("addr"));
-    config.admin_tokens = vec![relay::release::admin::AdminToken { name: "alice".into(), token: TOKEN.into() }];
-    config.tls = Some(pki.server_config());
-    let relay = relay::start(config).await.expect("relay");
+    let relay = relay_with(dir.path(), None, Some(&pki)).await;
     let url = relay.http_url().replace("127.0.0.1", "localhost");
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, &pki.ca_pem).expect("ca file");
@@ -125,31 +134,9 @@ fn stderr(out: &Output) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_and_typos_get_sentences_that_say_what_to_do() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = relay::Config::local(dir.path().join("relay"), "127.0.0.1:0".parse().expect("addr"));
-    config.admin_tokens = vec![relay::release::admin::AdminToken { name: "alice".into(), token: TOKEN.into() }];
-    config.release_limits.max_artifact_bytes = 1 << 20;
-    let relay = relay::start(config).await.expect("relay");
+    let relay = relay_with(dir.path(), Some(1 << 20), None).await;
     let url = relay.http_url();
-    let created = json(
-        &cli(
-            &url,
-            TOKEN,
-            &[
-                "--json",
-                "create",
-                "--dataset",
-                "vocab-en",
-                "--channel",
-                "stable",
-                "--version",
-                "1.0.0",
-                "--min-app-version",
-                "1.0.0",
-            ],
-        )
-        .await,
-    );
-    let id = created["id"].as_str().expect("id").to_owned();
+    let id = create(&url, "1.0.0", "1.0.0").await;
 
     // A refused large upload reads the relay's answer, every time (not "cannot reach the relay").
     let big = dir.path().join("big.db");

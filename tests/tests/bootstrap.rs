@@ -234,18 +234,23 @@ async fn an_interrupted_update_never_disturbs_the_active_release_and_resumes() {
     relay.relay.shutdown().await;
 }
 
-/// Serves one fixed body at every path (a replayed or forged manifest).
-async fn fake_relay(body: String) -> String {
-    let app = axum::Router::new().fallback(move || {
-        let b = body.clone();
-        async move { ([("content-type", "application/json")], b) }
-    });
+/// Serves `app` on a loopback port; returns its base URL.
+async fn serve(app: axum::Router) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
     format!("http://{addr}")
+}
+
+/// Serves one fixed body at every path (a replayed or forged manifest).
+async fn fake_relay(body: String) -> String {
+    serve(axum::Router::new().fallback(move || {
+        let b = body.clone();
+        async move { ([("content-type", "application/json")], b) }
+    }))
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -423,12 +428,7 @@ async fn relay_without_named_manifests(upstream: String) -> String {
             }
         }
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    format!("http://{addr}")
+    serve(app).await
 }
 
 /// Whoever answers a device's `latest` cannot move it back with a genuine,
