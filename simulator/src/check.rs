@@ -131,3 +131,23 @@ fn fresh_replay_matches(w: &World, r: usize, engine: &engine::Engine, failures: 
         failures.push(format!("{}'s memory states differ from a fresh replay of the same reviews", w.device_name(r)));
     }
 }
+
+/// Bounded cost: once everything agrees, a reconnect of every device is only
+/// the handshake (a join and a peer answer each, at most a few hundred bytes),
+/// whatever happened before. A sync state that never settles, or a relay that
+/// offers documents a device already has, shows here.
+pub fn reconnect_cost(w: &mut World) -> Vec<String> {
+    let devices = w.device_count() as u64;
+    let (messages, bytes, quiet) = w.reconnect_all(5_000);
+    let mut failures = Vec::new();
+    if !quiet {
+        failures.push("after convergence, a reconnect of every device did not go quiet".to_owned());
+    } else if messages > 2 * devices || bytes > 512 * devices {
+        failures.push(format!(
+            "after convergence, reconnecting {devices} up-to-date devices took {messages} messages and {bytes} bytes (at most {} and {} expected)",
+            2 * devices,
+            512 * devices
+        ));
+    }
+    failures
+}

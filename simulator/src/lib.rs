@@ -100,6 +100,9 @@ fn run_params(params: params::Params, tail: usize) -> RunReport {
         ));
     } else {
         failures.extend(check::invariants(&world));
+        if failures.is_empty() {
+            failures.extend(check::reconnect_cost(&mut world));
+        }
     }
     RunReport {
         seed,

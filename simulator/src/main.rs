@@ -185,6 +185,15 @@ fn main() -> ExitCode {
                 }
             };
             let started = Instant::now();
+            let bar = if cli.json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                indicatif::ProgressBar::hidden()
+            } else {
+                indicatif::ProgressBar::new(seeds)
+            };
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} seeds {msg} eta {eta}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
             let mut coverage = Coverage::default();
             let mut failed = Vec::new();
             let mut events = 0;
@@ -192,10 +201,14 @@ fn main() -> ExitCode {
                 let r = if bug == Plant::None { run_seed(seed) } else { simulator::run_planted(seed, bug) };
                 coverage.add(&r.coverage);
                 events += r.steps;
+                bar.inc(1);
                 if !r.passed() {
+                    bar.set_message(format!("{} failed", failed.len() + 1));
                     if !cli.json {
-                        println!("seed {seed} FAILED: {}", r.failures.join("; "));
-                        println!("  rerun: {}", r.rerun());
+                        bar.suspend(|| {
+                            println!("seed {seed} FAILED: {}", r.failures.join("; "));
+                            println!("  rerun: {}", r.rerun());
+                        });
                         if failed.len() < shrink {
                             write_shrunk(&r, &out);
                         }

@@ -189,6 +189,9 @@ impl Scenario {
         } else {
             failures.extend(check::invariants(&world));
             failures.extend(self.expectations(&world));
+            if failures.is_empty() {
+                failures.extend(check::reconnect_cost(&mut world));
+            }
         }
         RunReport {
             seed: self.seed,

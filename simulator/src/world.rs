@@ -248,6 +248,11 @@ pub struct World {
     armed_duplicate: bool,
     /// What happened, as scenario steps (a failing run is shrunk from it).
     pub script: Vec<(u64, Action)>,
+    /// Bytes put on the wire, in all.
+    pub wire_bytes: u64,
+    /// Latest delivery time per (connection, towards the relay): a link is
+    /// FIFO like TCP; only the reorder fault breaks that on purpose.
+    link_tail: BTreeMap<(u64, bool), u64>,
 }
 
 fn temp_root() -> std::io::Result<tempfile::TempDir> {
@@ -314,6 +319,8 @@ impl World {
             armed_crash: None,
             armed_duplicate: false,
             script: Vec::new(),
+            wire_bytes: 0,
+            link_tail: BTreeMap::new(),
         };
         for d in 0..world.devices.len() {
             world.open_engine(d);
@@ -453,6 +460,24 @@ impl World {
             self.step(event);
         }
         true
+    }
+
+    /// After convergence: every device reconnects once more. Returns the
+    /// messages and bytes that took, and whether the world went quiet again.
+    /// Up-to-date devices should exchange only the handshake.
+    pub fn reconnect_all(&mut self, max_steps: u64) -> (u64, u64, bool) {
+        // Time passes: the write-behind sync states are committed.
+        let _ = self.relay.storage.flush();
+        let (messages, bytes) = (self.coverage.messages, self.wire_bytes);
+        for d in 0..self.devices.len() {
+            self.drop_connection_of(d);
+            if let Some(mut s) = self.devices[d].session.take() {
+                s.close(None);
+            }
+            self.at(self.now + 1 + d as u64, Event::Connect { device: d });
+        }
+        let quiet = self.run(self.steps + max_steps);
+        (self.coverage.messages - messages, self.wire_bytes - bytes, quiet)
     }
 
     fn step(&mut self, event: Event) {
@@ -768,8 +793,13 @@ impl World {
     /// Puts a frame on the wire, with the network's faults.
     fn send(&mut self, conn: u64, to_relay: bool, bytes: Vec<u8>) {
         self.coverage.messages += 1;
+        self.wire_bytes += bytes.len() as u64;
         let bytes = Arc::new(bytes);
         let mut delay = self.params.latency_ms + self.rng.random_range(0..=self.params.jitter_ms);
+        // In order on its link, as TCP delivers (jitter delays, never overtakes).
+        let tail = self.link_tail.get(&(conn, to_relay)).copied().unwrap_or(0);
+        delay = delay.max(tail.saturating_sub(self.now));
+        let mut reordered = false;
         if std::mem::take(&mut self.armed_duplicate) {
             self.coverage.duplicates_delivered += 1;
             self.at(self.now + delay + 1, Event::Deliver { conn, to_relay, bytes: bytes.clone() });
@@ -788,6 +818,7 @@ impl World {
             if self.rng.random_bool(self.params.reorder_rate) {
                 self.coverage.reordered += 1;
                 delay += self.rng.random_range(1..=500);
+                reordered = true;
             }
             if self.rng.random_bool(self.params.duplicate_rate) {
                 self.log(Action::DuplicateNext);
@@ -795,6 +826,9 @@ impl World {
                 let later = delay + self.rng.random_range(0..=200);
                 self.at(self.now + later, Event::Deliver { conn, to_relay, bytes: bytes.clone() });
             }
+        }
+        if !reordered {
+            self.link_tail.insert((conn, to_relay), self.now + delay);
         }
         self.at(self.now + delay, Event::Deliver { conn, to_relay, bytes });
     }
@@ -1089,6 +1123,10 @@ impl World {
 
     pub fn users(&self) -> usize {
         self.params.users
+    }
+
+    pub fn device_count(&self) -> usize {
+        self.devices.len()
     }
 
     pub fn now(&self) -> u64 {
