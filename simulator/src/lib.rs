@@ -11,6 +11,7 @@ pub mod check;
 pub mod params;
 pub mod scenario;
 pub mod shrink;
+pub mod svg;
 pub mod trace;
 pub mod world;
 
@@ -65,6 +66,19 @@ pub fn run_seed(seed: u64) -> RunReport {
 /// [`run_seed`], keeping the last `tail` trace lines in the report.
 pub fn run_seed_with(seed: u64, tail: usize) -> RunReport {
     run_params(params::Params::draw(seed), tail)
+}
+
+/// Runs a seed and draws it: the report and an SVG timeline.
+pub fn run_seed_svg(seed: u64) -> (RunReport, String) {
+    let params = params::Params::draw(seed);
+    let mut world = match world::World::random(params.clone()) {
+        Ok(w) => w,
+        Err(e) => return (run_params(params, 0), format!("<!-- could not set up the run: {e} -->")),
+    };
+    world.record_timeline();
+    let _ = world.run(MAX_STEPS);
+    let picture = world.timeline.as_ref().map(|t| t.render(&params.summary())).unwrap_or_default();
+    (run_params(params, 40), picture)
 }
 
 /// Runs a seed with a bug planted (in the relay's storage or the engines).

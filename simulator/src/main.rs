@@ -60,6 +60,9 @@ enum Command {
         /// Print every traced event, not only the last ones of a failure.
         #[arg(long)]
         trace: bool,
+        /// Write an SVG timeline of the run to this file.
+        #[arg(long)]
+        svg: Option<std::path::PathBuf>,
     },
 }
 
@@ -165,7 +168,14 @@ fn main() -> ExitCode {
             write_shrunk(&r, &out);
             ExitCode::FAILURE
         }
-        Command::Replay { seed, trace } => {
+        Command::Replay { seed, trace, svg } => {
+            if let Some(path) = &svg {
+                let (_, picture) = simulator::run_seed_svg(seed);
+                match std::fs::write(path, picture) {
+                    Ok(()) => eprintln!("timeline written to {}", path.display()),
+                    Err(e) => eprintln!("cannot write {}: {e}", path.display()),
+                }
+            }
             let r = simulator::run_seed_with(seed, if trace { usize::MAX } else { 40 });
             print_report(&r, cli.json);
             if trace && r.passed() && !cli.json {

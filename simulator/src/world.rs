@@ -253,6 +253,8 @@ pub struct World {
     /// Latest delivery time per (connection, towards the relay): a link is
     /// FIFO like TCP; only the reorder fault breaks that on purpose.
     link_tail: BTreeMap<(u64, bool), u64>,
+    /// The picture of the run, when asked for (`replay --svg`).
+    pub timeline: Option<crate::svg::Timeline>,
 }
 
 fn temp_root() -> std::io::Result<tempfile::TempDir> {
@@ -321,6 +323,7 @@ impl World {
             script: Vec::new(),
             wire_bytes: 0,
             link_tail: BTreeMap::new(),
+            timeline: None,
         };
         for d in 0..world.devices.len() {
             world.open_engine(d);
@@ -646,6 +649,16 @@ impl World {
     }
 
     fn log(&mut self, action: Action) {
+        if let Some(t) = self.timeline.as_mut() {
+            let lane = action_device(&action)
+                .and_then(|name| self.devices.iter().position(|d| d.name == name))
+                .map(|d| d + 1)
+                .unwrap_or(0);
+            let label = serde_json::to_string(&action).unwrap_or_default();
+            if !matches!(action, Action::Review { .. } | Action::StartSession { .. } | Action::EndSession { .. }) {
+                t.marks.push((lane, self.now, label));
+            }
+        }
         if !self.healing {
             self.script.push((self.now, action));
         }
@@ -829,6 +842,13 @@ impl World {
         }
         if !reordered {
             self.link_tail.insert((conn, to_relay), self.now + delay);
+        }
+        if self.timeline.is_some() {
+            let device = self.relay.conns.get(&conn).map(|(d, _)| *d + 1);
+            if let (Some(t), Some(lane)) = (self.timeline.as_mut(), device) {
+                let (from, to) = if to_relay { (lane, 0) } else { (0, lane) };
+                t.messages.push((from, to, self.now, self.now + delay));
+            }
         }
         self.at(self.now + delay, Event::Deliver { conn, to_relay, bytes });
     }
@@ -1044,6 +1064,9 @@ impl World {
     /// running and freshly connected.
     fn heal(&mut self) {
         self.healing = true;
+        if let Some(t) = self.timeline.as_mut() {
+            t.heal_at = Some(self.now);
+        }
         let _ = self.relay.storage.set_fail_writes(false);
         self.trace.note(self.now, "heal: perfect network from here".into());
         for d in 0..self.devices.len() {
@@ -1123,6 +1146,13 @@ impl World {
 
     pub fn users(&self) -> usize {
         self.params.users
+    }
+
+    /// Starts recording the run's picture.
+    pub fn record_timeline(&mut self) {
+        let mut lanes = vec!["relay".to_owned()];
+        lanes.extend(self.devices.iter().map(|d| d.name.clone()));
+        self.timeline = Some(crate::svg::Timeline { lanes, ..Default::default() });
     }
 
     pub fn device_count(&self) -> usize {

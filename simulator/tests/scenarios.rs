@@ -40,3 +40,14 @@ fn a_scenario_round_trips_through_toml() {
     assert_eq!(again.step.len(), s.step.len());
     assert_eq!(again.run().trace_hash, s.run().trace_hash, "the same timeline, the same run");
 }
+
+#[test]
+fn a_run_draws_as_an_svg_timeline() {
+    let (report, svg) = simulator::run_seed_svg(7);
+    assert!(report.passed());
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    for lane in ["relay", "u0-d0", "u1-d2"] {
+        assert!(svg.contains(&format!(">{lane}</text>")), "lane {lane} missing");
+    }
+    assert!(svg.contains("<line") && svg.contains("converged at"), "messages and convergence points are drawn");
+}
