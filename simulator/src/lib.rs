@@ -8,6 +8,7 @@
 //! run, event for event (`RunReport::trace_hash`).
 
 pub mod check;
+pub mod live;
 pub mod params;
 pub mod scenario;
 pub mod shrink;

@@ -44,6 +44,15 @@ enum Command {
         #[arg(long)]
         trace: bool,
     },
+    /// Replay scenario files live: the relay as a process, real engines
+    /// with their WebSocket drivers, a TCP fault proxy per device, real time.
+    Live {
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+        /// The relay binary (default: `relay`, else `sim-relay`, beside this one).
+        #[arg(long)]
+        relay: Option<std::path::PathBuf>,
+    },
     /// Shrink a failing seed to a small scenario file.
     Shrink {
         #[arg(long)]
@@ -148,6 +157,50 @@ fn main() -> ExitCode {
                     }
                 }
                 failed += usize::from(!r.passed());
+            }
+            if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+        }
+        Command::Live { files, relay } => {
+            let relay = relay.or_else(|| {
+                let dir = std::env::current_exe().ok()?.parent()?.to_path_buf();
+                ["relay", "sim-relay"].iter().map(|n| dir.join(n)).find(|p| p.exists())
+            });
+            let Some(relay) = relay else {
+                eprintln!("no relay binary found: build it (cargo build --release -p relay) or pass --relay PATH");
+                return ExitCode::FAILURE;
+            };
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("cannot start tokio: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let mut failed = 0;
+            for file in &files {
+                let scenario = match simulator::scenario::Scenario::load(file) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        failed += 1;
+                        continue;
+                    }
+                };
+                let r = runtime.block_on(simulator::live::run(&scenario, &relay));
+                println!(
+                    "{} {} live against {} in {:.1} s",
+                    if r.failures.is_empty() { "PASSED" } else { "FAILED" },
+                    file.display(),
+                    relay.display(),
+                    r.seconds
+                );
+                for f in &r.failures {
+                    println!("  - {f}");
+                }
+                for s in &r.skipped {
+                    println!("  skipped {s}");
+                }
+                failed += usize::from(!r.failures.is_empty());
             }
             if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
