@@ -30,6 +30,11 @@ pub struct Params {
     pub wipes: usize,
     /// Windows in which one device's disk is full.
     pub disk_full_windows: usize,
+    /// Windows in which a link is clogged (one way or both): frames wait
+    /// until the window ends, in order, as a stalled TCP connection does.
+    pub clogs: usize,
+    /// Random splits: a random group of devices loses the relay together.
+    pub splits: usize,
     /// Relay crashes (losing its write-behind state), windows of failing
     /// storage writes, and a restore from an earlier backup.
     pub relay_crashes: usize,
@@ -66,6 +71,8 @@ impl Params {
             device_crashes: if on(&mut r) { r.random_range(1..=2) } else { 0 },
             wipes: if r.random_bool(0.25) { 1 } else { 0 },
             disk_full_windows: if r.random_bool(0.3) { r.random_range(1..=2) } else { 0 },
+            clogs: if r.random_bool(0.4) { r.random_range(1..=3) } else { 0 },
+            splits: if r.random_bool(0.25) { 1 } else { 0 },
             relay_crashes: if on(&mut r) { r.random_range(1..=2) } else { 0 },
             storage_failures: if r.random_bool(0.3) { 1 } else { 0 },
             restore_from_backup: r.random_bool(0.2),
@@ -79,7 +86,7 @@ impl Params {
     pub fn summary(&self) -> String {
         format!(
             "seed {}: {} user(s) x {} devices, {} ops over {} s; latency {}+{} ms; cut {:.1} %, dup {:.1} %, reorder {:.1} %; \
-             {} partition(s), {} device crash(es), {} wipe(s), {} full disk(s), {} relay crash(es), {} storage failure window(s), restore: {}, clock skew {} h",
+             {} partition(s), {} split(s), {} clogged link(s), {} device crash(es), {} wipe(s), {} full disk(s), {} relay crash(es), {} storage failure window(s), restore: {}, clock skew {} h",
             self.seed,
             self.users,
             self.devices_per_user,
@@ -91,6 +98,8 @@ impl Params {
             self.duplicate_rate * 100.0,
             self.reorder_rate * 100.0,
             self.partitions,
+            self.splits,
+            self.clogs,
             self.device_crashes,
             self.wipes,
             self.disk_full_windows,

@@ -159,6 +159,8 @@ impl Scenario {
         p.reorder_rate = 0.0;
         p.relay_crashes = 0;
         p.clock_skew_hours = 0;
+        p.clogs = 0;
+        p.splits = 0;
         p
     }
 

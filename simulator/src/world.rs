@@ -95,6 +95,16 @@ pub enum Action {
     Cut {
         device: String,
     },
+    /// The device's link is clogged for `ms`: towards the relay (`up`),
+    /// towards the device (`down`), or both; frames wait, in order.
+    Clog {
+        device: String,
+        ms: u64,
+        #[serde(default = "yes")]
+        up: bool,
+        #[serde(default = "yes")]
+        down: bool,
+    },
     /// The device's disk is full (its writes fail) / has room again.
     DiskFull {
         device: String,
@@ -102,6 +112,10 @@ pub enum Action {
     DiskOk {
         device: String,
     },
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Where an armed relay crash strikes.
@@ -117,6 +131,7 @@ enum Event {
     Op { device: usize },
     Script(Action),
     Disk { device: usize, full: bool },
+    Split { devices: Vec<usize>, on: bool },
     Deliver { conn: u64, to_relay: bool, bytes: Arc<Vec<u8>> },
     Connect { device: usize },
     Offline { device: usize },
@@ -172,6 +187,9 @@ pub struct Coverage {
     /// or after acknowledging and before forwarding it to other devices.
     pub crash_after_store_before_ack: u64,
     pub crash_after_ack_before_forward: u64,
+    /// Frames held back by a clogged link, and random splits.
+    pub clogged_frames: u64,
+    pub splits: u64,
     /// Device writes that failed (a full disk): the app was told so.
     pub device_writes_failed: u64,
     pub restores: u64,
@@ -192,6 +210,8 @@ impl Coverage {
         self.storage_failures_hit += o.storage_failures_hit;
         self.crash_after_store_before_ack += o.crash_after_store_before_ack;
         self.crash_after_ack_before_forward += o.crash_after_ack_before_forward;
+        self.clogged_frames += o.clogged_frames;
+        self.splits += o.splits;
         self.device_writes_failed += o.device_writes_failed;
         self.restores += o.restores;
         self.partitions += o.partitions;
@@ -212,6 +232,8 @@ impl Coverage {
             ("storage_failures_hit", self.storage_failures_hit),
             ("crash_after_store_before_ack", self.crash_after_store_before_ack),
             ("crash_after_ack_before_forward", self.crash_after_ack_before_forward),
+            ("clogged_frames", self.clogged_frames),
+            ("splits", self.splits),
             ("device_writes_failed", self.device_writes_failed),
             ("restores", self.restores),
             ("partitions", self.partitions),
@@ -255,6 +277,8 @@ pub struct World {
     link_tail: BTreeMap<(u64, bool), u64>,
     /// The picture of the run, when asked for (`replay --svg`).
     pub timeline: Option<crate::svg::Timeline>,
+    /// Clogged links: (device, towards the relay) → until when.
+    clogged: BTreeMap<(usize, bool), u64>,
 }
 
 fn temp_root() -> std::io::Result<tempfile::TempDir> {
@@ -324,6 +348,7 @@ impl World {
             wire_bytes: 0,
             link_tail: BTreeMap::new(),
             timeline: None,
+            clogged: BTreeMap::new(),
         };
         for d in 0..world.devices.len() {
             world.open_engine(d);
@@ -392,6 +417,27 @@ impl World {
             self.at(t, Event::DeviceCrash { device: d });
             let back = self.rng.random_range(100..3_000);
             self.at(t + back, Event::DeviceRestart { device: d });
+        }
+        for _ in 0..self.params.clogs {
+            let (t, d) = (self.rng.random_range(0..span), self.random_device());
+            let ms = self.rng.random_range(200..5_000);
+            let (up, down) = match self.rng.random_range(0..3) {
+                0 => (true, false),
+                1 => (false, true),
+                _ => (true, true),
+            };
+            let device = self.name(d);
+            self.at(t, Event::Script(Action::Clog { device, ms, up, down }));
+        }
+        for _ in 0..self.params.splits {
+            // A random group of devices (at least one, not necessarily all)
+            // loses the relay together, then comes back together.
+            let t = self.rng.random_range(0..span);
+            let len = self.rng.random_range(500..span.max(501));
+            let group: Vec<usize> = (0..self.devices.len()).filter(|_| self.rng.random_bool(0.5)).collect();
+            let group = if group.is_empty() { vec![self.random_device()] } else { group };
+            self.at(t, Event::Split { devices: group.clone(), on: true });
+            self.at((t + len).min(span), Event::Split { devices: group, on: false });
         }
         for _ in 0..self.params.disk_full_windows {
             let (t, d) = (self.rng.random_range(0..span), self.random_device());
@@ -488,6 +534,14 @@ impl World {
             Event::Op { device } => self.op(device),
             Event::Script(action) => self.script(action),
             Event::Disk { device, full } => self.disk(device, full),
+            Event::Split { devices, on } => {
+                if on {
+                    self.coverage.splits += 1;
+                }
+                for device in devices {
+                    self.step(if on { Event::Offline { device } } else { Event::Online { device } });
+                }
+            }
             Event::Deliver { conn, to_relay, bytes } => {
                 if to_relay {
                     self.relay_receive(conn, &bytes);
@@ -613,6 +667,18 @@ impl World {
             Action::DiskFull { device } => {
                 if let Some(d) = dev(self, &device) {
                     self.disk(d, true);
+                }
+            }
+            Action::Clog { device, ms, up, down } => {
+                if let Some(d) = dev(self, &device) {
+                    self.log(Action::Clog { device: device.clone(), ms, up, down });
+                    self.trace.note(self.now, format!("{device}'s link clogged for {ms} ms (up {up}, down {down})"));
+                    let until = self.now + ms;
+                    for (dir, on) in [(true, up), (false, down)] {
+                        if on {
+                            self.clogged.insert((d, dir), until);
+                        }
+                    }
                 }
             }
             Action::DiskOk { device } => {
@@ -812,6 +878,14 @@ impl World {
         // In order on its link, as TCP delivers (jitter delays, never overtakes).
         let tail = self.link_tail.get(&(conn, to_relay)).copied().unwrap_or(0);
         delay = delay.max(tail.saturating_sub(self.now));
+        if !self.healing
+            && let Some(&(d, _)) = self.relay.conns.get(&conn)
+            && let Some(&until) = self.clogged.get(&(d, to_relay))
+            && until > self.now + delay
+        {
+            self.coverage.clogged_frames += 1;
+            delay = until - self.now;
+        }
         let mut reordered = false;
         if std::mem::take(&mut self.armed_duplicate) {
             self.coverage.duplicates_delivered += 1;
@@ -1178,6 +1252,7 @@ fn action_device(action: &Action) -> Option<&str> {
         | Action::Wipe { device }
         | Action::Skew { device, .. }
         | Action::DiskFull { device }
+        | Action::Clog { device, .. }
         | Action::DiskOk { device } => Some(device),
         _ => None,
     }
