@@ -278,7 +278,8 @@ fn main() -> ExitCode {
                     }
                     failed.push(r);
                 }
-                if !cli.json && (seed - start + 1) % 50 == 0 {
+                // Off a terminal (CI logs), a line every 50 seeds instead of the bar.
+                if !cli.json && bar.is_hidden() && (seed - start + 1) % 50 == 0 {
                     eprintln!(
                         "{} / {seeds} seeds, {} failed, {:.1} s",
                         seed - start + 1,
@@ -287,6 +288,7 @@ fn main() -> ExitCode {
                     );
                 }
             }
+            bar.finish_and_clear();
             let zeros = coverage.zeros();
             if cli.json {
                 let out = serde_json::json!({
