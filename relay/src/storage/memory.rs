@@ -220,14 +220,10 @@ impl DocStorage for MemStorage {
 
     fn load_sync_state(&self, user: &str, device: &str, doc: &DocumentId) -> Result<Option<Vec<u8>>> {
         self.with(|s| {
+            // Reads see what is committed, as SQLite's reader connection does:
+            // a write-behind save is invisible until the writer commits it.
             let key = (user.to_owned(), device.to_owned(), doc.to_string());
-            // What is pending is visible to reads, as in SQLite's writer queue
-            // once committed; the latest pending save wins.
-            let pending = s.pending.iter().rev().find_map(|p| match p {
-                Pending::Save { key: k, state, .. } if *k == key => Some(state.clone()),
-                _ => None,
-            });
-            pending.or_else(|| s.durable.sync_states.get(&key).map(|(state, _)| state.clone()))
+            s.durable.sync_states.get(&key).map(|(state, _)| state.clone())
         })
     }
 
