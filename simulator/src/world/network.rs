@@ -8,6 +8,10 @@ impl World {
         if !dev.online || dev.engine.is_none() || dev.conn.is_some() {
             return;
         }
+        // A reconnect takes longer than a group commit (backoff, handshake):
+        // the sync states the relay queued for writing are committed before
+        // this connection reads them, as SQLite's writer has them by then.
+        let _ = self.relay.storage.flush();
         let user: Arc<str> = Arc::from(format!("user{}", dev.user).as_str());
         let registration = match self.relay.hub.register(&user) {
             Ok(r) => r,
