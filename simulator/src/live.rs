@@ -89,41 +89,35 @@ async fn pump(
     generation: Arc<AtomicU64>,
 ) {
     let born = generation.load(Ordering::SeqCst);
-    let (mut cr, mut cw) = client.into_split();
-    let (mut sr, mut sw) = server.into_split();
-    let alive = move || online.load(Ordering::SeqCst) && generation.load(Ordering::SeqCst) == born;
-    let alive2 = alive.clone();
-    let up = async move {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = match tokio::time::timeout(Duration::from_millis(50), cr.read(&mut buf)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => return,
-                Ok(Ok(n)) => n,
-                Err(_) if alive() => continue,
-                Err(_) => return,
-            };
-            tokio::time::sleep(latency).await;
-            if !alive() || sw.write_all(&buf[..n]).await.is_err() {
-                return;
-            }
-        }
-    };
-    let down = async move {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = match tokio::time::timeout(Duration::from_millis(50), sr.read(&mut buf)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => return,
-                Ok(Ok(n)) => n,
-                Err(_) if alive2() => continue,
-                Err(_) => return,
-            };
-            tokio::time::sleep(latency).await;
-            if !alive2() || cw.write_all(&buf[..n]).await.is_err() {
-                return;
-            }
-        }
-    };
+    let (cr, cw) = client.into_split();
+    let (sr, sw) = server.into_split();
+    let alive = Arc::new(move || online.load(Ordering::SeqCst) && generation.load(Ordering::SeqCst) == born);
+    let up = copy(cr, sw, latency, alive.clone());
+    let down = copy(sr, cw, latency, alive);
     tokio::select! { _ = up => {}, _ = down => {} }
+}
+
+/// One direction of a proxied connection: read, wait `latency`, write,
+/// while `alive` says the connection is neither cut nor offline.
+async fn copy(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    latency: Duration,
+    alive: Arc<impl Fn() -> bool>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match tokio::time::timeout(Duration::from_millis(50), from.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(n)) => n,
+            Err(_) if alive() => continue,
+            Err(_) => return,
+        };
+        tokio::time::sleep(latency).await;
+        if !alive() || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// The relay as a separate process.

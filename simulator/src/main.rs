@@ -119,19 +119,20 @@ fn write_shrunk(r: &RunReport, out: &std::path::Path) {
     }
 }
 
+/// A scenario file, or `None` after saying why not.
+fn load(file: &std::path::Path) -> Option<simulator::scenario::Scenario> {
+    simulator::scenario::Scenario::load(file).map_err(|e| eprintln!("{e}")).ok()
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { files, trace } => {
             let mut failed = 0;
             for file in &files {
-                let scenario = match simulator::scenario::Scenario::load(file) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        eprintln!("{e}");
-                        failed += 1;
-                        continue;
-                    }
+                let Some(scenario) = load(file) else {
+                    failed += 1;
+                    continue;
                 };
                 let r = scenario.run();
                 if cli.json {
@@ -178,13 +179,9 @@ fn main() -> ExitCode {
             };
             let mut failed = 0;
             for file in &files {
-                let scenario = match simulator::scenario::Scenario::load(file) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        eprintln!("{e}");
-                        failed += 1;
-                        continue;
-                    }
+                let Some(scenario) = load(file) else {
+                    failed += 1;
+                    continue;
                 };
                 let r = runtime.block_on(simulator::live::run(&scenario, &relay));
                 println!(
