@@ -220,17 +220,26 @@ impl Engine {
 
     /// The item's FSRS state, or `None` if it was never reviewed.
     pub fn memory_state(&self, item_id: &str) -> Result<Option<MemoryState>> {
-        self.replica(|r| Ok(store::memory_state(r.store.conn(), item_id)?.map(|m| m.state)))
+        self.replica(|r| {
+            r.settle()?;
+            Ok(store::memory_state(r.store.conn(), item_id)?.map(|m| m.state))
+        })
     }
 
     /// Items due at `now`, most overdue first.
     pub fn due_items(&self, now: TimestampMs, limit: u32) -> Result<Vec<MemoryState>> {
-        self.replica(|r| store::due_items(r.store.conn(), now, limit))
+        self.replica(|r| {
+            r.settle()?;
+            store::due_items(r.store.conn(), now, limit)
+        })
     }
 
     /// Every item's memory state, ordered by item id.
     pub fn memory_states(&self) -> Result<Vec<MemoryState>> {
-        self.replica(|r| store::all_memory_states(r.store.conn()))
+        self.replica(|r| {
+            r.settle()?;
+            store::all_memory_states(r.store.conn())
+        })
     }
 
     /// Sessions started in `[from, to)`.
@@ -303,15 +312,18 @@ impl Engine {
     pub fn import_documents(&self, docs: &[(String, Vec<u8>)]) -> Result<()> {
         let mut changed = Vec::new();
         self.replica(|r| {
-            for (id, bytes) in docs {
-                let id: DocumentId =
-                    id.parse().map_err(|e| EngineError::InvalidInput(format!("document id `{id}`: {e}")))?;
-                let (_, did_change) = r.remote_change(&id, true, |doc| doc.load_incremental(bytes))?;
-                if did_change {
-                    changed.push(id);
+            r.batch(|r| {
+                for (id, bytes) in docs {
+                    let id: DocumentId =
+                        id.parse().map_err(|e| EngineError::InvalidInput(format!("document id `{id}`: {e}")))?;
+                    let (_, did_change) =
+                        r.remote_change(&id, true, Some(bytes.clone()), |doc| doc.load_incremental(bytes))?;
+                    if did_change {
+                        changed.push(id);
+                    }
                 }
-            }
-            Ok(())
+                r.settle()
+            })
         })?;
         for id in changed {
             self.shared.local_change(id);

@@ -6,9 +6,13 @@
 //! reviews computes the same state, whatever order they arrived in.
 //!
 //! Kept incrementally: a review that sorts after the item's last applied
-//! review is one FSRS step from the stored state; one that sorts before it
-//! (it arrived late from another device) replays that item's reviews only.
-//! Opening the engine never replays anything.
+//! review is one FSRS step from the stored state. One that sorts before it
+//! (it arrived late from another device, or a bootstrap received an older
+//! month after a newer one) marks the item stale (`stale_items`, in the same
+//! transaction as the review), and the item's reviews are replayed once,
+//! before its state is next read ([`Scheduler::settle`]): a bootstrap that
+//! receives 61 months in any order replays each item once, not once per
+//! month. Opening the engine never replays anything.
 
 use crate::error::{EngineError, Result};
 use crate::model::{MemoryState, Rating, Review};
@@ -80,11 +84,13 @@ impl Scheduler {
 
     /// Updates memory states for reviews just inserted into `reviews`.
     /// Per item: new reviews that all sort after the last applied one are
-    /// stepped in order; otherwise the item is replayed once, however many
-    /// of its reviews arrived late. Returns the items touched, sorted.
-    pub fn apply_batch(&self, conn: &Connection, mut reviews: Vec<&Review>) -> Result<Vec<String>> {
+    /// stepped in order; otherwise the item is marked stale, to be replayed
+    /// once by [`Scheduler::settle`], however many of its reviews arrived
+    /// late. Returns the items touched, sorted, and whether any is stale.
+    pub fn apply_batch(&self, conn: &Connection, mut reviews: Vec<&Review>) -> Result<(Vec<String>, bool)> {
         reviews.sort_by(|a, b| (&a.item_id, a.reviewed_at, &a.id).cmp(&(&b.item_id, b.reviewed_at, &b.id)));
         let mut items = Vec::new();
+        let mut any_stale = false;
         for group in reviews.chunk_by(|a, b| a.item_id == b.item_id) {
             let item = &group[0].item_id;
             let mut prev = store::memory_state(conn, item)?;
@@ -92,8 +98,10 @@ impl Scheduler {
             let late = prev.as_ref().is_some_and(|p| {
                 (first.reviewed_at, first.id.as_str()) < (p.state.last_reviewed_at, p.last_review_id.as_str())
             });
-            if late {
-                self.recompute_item(conn, item)?;
+            // A stale item's stored state is not a base to step from.
+            if late || (prev.is_some() && store::is_stale(conn, item)?) {
+                store::mark_stale(conn, item)?;
+                any_stale = true;
             } else {
                 for r in group {
                     prev = Some(self.step(prev.as_ref(), r)?);
@@ -104,6 +112,17 @@ impl Scheduler {
             }
             items.push(item.clone());
         }
-        Ok(items)
+        Ok((items, any_stale))
+    }
+
+    /// Replays every stale item and clears the marks; run inside one
+    /// transaction, so a crash leaves the marks (and replays again later).
+    pub fn settle(&self, conn: &Connection) -> Result<usize> {
+        let items = store::stale_items(conn)?;
+        for item in &items {
+            self.recompute_item(conn, item)?;
+        }
+        store::clear_stale(conn)?;
+        Ok(items.len())
     }
 }

@@ -52,6 +52,10 @@ pub struct Replica {
     ids: Box<dyn IdSource>,
     /// A bug the simulator planted (never set in an app: see `Engine::plant`).
     pub(crate) planted: Option<crate::ids::PlantedBug>,
+    /// Some item may be marked stale (`stale_items`): memory states must be
+    /// settled before they are read. Only a hint (a rolled-back transaction
+    /// may leave it set with nothing marked), never wrongly clear.
+    maybe_stale: bool,
 }
 
 impl Replica {
@@ -67,7 +71,9 @@ impl Replica {
             Ok(id)
         })?;
         let actor = ActorId::from(ids.next_id().as_slice());
+        let maybe_stale = !store::stale_items(store.conn())?.is_empty();
         Ok(Replica {
+            maybe_stale,
             planted: None,
             storage_id,
             ids,
@@ -152,7 +158,7 @@ impl Replica {
         if let Err(source) = result {
             return Err(EngineError::Document { doc: id.to_string(), source: Box::new(source) });
         }
-        if let Err(e) = self.persist(&id, partition, &before, Some(written), true) {
+        if let Err(e) = self.persist(&id, partition, &before, Some(written), true, None) {
             // The app is told this write failed, so it must not survive in
             // memory: it would sync to other devices, and later chunks would
             // depend on a change that is not on disk. Reload from disk.
@@ -167,11 +173,15 @@ impl Replica {
     /// Runs `apply` (typically receiving a sync message) on the document,
     /// then persists and materializes whatever it added. `dirty` says the
     /// relay may not have what was added (an import), so it must be offered.
+    /// `received` is the bytes `apply` loads, when it loads bytes: into an
+    /// empty document they are stored as they are, which spares saving the
+    /// whole document again (the bulk of a bootstrap's cost otherwise).
     /// Returns `apply`'s result and whether the document changed.
     pub fn remote_change<T>(
         &mut self,
         id: &DocumentId,
         dirty: bool,
+        received: Option<Vec<u8>>,
         apply: impl FnOnce(&mut Automerge) -> Result<T, automerge::AutomergeError>,
     ) -> Result<(T, bool)> {
         let partition = store::doc_partition(self.store.conn(), id)?;
@@ -188,7 +198,10 @@ impl Replica {
         let changed = doc.get_heads() != before;
         if changed {
             let partition = partition.unwrap_or_else(|| UNKNOWN_PARTITION.to_owned());
-            if let Err(e) = self.persist(id, &partition, &before, None, dirty) {
+            // Loaded into an empty document, the received bytes reload to
+            // exactly this document (a partial load is ignored alike).
+            let chunk = received.filter(|_| before.is_empty());
+            if let Err(e) = self.persist(id, &partition, &before, None, dirty, chunk) {
                 // Nothing of it is on disk: forget it in memory too, so the
                 // sync state and the document agree (the peer sends it again).
                 self.evict(id);
@@ -208,12 +221,13 @@ impl Replica {
         before: &[ChangeHash],
         written: Option<progress_doc::Touched>,
         dirty: bool,
+        chunk: Option<Vec<u8>>,
     ) -> Result<()> {
         let local = written.is_some();
         let entry = self.cache.get_mut(id).ok_or(EngineError::Poisoned)?;
         let doc = &entry.doc;
         let heads = doc.get_heads();
-        let chunk = doc.save_after(before);
+        let chunk = chunk.unwrap_or_else(|| doc.save_after(before));
         let (reviews, sessions) = if written.is_none() && before.is_empty() {
             progress_doc::read_all(doc)
         } else {
@@ -236,13 +250,12 @@ impl Replica {
         };
         let scheduler = &self.scheduler;
         let mut changed_items = Vec::new();
+        let mut marked_stale = false;
         let chunks = self.store.transaction(|conn| {
             let n = store::append_chunk(conn, id, &partition, &chunk, &heads, dirty)?;
             if partition != UNKNOWN_PARTITION {
-                conn.execute(
-                    "UPDATE documents SET partition = ?2 WHERE doc_id = ?1 AND partition = ?3",
-                    rusqlite::params![id.to_string(), partition, UNKNOWN_PARTITION],
-                )?;
+                conn.prepare_cached("UPDATE documents SET partition = ?2 WHERE doc_id = ?1 AND partition = ?3")?
+                    .execute(rusqlite::params![id.to_string(), partition, UNKNOWN_PARTITION])?;
             }
             let mut inserted = Vec::new();
             for r in &reviews {
@@ -250,12 +263,15 @@ impl Replica {
                     inserted.push(r);
                 }
             }
-            changed_items = scheduler.apply_batch(conn, inserted)?;
+            let (items, stale) = scheduler.apply_batch(conn, inserted)?;
+            changed_items = items;
+            marked_stale = stale;
             for s in &sessions {
                 store::upsert_session(conn, s)?;
             }
             Ok(n)
         })?;
+        self.maybe_stale |= marked_stale;
         // The write is committed: a failed compaction (disk full) must not
         // turn it into an error the app would take as "not recorded".
         if chunks >= COMPACT_AFTER_CHUNKS
@@ -277,6 +293,37 @@ impl Replica {
         Ok(())
     }
 
+    /// Runs `f` with all its writes in one transaction (see [`Store::batch`]).
+    /// If the batch fails, nothing of it is on disk: every document in
+    /// memory is forgotten (reloaded from disk when next used), as a failed
+    /// single write forgets its own.
+    pub fn batch<T>(&mut self, f: impl FnOnce(&mut Replica) -> Result<T>) -> Result<T> {
+        self.store.begin_batch()?;
+        let out = f(self);
+        let ended = self.store.end_batch(out.is_ok());
+        let out = ended.and(out);
+        if out.is_err() {
+            self.cache.clear();
+            self.maybe_stale = true;
+        }
+        out
+    }
+
+    /// Replays the memory states of items marked stale, so that reads see
+    /// every review. Cheap when nothing is marked; the queries call it first.
+    pub fn settle(&mut self) -> Result<()> {
+        if !self.maybe_stale {
+            return Ok(());
+        }
+        let scheduler = &self.scheduler;
+        let replayed = self.store.transaction(|conn| scheduler.settle(conn))?;
+        if replayed > 0 {
+            tracing::debug!(items = replayed, "memory states replayed");
+        }
+        self.maybe_stale = false;
+        Ok(())
+    }
+
     /// Replaces a document's chunks with one snapshot.
     pub fn compact(&mut self, id: &DocumentId) -> Result<()> {
         let snapshot = match self.cache.get(id) {
@@ -294,5 +341,100 @@ impl Replica {
     /// Every document this replica has, oldest partition first.
     pub fn doc_ids(&self) -> Result<Vec<DocumentId>> {
         Ok(store::doc_ids(self.store.conn())?.into_iter().map(|(id, _)| id).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Rating, Review};
+
+    fn review(id: &str, at: i64, rating: Rating) -> Review {
+        Review {
+            id: id.into(),
+            item_id: "item".into(),
+            rating,
+            reviewed_at: at,
+            duration_ms: 1000,
+            device_id: "other".into(),
+            session_id: None,
+        }
+    }
+
+    /// A month's document holding `reviews`, as another device saved it.
+    fn month(reviews: &[Review]) -> Vec<u8> {
+        let mut doc = Automerge::new();
+        for r in reviews {
+            let _ = doc.transact(|tx| progress_doc::put_review(tx, r));
+        }
+        doc.save()
+    }
+
+    fn receive(replica: &mut Replica, partition: &str, bytes: Vec<u8>) {
+        let id = progress_doc::doc_id("u", partition);
+        replica.remote_change(&id, false, Some(bytes.clone()), |doc| doc.load_incremental(&bytes)).unwrap();
+    }
+
+    fn open(path: &Path) -> Replica {
+        Replica::open(path, "u", Box::new(crate::ids::RandomIds)).unwrap()
+    }
+
+    fn state(replica: &mut Replica) -> Option<crate::model::MemoryState> {
+        replica.settle().unwrap();
+        store::memory_state(replica.store.conn(), "item").unwrap().map(|m| m.state)
+    }
+
+    const DAY: i64 = 86_400_000;
+    const T0: i64 = 1_790_000_000_000;
+
+    #[test]
+    fn a_month_arriving_late_is_replayed_before_any_read_even_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let older = month(&[review("a", T0, Rating::Again), review("b", T0 + DAY, Rating::Hard)]);
+        let newer = month(&[review("c", T0 + 40 * DAY, Rating::Good)]);
+
+        // In order: the reference.
+        let mut in_order = open(&dir.path().join("in-order.db"));
+        receive(&mut in_order, "2026-09", older.clone());
+        receive(&mut in_order, "2026-10", newer.clone());
+        let expected = state(&mut in_order);
+        assert_eq!(expected.as_ref().map(|s| s.review_count), Some(3));
+
+        // Newest month first, then the older one: the item is marked stale,
+        // and the process ends before anything reads it.
+        let path = dir.path().join("late.db");
+        {
+            let mut late = open(&path);
+            receive(&mut late, "2026-10", newer);
+            receive(&mut late, "2026-09", older);
+            assert_eq!(store::stale_items(late.store.conn()).unwrap(), vec!["item".to_string()]);
+        }
+        let mut reopened = open(&path);
+        assert_eq!(state(&mut reopened), expected, "the mark survived the restart and the replay ran");
+        assert!(store::stale_items(reopened.store.conn()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_batch_with_a_failed_write_keeps_none_of_its_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut replica = open(&dir.path().join("batch.db"));
+        let bytes = month(&[review("a", T0, Rating::Good)]);
+        let failed = replica.batch(|r| {
+            receive(r, "2026-09", bytes.clone());
+            // A later write in the same batch fails (a constraint, as a full
+            // disk would): the whole batch is rolled back.
+            let _ = r.store.transaction(|conn| {
+                conn.execute("INSERT INTO meta(key, value) VALUES ('k', NULL)", [])?;
+                Ok(())
+            });
+            Ok(())
+        });
+        assert!(failed.is_err());
+        assert_eq!(store::review_count(replica.store.conn()).unwrap(), 0);
+        assert!(replica.doc_ids().unwrap().is_empty());
+        // And the document in memory was forgotten with it: receiving it again stores it.
+        receive(&mut replica, "2026-09", bytes);
+        assert_eq!(store::review_count(replica.store.conn()).unwrap(), 1);
+        assert_eq!(replica.doc_ids().unwrap().len(), 1);
     }
 }

@@ -254,6 +254,11 @@ impl ConnCore {
         let mut state = self.sync_state(doc_id)?;
         let Some(doc) = guard.doc.as_mut() else { return Ok(Vec::new()) };
         let before = doc.get_heads();
+        // Loaded into an empty document, the message's bytes reload to
+        // exactly that document: store them as they are rather than save
+        // the whole document again (a first upload is mostly this).
+        let received: Option<Vec<u8>> = (before.is_empty() && !message.changes.is_empty())
+            .then(|| message.changes.iter().flatten().copied().collect());
         if let Err(e) = doc.receive_sync_message(&mut state, message) {
             // The in-memory copy may hold part of it; reload from storage next time.
             self.discard(&mut guard, &doc_id);
@@ -261,7 +266,7 @@ impl ConnCore {
         }
         let after = doc.get_heads();
         if after != before {
-            let chunk = doc.save_after(&before);
+            let chunk = received.unwrap_or_else(|| doc.save_after(&before));
             match self.hub.storage.append(&self.reg.user, &doc_id, &chunk, &encode_heads(&after)) {
                 Ok(chunks) => {
                     Metrics::inc(&self.hub.metrics.changes_stored);

@@ -71,6 +71,17 @@ const STEPS: &[M<'static>] = &[
     );
     "#,
     ),
+    // 2: items whose memory state must be replayed before it is read. A
+    // review that arrives late (it sorts before the item's last applied
+    // review) marks the item here instead of replaying it at once, so a
+    // bootstrap that receives months in any order replays each item once.
+    M::up(
+        r#"
+    CREATE TABLE stale_items (
+        item_id  TEXT PRIMARY KEY
+    ) WITHOUT ROWID;
+    "#,
+    ),
 ];
 
 /// Applied with `rusqlite_migration`: each step runs in a transaction with

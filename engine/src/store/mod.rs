@@ -12,7 +12,7 @@
 
 pub mod migrations;
 
-use crate::error::Result;
+use crate::error::{EngineError, Result};
 use crate::model::{MemoryState, Rating, Review, Session, SessionCounts, TimestampMs};
 use automerge::ChangeHash;
 use protocol::DocumentId;
@@ -33,6 +33,10 @@ pub struct StoredMemory {
 
 pub struct Store {
     conn: Connection,
+    /// Inside a batch ([`Store::begin_batch`]): transactions are part of it.
+    in_batch: bool,
+    /// A transaction inside the batch failed: the batch must not commit.
+    batch_failed: bool,
 }
 
 impl Store {
@@ -40,21 +44,74 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store> {
         let mut conn = open_connection(path)?;
         migrations::migrate(&mut conn)?;
-        Ok(Store { conn })
+        Ok(Store { conn, in_batch: false, batch_failed: false })
     }
 
-    /// Runs `f` in one transaction; commits only if it returns `Ok`.
+    /// Runs `f` in one transaction; commits only if it returns `Ok`. Inside
+    /// a batch it is a savepoint: undone alone on error, durable with the batch.
     pub fn transaction<T>(&mut self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        if self.in_batch {
+            // No savepoint (its journal costs more than the writes): a failed
+            // write fails the whole batch instead, at `end_batch`.
+            let out = f(&self.conn);
+            self.batch_failed |= out.is_err();
+            return out;
+        }
         let tx = self.conn.transaction()?;
         let out = f(&tx)?;
         tx.commit()?;
         Ok(out)
     }
 
+    /// Starts a batch: every [`Store::transaction`] until [`Store::end_batch`]
+    /// is part of one transaction, committed (and fsynced) once at the end.
+    /// Many small writes arriving together (the months of a bootstrap) then
+    /// cost one commit: with indexes keyed by random ids, each commit
+    /// rewrites most of their pages. The page cache grows for the batch, so
+    /// its dirty pages are not spilled and read back.
+    pub fn begin_batch(&mut self) -> Result<()> {
+        if !self.in_batch {
+            self.conn.pragma_update(None, "cache_size", -BATCH_CACHE_KIB)?;
+            self.conn.execute_batch("BEGIN IMMEDIATE")?;
+            self.in_batch = true;
+            self.batch_failed = false;
+        }
+        Ok(())
+    }
+
+    /// Ends the batch: commits it if `commit` and no write in it failed;
+    /// otherwise (or if the commit fails) rolls all of it back.
+    pub fn end_batch(&mut self, commit: bool) -> Result<()> {
+        if !self.in_batch {
+            return Ok(());
+        }
+        self.in_batch = false;
+        let committed = match (commit, self.batch_failed) {
+            (true, false) => self.conn.execute_batch("COMMIT").map_err(Into::into),
+            (true, true) => Err(EngineError::Storage(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                Some("a write in the batch failed; the batch was rolled back".into()),
+            ))),
+            (false, _) => Ok(()),
+        };
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        let _ = self.conn.pragma_update(None, "cache_size", -CACHE_KIB);
+        committed
+    }
+
     pub fn conn(&self) -> &Connection {
         &self.conn
     }
 }
+
+/// Page cache of a connection (SQLite's default is 2 MiB): a month of
+/// reviews arriving at once inserts into indexes keyed by random ids, and
+/// with the default most of those inserts read a page back from the file.
+const CACHE_KIB: i64 = 8 * 1024;
+/// Page cache during a batch of writes, given back when it ends.
+const BATCH_CACHE_KIB: i64 = 48 * 1024;
 
 /// Every device database connection: WAL, `synchronous=FULL` (a committed
 /// transaction survives power loss, which is the promise `record_review`
@@ -65,6 +122,12 @@ pub(crate) fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(
+        None,
+        "cache_size",
+        std::env::var("ENGINE_CACHE_KB").ok().and_then(|v| v.parse::<i64>().ok()).map(|k| -k).unwrap_or(-8192),
+    )?;
+    conn.set_prepared_statement_cache_capacity(32);
     Ok(conn)
 }
 
@@ -98,15 +161,16 @@ pub fn append_chunk(
     dirty: bool,
 ) -> Result<u64> {
     let id = doc.to_string();
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO documents(doc_id, partition, heads, dirty) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT(doc_id) DO UPDATE SET heads = excluded.heads, dirty = max(dirty, excluded.dirty)",
-        params![id, partition, encode_heads(heads), dirty as i64],
-    )?;
+    )?
+    .execute(params![id, partition, encode_heads(heads), dirty as i64])?;
     if !chunk.is_empty() {
-        conn.execute("INSERT INTO doc_changes(doc_id, data) VALUES (?1, ?2)", params![id, chunk])?;
+        conn.prepare_cached("INSERT INTO doc_changes(doc_id, data) VALUES (?1, ?2)")?.execute(params![id, chunk])?;
     }
-    let count: i64 = conn.query_row("SELECT count(*) FROM doc_changes WHERE doc_id = ?1", [&id], |r| r.get(0))?;
+    let count: i64 =
+        conn.prepare_cached("SELECT count(*) FROM doc_changes WHERE doc_id = ?1")?.query_row([&id], |r| r.get(0))?;
     Ok(count as u64)
 }
 
@@ -155,11 +219,11 @@ pub fn load_sync_state(conn: &Connection, doc: &DocumentId, peer: &str) -> Resul
 }
 
 pub fn save_sync_state(conn: &Connection, doc: &DocumentId, peer: &str, state: &[u8]) -> Result<()> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO sync_states(doc_id, peer, state) VALUES (?1, ?2, ?3)
          ON CONFLICT(doc_id, peer) DO UPDATE SET state = excluded.state",
-        params![doc.to_string(), peer, state],
-    )?;
+    )?
+    .execute(params![doc.to_string(), peer, state])?;
     Ok(())
 }
 
@@ -190,11 +254,12 @@ pub fn meta_set(conn: &Connection, key: &str, value: &str) -> Result<()> {
 
 /// Inserts a review; returns false if it was already known.
 pub fn insert_review(conn: &Connection, r: &Review) -> Result<bool> {
-    let n = conn.execute(
-        "INSERT OR IGNORE INTO reviews(id, item_id, rating, reviewed_at, duration_ms, device_id, session_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![r.id, r.item_id, r.rating as i64, r.reviewed_at, r.duration_ms, r.device_id, r.session_id],
-    )?;
+    let n = conn
+        .prepare_cached(
+            "INSERT OR IGNORE INTO reviews(id, item_id, rating, reviewed_at, duration_ms, device_id, session_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![r.id, r.item_id, r.rating as i64, r.reviewed_at, r.duration_ms, r.device_id, r.session_id])?;
     Ok(n == 1)
 }
 
@@ -232,24 +297,24 @@ pub fn review_count(conn: &Connection) -> Result<u64> {
 }
 
 pub fn upsert_session(conn: &Connection, s: &Session) -> Result<()> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO sessions(id, started_at, ended_at, device_id, mode, reviewed, correct, new_items, notes)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
          ON CONFLICT(id) DO UPDATE SET started_at = excluded.started_at, ended_at = excluded.ended_at,
            device_id = excluded.device_id, mode = excluded.mode, reviewed = excluded.reviewed,
            correct = excluded.correct, new_items = excluded.new_items, notes = excluded.notes",
-        params![
-            s.id,
-            s.started_at,
-            s.ended_at,
-            s.device_id,
-            s.mode,
-            s.counts.reviewed,
-            s.counts.correct,
-            s.counts.new_items,
-            s.notes
-        ],
-    )?;
+    )?
+    .execute(params![
+        s.id,
+        s.started_at,
+        s.ended_at,
+        s.device_id,
+        s.mode,
+        s.counts.reviewed,
+        s.counts.correct,
+        s.counts.new_items,
+        s.notes
+    ])?;
     Ok(())
 }
 
@@ -305,13 +370,14 @@ pub fn memory_state(conn: &Connection, item_id: &str) -> Result<Option<StoredMem
 
 pub fn put_memory_state(conn: &Connection, m: &StoredMemory) -> Result<()> {
     let s = &m.state;
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO memory_states(item_id, stability, difficulty, due_at, last_reviewed_at, last_review_id, review_count)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT(item_id) DO UPDATE SET stability = excluded.stability, difficulty = excluded.difficulty,
            due_at = excluded.due_at, last_reviewed_at = excluded.last_reviewed_at,
            last_review_id = excluded.last_review_id, review_count = excluded.review_count",
-        params![
+    )?
+    .execute(params![
             s.item_id,
             s.stability as f64,
             s.difficulty as f64,
@@ -319,8 +385,29 @@ pub fn put_memory_state(conn: &Connection, m: &StoredMemory) -> Result<()> {
             s.last_reviewed_at,
             m.last_review_id,
             s.review_count
-        ],
-    )?;
+        ])?;
+    Ok(())
+}
+
+/// Marks an item's memory state for a replay before it is next read.
+pub fn mark_stale(conn: &Connection, item_id: &str) -> Result<()> {
+    conn.prepare_cached("INSERT OR IGNORE INTO stale_items(item_id) VALUES (?1)")?.execute([item_id])?;
+    Ok(())
+}
+
+pub fn is_stale(conn: &Connection, item_id: &str) -> Result<bool> {
+    Ok(conn.prepare_cached("SELECT 1 FROM stale_items WHERE item_id = ?1")?.exists([item_id])?)
+}
+
+/// Every item marked for a replay, sorted.
+pub fn stale_items(conn: &Connection) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached("SELECT item_id FROM stale_items ORDER BY item_id")?;
+    let ids = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+    Ok(ids)
+}
+
+pub fn clear_stale(conn: &Connection) -> Result<()> {
+    conn.execute("DELETE FROM stale_items", [])?;
     Ok(())
 }
 

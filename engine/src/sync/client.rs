@@ -152,8 +152,10 @@ impl SyncClient {
                     return Ok(out);
                 };
                 let mut state = self.state(replica, &document_id)?;
-                let result =
-                    replica.remote_change(&document_id, false, |doc| doc.receive_sync_message(&mut state, message));
+                let received =
+                    (!message.changes.is_empty()).then(|| message.changes.iter().flatten().copied().collect());
+                let result = replica
+                    .remote_change(&document_id, false, received, |doc| doc.receive_sync_message(&mut state, message));
                 match result {
                     Ok(_) => {}
                     // The device cannot store what it receives (a full disk):

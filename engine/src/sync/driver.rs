@@ -5,7 +5,7 @@
 use super::session::SyncSession;
 use crate::engine::Shared;
 use crate::model::{ChangeEvent, TimestampMs};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use rand::Rng;
 use std::sync::Arc;
 use std::time::Duration;
@@ -104,6 +104,23 @@ pub(crate) async fn run(shared: Arc<Shared>, config: RelayConfig, mut shutdown: 
     }
 }
 
+/// Bytes of frames handled in one batch (one transaction) at most.
+const MAX_BATCH_BYTES: usize = 16 << 20;
+
+/// The frame read earlier and held, else the next one from the socket.
+async fn next_frame<S, T>(held: &mut Option<Option<T>>, stream: &mut S) -> Option<T>
+where
+    S: futures_util::Stream<Item = T> + Unpin,
+{
+    match held.take() {
+        Some(frame) => frame,
+        None => stream.next().await,
+    }
+}
+
+/// How long the relay must be quiet before stale memory states are replayed.
+const SETTLE_AFTER_QUIET: Duration = Duration::from_millis(50);
+
 enum Exit {
     Shutdown,
     /// The connection closed after at least one complete exchange.
@@ -129,14 +146,24 @@ async fn connect_and_sync(
     let mut session = SyncSession::new(shared.clone(), nonce);
     let result = async {
         send_all(&mut sink, vec![session.open()]).await?;
+        // When received changes left memory states to replay, they are
+        // replayed once the relay has been quiet this long (a bootstrap's
+        // months arrive back to back and are replayed once, at the end).
+        let mut settle_at: Option<tokio::time::Instant> = None;
+        // A frame read while batching that could not join the batch.
+        let mut held = None;
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return Ok(Exit::Shutdown),
+                _ = tokio::time::sleep_until(settle_at.unwrap_or_else(tokio::time::Instant::now)), if settle_at.is_some() => {
+                    settle_at = None;
+                    session.settle().map_err(|e| e.to_string())?;
+                }
                 _ = shared.local_changes.notified() => {
                     let frames = session.local_changes().map_err(|e| e.to_string())?;
                     send_all(&mut sink, frames).await?;
                 }
-                frame = stream.next() => {
+                frame = next_frame(&mut held, &mut stream) => {
                     let bytes = match frame {
                         None if session.has_exchanged() => return Ok(Exit::Synced),
                         None => return Err("relay closed the connection".to_string()),
@@ -147,8 +174,24 @@ async fn connect_and_sync(
                         }
                         Some(Ok(_)) => continue,
                     };
-                    let frames = session.receive(&bytes, now_ms()).map_err(|e| e.to_string())?;
-                    send_all(&mut sink, frames).await?;
+                    // Frames that have already arrived join this one in one
+                    // batch (one commit), up to a bound in bytes.
+                    let mut batch = vec![bytes];
+                    let mut size = batch[0].len();
+                    while size < MAX_BATCH_BYTES && held.is_none() {
+                        match stream.next().now_or_never() {
+                            Some(Some(Ok(tungstenite::Message::Binary(b)))) => {
+                                size += b.len();
+                                batch.push(b);
+                            }
+                            Some(other) => held = Some(other),
+                            None => break,
+                        }
+                    }
+                    let frames: Vec<&[u8]> = batch.iter().map(|b| b.as_ref()).collect();
+                    let replies = session.receive_batch(&frames, now_ms()).map_err(|e| e.to_string())?;
+                    settle_at = Some(tokio::time::Instant::now() + SETTLE_AFTER_QUIET);
+                    send_all(&mut sink, replies).await?;
                 }
             }
         }

@@ -54,12 +54,40 @@ impl SyncSession {
 
     /// Handles one frame from the relay; returns the frames to send.
     pub fn receive(&mut self, frame: &[u8], now: TimestampMs) -> Result<Vec<Vec<u8>>, SyncFailure> {
-        self.shared.count_received(frame.len());
-        let msg = Message::decode(frame)?;
+        self.receive_batch(&[frame], now)
+    }
+
+    /// Handles frames that arrived together, with their writes in one
+    /// transaction (one commit for a bootstrap's months, not one each);
+    /// returns the frames to send, all after that commit. A frame the
+    /// relay got wrong ends the session after the frames before it are kept.
+    pub fn receive_batch(&mut self, frames: &[&[u8]], now: TimestampMs) -> Result<Vec<Vec<u8>>, SyncFailure> {
         let was_ready = self.client.is_ready();
         let (client, shared) = (&mut self.client, &self.shared);
-        let output = shared.with_replica(|replica| {
-            let output = client.on_message(replica, msg, now)?;
+        let mut send = Vec::new();
+        let mut failure: Option<SyncFailure> = None;
+        let mut synced_at = None;
+        shared.with_replica(|replica| {
+            replica.batch(|replica| {
+                for frame in frames {
+                    shared.count_received(frame.len());
+                    let msg = match Message::decode(frame) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            failure = Some(e.into());
+                            break;
+                        }
+                    };
+                    let output = client.on_message(replica, msg, now)?;
+                    send.extend(output.send);
+                    if let Some(e) = output.error {
+                        failure = Some(e.into());
+                        break;
+                    }
+                    synced_at = output.synced_at.or(synced_at);
+                }
+                Ok(())
+            })?;
             // Status changes are made while the replica is still locked, so a
             // reader of `Engine::sync_status` (which reads pending documents
             // under the same lock) never sees "nothing pending" without the
@@ -67,18 +95,16 @@ impl SyncSession {
             if !was_ready && client.is_ready() {
                 shared.set_connected(true, None);
             }
-            if output.error.is_none()
-                && let Some(at) = output.synced_at
-            {
+            if let Some(at) = synced_at {
                 shared.set_synced(at);
             }
-            Ok(output)
+            Ok(())
         })?;
-        if let Some(e) = output.error {
-            return Err(e.into());
+        if let Some(e) = failure {
+            return Err(e);
         }
-        self.exchanged |= output.synced_at.is_some();
-        Ok(self.encode(output.send))
+        self.exchanged |= synced_at.is_some();
+        Ok(self.encode(send))
     }
 
     /// Frames offering the app's writes since the last call (none before the handshake).
@@ -93,6 +119,13 @@ impl SyncSession {
             Ok(all)
         })?;
         Ok(self.encode(messages))
+    }
+
+    /// The relay went quiet for a moment: replay the memory states that
+    /// arrivals marked stale, so the app's next query finds them ready
+    /// (queries settle by themselves too; this only moves the work off them).
+    pub fn settle(&mut self) -> Result<(), SyncFailure> {
+        Ok(self.shared.with_replica(|replica| replica.settle())?)
     }
 
     /// Whether at least one full exchange completed on this connection.

@@ -40,6 +40,60 @@ pub fn uuid_from(rng: &mut Rng) -> String {
     format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
+/// The history, read from a cache file under `target/` when an earlier run
+/// built the same one (building takes most of a minute; it is deterministic,
+/// so the cached bytes are exactly what `build` would return). Returns
+/// whether it came from the cache.
+pub fn cached(user: &str, device: &str, reviews: usize, items: usize, days: i64) -> (History, bool) {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let path = dir.join(format!("sync-bench-history-v1-{user}-{device}-{reviews}-{items}-{days}.bin"));
+    if let Some(h) = std::fs::read(&path).ok().and_then(|b| decode(&b)) {
+        return (h, true);
+    }
+    let h = build(user, device, reviews, items, days);
+    let tmp = path.with_extension("tmp");
+    if std::fs::write(&tmp, encode(&h)).is_ok() {
+        let _ = std::fs::rename(&tmp, &path);
+    }
+    (h, false)
+}
+
+fn encode(h: &History) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend((h.reviews as u64).to_le_bytes());
+    out.extend(h.end.to_le_bytes());
+    out.extend((h.docs.len() as u64).to_le_bytes());
+    for (id, bytes) in &h.docs {
+        out.extend((id.len() as u64).to_le_bytes());
+        out.extend(id.as_bytes());
+        out.extend((bytes.len() as u64).to_le_bytes());
+        out.extend(bytes);
+    }
+    out
+}
+
+fn decode(mut b: &[u8]) -> Option<History> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = b.split_at_checked(n)?;
+        *b = rest;
+        Some(head)
+    }
+    fn u64_of(b: &mut &[u8]) -> Option<u64> {
+        Some(u64::from_le_bytes(take(b, 8)?.try_into().ok()?))
+    }
+    let reviews = u64_of(&mut b)? as usize;
+    let end = u64_of(&mut b)? as i64;
+    let n = u64_of(&mut b)?;
+    let mut docs = Vec::new();
+    for _ in 0..n {
+        let len = u64_of(&mut b)? as usize;
+        let id = String::from_utf8(take(&mut b, len)?.to_vec()).ok()?;
+        let len = u64_of(&mut b)? as usize;
+        docs.push((id, take(&mut b, len)?.to_vec()));
+    }
+    b.is_empty().then_some(History { docs, reviews, end })
+}
+
 pub fn build(user: &str, device: &str, reviews: usize, items: usize, days: i64) -> History {
     let mut rng = Rng(42);
     let per_day = (reviews as i64 / days).max(1);

@@ -5,7 +5,8 @@
 //! load against automerge-repo's Node sync server with the throughput ratio,
 //! and the relay's memory per idle connected device with 10,000 devices.
 //!
-//! Sections can be chosen: `cargo bench ... -- scale load idle` (default all).
+//! Sections can be chosen: `cargo bench ... -- scale load idle` (default all;
+//! `import` runs only the first part of `scale`, for profiling).
 //! Environment: SYNC_BENCH_REVIEWS (default 400000), SYNC_BENCH_IDLE (10000).
 
 mod engine_open;
@@ -44,8 +45,8 @@ fn main() {
     };
     let mut report = Report::default();
     runtime.block_on(async {
-        if want("scale") {
-            scale(&mut report).await;
+        if want("scale") || sections.contains(&"import") {
+            scale(&mut report, !want("scale")).await;
         }
         if want("load") {
             load(&mut report).await;
@@ -82,14 +83,21 @@ fn spawn_node_server(data_dir: &Path) -> Option<(Child, String)> {
     if url.starts_with("ws://") { Some((child, url)) } else { None }
 }
 
-async fn scale(report: &mut Report) {
+/// The 400k history: import, queries, then sync through a relay. With
+/// `import_only` (section `import`, for profiling) it stops after the import.
+async fn scale(report: &mut Report, import_only: bool) {
     let reviews = env_usize("SYNC_BENCH_REVIEWS", 400_000);
     println!("scale: building a history of {reviews} reviews (five years, one change per review)");
     let dir = tempfile::tempdir().expect("tempdir");
     let t0 = Instant::now();
-    let history = history::build("heavy", "phone", reviews, 20_000, 5 * 365);
+    let (history, from_cache) = history::cached("heavy", "phone", reviews, 20_000, 5 * 365);
     report.figure(
-        format!("history: {} reviews in {} monthly documents built", history.reviews, history.docs.len()),
+        format!(
+            "history: {} reviews in {} monthly documents {}",
+            history.reviews,
+            history.docs.len(),
+            if from_cache { "read from the cache" } else { "built" }
+        ),
         ms(t0.elapsed()),
     );
     let total: usize = history.docs.iter().map(|(_, b)| b.len()).sum();
@@ -105,6 +113,9 @@ async fn scale(report: &mut Report) {
         let t0 = Instant::now();
         phone.import_documents(&history.docs).expect("import");
         report.figure("400k: import into a device database (materialize + FSRS)", ms(t0.elapsed()));
+    }
+    if import_only {
+        return;
     }
     engine_open::measure(report, &phone_dir, history.end);
 
