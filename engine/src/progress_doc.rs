@@ -229,6 +229,104 @@ impl Touched {
     }
 }
 
+/// The changes in `bytes` (what a sync message carries: change chunks one
+/// after another), if it is only change chunks and each parses; `None` for
+/// a whole document or anything else (the caller then diffs instead).
+pub fn parse_changes(bytes: &[u8]) -> Option<Vec<automerge::Change>> {
+    const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+    const CHANGE: u8 = 1;
+    const COMPRESSED_CHANGE: u8 = 2;
+    let mut changes = Vec::new();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let (magic, after) = rest.split_at_checked(4)?;
+        if magic != MAGIC {
+            return None;
+        }
+        let (&chunk_type, mut after) = after.get(4..)?.split_first()?;
+        if chunk_type != CHANGE && chunk_type != COMPRESSED_CHANGE {
+            return None;
+        }
+        // The data length, unsigned LEB128.
+        let (mut len, mut shift) = (0u64, 0u32);
+        loop {
+            let (&byte, tail) = after.split_first()?;
+            after = tail;
+            len |= u64::from(byte & 0x7f).checked_shl(shift)?;
+            if byte & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+            if shift > 63 {
+                return None;
+            }
+        }
+        let header = rest.len() - after.len();
+        let end = header.checked_add(usize::try_from(len).ok()?)?;
+        let chunk = rest.get(..end)?;
+        changes.push(automerge::Change::try_from(chunk).ok()?);
+        rest = &rest[end..];
+    }
+    Some(changes)
+}
+
+/// Whether applying `changes` to `doc` applies exactly them: every
+/// dependency is in `doc` or among them, and `doc` holds no queued change
+/// waiting for a dependency (which they could release, unseen by
+/// [`touched_by`]).
+pub fn applies_exactly(doc: &Automerge, changes: &[automerge::Change]) -> bool {
+    let hashes: std::collections::HashSet<ChangeHash> = changes.iter().map(|c| c.hash()).collect();
+    let external: Vec<ChangeHash> =
+        changes.iter().flat_map(|c| c.deps().iter().copied()).filter(|d| !hashes.contains(d)).collect();
+    doc.get_missing_deps(&external).is_empty()
+}
+
+/// Root keys whose entries `changes` (now applied to `doc`) wrote. Costs
+/// what the changes hold, where [`touched_since`] costs the whole document
+/// (tens of milliseconds for a heavy month: the bulk of a review's delivery).
+pub fn touched_by(doc: &Automerge, changes: &[automerge::Change]) -> Touched {
+    use automerge::legacy::{Key, ObjectId};
+    let mut touched = Touched::default();
+    // Objects made by these changes, by id, with the root key they sit under.
+    let mut made: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    for change in changes {
+        let expanded = change.decode();
+        for (i, op) in expanded.operations.iter().enumerate() {
+            let root_key = match (&op.obj, &op.key) {
+                (ObjectId::Root, Key::Map(k)) => Some(k.to_string()),
+                (ObjectId::Root, _) => None,
+                (ObjectId::Id(id), _) => {
+                    let id = id.to_string();
+                    match made.get(&id) {
+                        Some(k) => Some(k.clone()),
+                        None => root_key_of(doc, &id),
+                    }
+                }
+            };
+            let Some(key) = root_key else { continue };
+            if matches!(op.action, automerge::legacy::OpType::Make(_)) {
+                let counter = expanded.start_op.get() + i as u64;
+                made.insert(format!("{counter}@{}", expanded.actor_id), key.clone());
+            }
+            if key.starts_with(REVIEW_PREFIX) {
+                touched.reviews.insert(key);
+            } else if key.starts_with(SESSION_PREFIX) {
+                touched.sessions.insert(key);
+            }
+        }
+    }
+    touched
+}
+
+/// The root key an object (by its id text) sits under, if it still does.
+fn root_key_of(doc: &Automerge, obj: &str) -> Option<String> {
+    let (id, _) = doc.import(obj).ok()?;
+    match doc.parents(&id).ok()?.last()?.prop {
+        automerge::Prop::Map(k) => Some(k),
+        automerge::Prop::Seq(_) => None,
+    }
+}
+
 /// Root keys whose entries changed from `before` to the current heads.
 pub fn touched_since(doc: &Automerge, before: &[ChangeHash]) -> Touched {
     let after = doc.get_heads();
@@ -261,6 +359,61 @@ mod tests {
         assert_eq!(partition_of(1_796_083_200_000), "2026-12");
         assert_eq!(partition_of(951_782_400_000), "2000-02"); // 2000-02-29 (leap day)
         assert_eq!(partition_of(-1), "1969-12");
+    }
+
+    #[test]
+    fn what_changes_touch_is_read_from_them_as_a_diff_would_find_it() {
+        let session = |id: &str, ended: Option<i64>| Session {
+            id: id.into(),
+            started_at: 1000,
+            ended_at: ended,
+            device_id: "a".into(),
+            mode: "learn".into(),
+            counts: SessionCounts::default(),
+            notes: String::new(),
+        };
+        let review = |id: &str| Review {
+            id: id.into(),
+            item_id: "item".into(),
+            rating: Rating::Good,
+            reviewed_at: 1000,
+            duration_ms: 5,
+            device_id: "b".into(),
+            session_id: Some("s1".into()),
+        };
+        let mut a = Automerge::new();
+        a.transact::<_, _, automerge::AutomergeError>(|tx| put_session(tx, &session("s1", None))).unwrap();
+        a.transact::<_, _, automerge::AutomergeError>(|tx| put_review(tx, &review("r0"))).unwrap();
+        let mut b = a.fork();
+        // Another device: two reviews, one session ended (fields of an
+        // object made earlier), one new session.
+        b.transact::<_, _, automerge::AutomergeError>(|tx| put_review(tx, &review("r1"))).unwrap();
+        b.transact::<_, _, automerge::AutomergeError>(|tx| put_session(tx, &session("s1", Some(2000)))).unwrap();
+        b.transact::<_, _, automerge::AutomergeError>(|tx| {
+            put_review(tx, &review("r2"))?;
+            put_session(tx, &session("s2", None))
+        })
+        .unwrap();
+        let before = a.get_heads();
+        // What a sync message carries: the change chunks, one after another.
+        let bytes: Vec<u8> = b.get_changes(&before).iter().flat_map(|c| c.raw_bytes().to_vec()).collect();
+        let changes = parse_changes(&bytes).expect("change chunks parse");
+        assert_eq!(changes.len(), 3);
+        assert!(applies_exactly(&a, &changes));
+        a.load_incremental(&bytes).unwrap();
+        let by_changes = touched_by(&a, &changes);
+        let by_diff = touched_since(&a, &before);
+        assert_eq!(by_changes.reviews, by_diff.reviews);
+        assert_eq!(by_changes.sessions, by_diff.sessions);
+        assert_eq!(by_changes.reviews.len(), 2);
+        assert_eq!(by_changes.sessions.len(), 2);
+
+        // A whole document is not change chunks; a change whose dependency
+        // is missing does not apply exactly.
+        assert!(parse_changes(&b.save()).is_none());
+        assert!(parse_changes(&bytes[..bytes.len() - 1]).is_none());
+        let fresh = Automerge::new();
+        assert!(!applies_exactly(&fresh, &changes));
     }
 
     #[test]

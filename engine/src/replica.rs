@@ -29,6 +29,13 @@ const UNKNOWN_PARTITION: &str = "unknown";
 /// `meta` key of this data directory's storage identity.
 const STORAGE_ID_KEY: &str = "storage_id";
 
+/// What a write touched, when known without diffing the document, and
+/// whether it is the app's own write (no change event for those).
+struct Written {
+    touched: Option<progress_doc::Touched>,
+    local: bool,
+}
+
 struct CachedDoc {
     doc: Automerge,
     last_used: u64,
@@ -56,6 +63,8 @@ pub struct Replica {
     /// settled before they are read. Only a hint (a rolled-back transaction
     /// may leave it set with nothing marked), never wrongly clear.
     maybe_stale: bool,
+    /// Documents past the compaction threshold, compacted when sync is quiet.
+    compact_due: std::collections::BTreeSet<DocumentId>,
 }
 
 impl Replica {
@@ -73,6 +82,7 @@ impl Replica {
         let actor = ActorId::from(ids.next_id().as_slice());
         let maybe_stale = !store::stale_items(store.conn())?.is_empty();
         Ok(Replica {
+            compact_due: Default::default(),
             maybe_stale,
             planted: None,
             storage_id,
@@ -158,7 +168,9 @@ impl Replica {
         if let Err(source) = result {
             return Err(EngineError::Document { doc: id.to_string(), source: Box::new(source) });
         }
-        if let Err(e) = self.persist(&id, partition, &before, Some(written), true, None) {
+        if let Err(e) =
+            self.persist(&id, partition, &before, Written { touched: Some(written), local: true }, true, None)
+        {
             // The app is told this write failed, so it must not survive in
             // memory: it would sync to other devices, and later chunks would
             // depend on a change that is not on disk. Reload from disk.
@@ -187,6 +199,14 @@ impl Replica {
         let partition = store::doc_partition(self.store.conn(), id)?;
         let doc = self.doc(id)?;
         let before = doc.get_heads();
+        // Changes to a document we have: what they touch is read from the
+        // changes themselves when they apply exactly as they are.
+        let incoming = match &received {
+            Some(bytes) if !before.is_empty() => {
+                progress_doc::parse_changes(bytes).filter(|changes| progress_doc::applies_exactly(doc, changes))
+            }
+            _ => None,
+        };
         let out = match apply(doc) {
             Ok(out) => out,
             Err(source) => {
@@ -201,7 +221,9 @@ impl Replica {
             // Loaded into an empty document, the received bytes reload to
             // exactly this document (a partial load is ignored alike).
             let chunk = received.filter(|_| before.is_empty());
-            if let Err(e) = self.persist(id, &partition, &before, None, dirty, chunk) {
+            let touched = incoming.map(|changes| progress_doc::touched_by(doc, &changes));
+            let written = Written { touched, local: false };
+            if let Err(e) = self.persist(id, &partition, &before, written, dirty, chunk) {
                 // Nothing of it is on disk: forget it in memory too, so the
                 // sync state and the document agree (the peer sends it again).
                 self.evict(id);
@@ -219,11 +241,11 @@ impl Replica {
         id: &DocumentId,
         partition: &str,
         before: &[ChangeHash],
-        written: Option<progress_doc::Touched>,
+        written: Written,
         dirty: bool,
         chunk: Option<Vec<u8>>,
     ) -> Result<()> {
-        let local = written.is_some();
+        let Written { touched: written, local } = written;
         let entry = self.cache.get_mut(id).ok_or(EngineError::Poisoned)?;
         let doc = &entry.doc;
         let heads = doc.get_heads();
@@ -272,12 +294,18 @@ impl Replica {
             Ok(n)
         })?;
         self.maybe_stale |= marked_stale;
-        // The write is committed: a failed compaction (disk full) must not
-        // turn it into an error the app would take as "not recorded".
-        if chunks >= COMPACT_AFTER_CHUNKS
-            && let Err(e) = self.compact(id)
-        {
-            tracing::warn!(doc = %id, error = %e, "compaction failed; chunks kept");
+        // Compaction saves the whole document (milliseconds for a heavy
+        // month), so it waits for a quiet moment ([`Replica::maintain`])
+        // unless chunks pile up with no quiet moment (no sync running). The
+        // write is committed: a failed compaction (disk full) must not turn
+        // it into an error the app would take as "not recorded".
+        if chunks >= COMPACT_AFTER_CHUNKS * 4 {
+            self.compact_due.remove(id);
+            if let Err(e) = self.compact(id) {
+                tracing::warn!(doc = %id, error = %e, "compaction failed; chunks kept");
+            }
+        } else if chunks >= COMPACT_AFTER_CHUNKS {
+            self.compact_due.insert(*id);
         }
         if !local {
             if !changed_items.is_empty() {
@@ -321,6 +349,18 @@ impl Replica {
             tracing::debug!(items = replayed, "memory states replayed");
         }
         self.maybe_stale = false;
+        Ok(())
+    }
+
+    /// Work that waits for a quiet moment: replaying stale memory states
+    /// and compacting documents past the threshold.
+    pub fn maintain(&mut self) -> Result<()> {
+        self.settle()?;
+        for id in std::mem::take(&mut self.compact_due) {
+            if let Err(e) = self.compact(&id) {
+                tracing::warn!(doc = %id, error = %e, "compaction failed; chunks kept");
+            }
+        }
         Ok(())
     }
 

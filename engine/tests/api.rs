@@ -43,18 +43,19 @@ fn everything_survives_a_reopen() {
     let (states, sessions, heads) = {
         let e = open(dir.path());
         let s = e.start_session("learn", T0).unwrap();
-        for i in 0..150 {
-            // 150 writes: past the compaction threshold, so snapshot + chunks are both exercised.
-            e.record_review(review(&format!("item-{}", i % 7), T0 + i * 3_600_000)).unwrap();
+        for i in 0..300 {
+            // 300 writes: past the threshold where compaction runs inline (no
+            // sync running), so snapshot + chunks are both exercised.
+            e.record_review(review(&format!("item-{}", i % 7), T0 + i * 1_800_000)).unwrap();
         }
-        e.end_session(&s.id, T0 + 10, SessionCounts { reviewed: 150, correct: 140, new_items: 7 }, "good").unwrap();
+        e.end_session(&s.id, T0 + 10, SessionCounts { reviewed: 300, correct: 140, new_items: 7 }, "good").unwrap();
         (e.memory_states().unwrap(), e.sessions(0, i64::MAX).unwrap(), e.document_heads().unwrap())
     };
     let e = open(dir.path());
     assert_eq!(e.memory_states().unwrap(), states);
     assert_eq!(e.sessions(0, i64::MAX).unwrap(), sessions);
     assert_eq!(e.document_heads().unwrap(), heads);
-    assert_eq!(e.review_count().unwrap(), 150);
+    assert_eq!(e.review_count().unwrap(), 300);
     assert_eq!(e.sync_status().unwrap().pending_documents, 1, "never synced: still pending");
     let due = e.due_items(i64::MAX, 3).unwrap();
     assert_eq!(due.len(), 3);

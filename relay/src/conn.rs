@@ -84,6 +84,8 @@ pub struct ConnCore {
     states: HashMap<DocumentId, sync::State>,
     /// Shared heads last written to storage, to skip redundant writes.
     persisted: HashMap<DocumentId, EncodedHeads>,
+    /// Documents past the compaction threshold, compacted by [`ConnCore::maintain`].
+    compact_due: std::collections::BTreeSet<DocumentId>,
 }
 
 impl ConnCore {
@@ -97,6 +99,7 @@ impl ConnCore {
             session,
             states: HashMap::new(),
             persisted: HashMap::new(),
+            compact_due: Default::default(),
         }
     }
 
@@ -133,6 +136,26 @@ impl ConnCore {
             }
             Action::Ignore => Ok(Vec::new()),
             Action::Close(reason) => Err(reason.into()),
+        }
+    }
+
+    /// Whether [`ConnCore::maintain`] has work.
+    pub fn has_maintenance(&self) -> bool {
+        !self.compact_due.is_empty()
+    }
+
+    /// Work done after the replies left: compacting documents past the
+    /// threshold (a snapshot replaces their chunks). A failure keeps the
+    /// chunks, which are complete on their own.
+    pub fn maintain(&mut self) {
+        for doc_id in std::mem::take(&mut self.compact_due) {
+            let slot = self.hub.slot(&self.reg.user, doc_id);
+            let guard = lock(&slot);
+            let Some(doc) = guard.doc.as_ref().filter(|_| guard.loaded) else { continue };
+            let snapshot = doc.save();
+            if let Err(e) = self.hub.storage.compact(&self.reg.user, &doc_id, &snapshot) {
+                tracing::warn!(error = %e, "compaction failed; chunks kept");
+            }
         }
     }
 
@@ -272,10 +295,9 @@ impl ConnCore {
                     Metrics::inc(&self.hub.metrics.changes_stored);
                     self.hub.note_storage(true);
                     if chunks >= COMPACT_AFTER_CHUNKS {
-                        let snapshot = doc.save();
-                        if let Err(e) = self.hub.storage.compact(&self.reg.user, &doc_id, &snapshot) {
-                            tracing::warn!(error = %e, "compaction failed; chunks kept");
-                        }
+                        // After the reply: saving a heavy month takes
+                        // milliseconds the acknowledgement should not wait for.
+                        self.compact_due.insert(doc_id);
                     }
                     if std::mem::take(&mut guard.provisional) {
                         self.hub.settle_provisional(&self.reg.user, &doc_id);

@@ -121,7 +121,10 @@ pub async fn run(socket: WebSocket, hub: Arc<Hub>, claims: DeviceClaims, reg: Re
                         Metrics::add(&hub.metrics.bytes_in, bytes.len() as u64);
                         match Message::decode(&bytes) {
                             Ok(msg) => match conn.with_core(move |core| core.handle(msg, Instant::now())).await {
-                                Ok(out) => conn.send_all(&mut sink, out).await.map_err(Err),
+                                Ok(out) => match conn.send_all(&mut sink, out).await {
+                                    Ok(()) => conn.maintain().await.map_err(|reason| Ok(Some(reason))),
+                                    Err(failure) => Err(Err(failure)),
+                                },
                                 Err(reason) => Err(Ok(Some(reason))),
                             },
                             Err(e) => Err(Ok(Some(format!("malformed message: {e}").into()))),
@@ -211,6 +214,18 @@ impl Connection {
                 Err(CloseReason::new(close_code::INTERNAL, "relay failure; retry later"))
             }
         }
+    }
+
+    /// Runs the core's deferred work (compactions) once the replies are out.
+    async fn maintain(&mut self) -> Result<(), CloseReason> {
+        if self.core.as_ref().is_some_and(|c| c.has_maintenance()) {
+            self.with_core(|core| {
+                core.maintain();
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     /// Writes one frame within the send timeout, holding its bytes from the

@@ -292,3 +292,37 @@ async fn engine_reconnects_when_the_relay_comes_back_and_reports_changes() {
     assert!(tablet.memory_state("pear").expect("query").is_some());
     relay.shutdown().await;
 }
+
+/// Compaction moved off a review's path (after the relay's reply, and into
+/// the engine's quiet time) still happens on both sides: a busy month ends
+/// as one snapshot and a few chunks, not hundreds of chunks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_documents_are_compacted_on_the_relay_and_on_devices() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = start_relay(&dir.path().join("relay")).await;
+    let phone = open_engine(&dir.path().join("phone"), "carol", "phone");
+    let tablet = open_engine(&dir.path().join("tablet"), "carol", "tablet");
+    phone.start_sync(relay_config(&relay.ws_url(), "carol", "phone")).expect("sync");
+    tablet.start_sync(relay_config(&relay.ws_url(), "carol", "tablet")).expect("sync");
+    let writes = 150;
+    for i in 0..writes {
+        review(&phone, &format!("item-{}", i % 9), Rating::Good, T0 + i * 60_000);
+        // Synced one by one, as an app used online would: each is a chunk.
+        eventually("each review reaches the tablet", WAIT, || tablet.review_count().ok() == Some(i as u64 + 1)).await;
+    }
+    let chunks = |db: std::path::PathBuf, sql: &'static str| {
+        move || {
+            let conn = rusqlite::Connection::open(&db).expect("open database");
+            conn.query_row(sql, [], |r| r.get::<_, i64>(0)).expect("count chunks")
+        }
+    };
+    let relay_chunks = chunks(
+        dir.path().join("relay").join("relay.sqlite3"),
+        "SELECT count(*) FROM doc_chunks WHERE user_id = 'carol'",
+    );
+    let tablet_chunks = chunks(dir.path().join("tablet").join("progress.sqlite3"), "SELECT count(*) FROM doc_changes");
+    eventually("the relay compacted", WAIT, || relay_chunks() < 64).await;
+    eventually("the tablet compacted in a quiet moment", WAIT, || tablet_chunks() < 64).await;
+    assert_eq!(tablet.review_count().expect("count"), writes as u64);
+    assert_eq!(phone.document_heads().expect("heads"), tablet.document_heads().expect("heads"));
+}

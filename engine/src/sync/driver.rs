@@ -118,7 +118,7 @@ where
     }
 }
 
-/// How long the relay must be quiet before stale memory states are replayed.
+/// How long the relay must be quiet before deferred work runs (`SyncSession::idle`).
 const SETTLE_AFTER_QUIET: Duration = Duration::from_millis(50);
 
 enum Exit {
@@ -146,9 +146,9 @@ async fn connect_and_sync(
     let mut session = SyncSession::new(shared.clone(), nonce);
     let result = async {
         send_all(&mut sink, vec![session.open()]).await?;
-        // When received changes left memory states to replay, they are
-        // replayed once the relay has been quiet this long (a bootstrap's
-        // months arrive back to back and are replayed once, at the end).
+        // Replays of stale memory states and compactions wait until the
+        // relay has been quiet this long (a bootstrap's months arrive back
+        // to back and are replayed once, at the end).
         let mut settle_at: Option<tokio::time::Instant> = None;
         // A frame read while batching that could not join the batch.
         let mut held = None;
@@ -157,7 +157,7 @@ async fn connect_and_sync(
                 _ = shutdown.changed() => return Ok(Exit::Shutdown),
                 _ = tokio::time::sleep_until(settle_at.unwrap_or_else(tokio::time::Instant::now)), if settle_at.is_some() => {
                     settle_at = None;
-                    session.settle().map_err(|e| e.to_string())?;
+                    session.idle().map_err(|e| e.to_string())?;
                 }
                 _ = shared.local_changes.notified() => {
                     let frames = session.local_changes().map_err(|e| e.to_string())?;

@@ -123,9 +123,11 @@ impl SyncSession {
 
     /// The relay went quiet for a moment: replay the memory states that
     /// arrivals marked stale, so the app's next query finds them ready
-    /// (queries settle by themselves too; this only moves the work off them).
-    pub fn settle(&mut self) -> Result<(), SyncFailure> {
-        Ok(self.shared.with_replica(|replica| replica.settle())?)
+    /// (queries settle by themselves too; this only moves the work off
+    /// them), and compact documents past the threshold (off the path of a
+    /// review's delivery).
+    pub fn idle(&mut self) -> Result<(), SyncFailure> {
+        Ok(self.shared.with_replica(|replica| replica.maintain())?)
     }
 
     /// Whether at least one full exchange completed on this connection.

@@ -139,6 +139,10 @@ impl World {
                 for m in out {
                     self.send(conn, false, m.encode());
                 }
+                // As the adapter does once the replies are out.
+                if let Some((_, core)) = self.relay.conns.get_mut(&conn) {
+                    core.maintain();
+                }
                 if crash_mid_step && stored {
                     if armed.is_none() {
                         self.log(Action::RelayCrashAfterAck);
