@@ -73,7 +73,7 @@ impl Scheduler {
     /// Replays every stored review of `item_id` in order and stores the result.
     pub fn recompute_item(&self, conn: &Connection, item_id: &str) -> Result<()> {
         let mut current: Option<StoredMemory> = None;
-        for r in store::reviews_for_item(conn, item_id)? {
+        for r in store::replay_inputs(conn, item_id)? {
             current = Some(self.step(current.as_ref(), &r)?);
         }
         if let Some(m) = current {

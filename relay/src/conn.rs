@@ -27,6 +27,13 @@ use std::time::Instant;
 
 /// Chunks appended since the last snapshot before the relay compacts.
 const COMPACT_AFTER_CHUNKS: u64 = 64;
+/// Documents offered after a join that may be in flight at once. A device
+/// bootstrapping 61 months gets them a few at a time, so the relay holds a
+/// few loaded (not all 61: megabytes each), and each is loaded once.
+const OFFER_WINDOW: usize = 4;
+/// An offered document the peer has not brought in sync for this long
+/// gives its place in the window to the next one.
+const OFFER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Close codes the relay uses (RFC 6455 section 7.4.1).
 pub mod close_code {
@@ -86,6 +93,10 @@ pub struct ConnCore {
     persisted: HashMap<DocumentId, EncodedHeads>,
     /// Documents past the compaction threshold, compacted by [`ConnCore::maintain`].
     compact_due: std::collections::BTreeSet<DocumentId>,
+    /// Documents to offer after the join, waiting for a place in the window.
+    offer_queue: std::collections::VecDeque<DocumentId>,
+    /// Documents offered and not yet in sync with the peer, with when.
+    offering: std::collections::BTreeMap<DocumentId, Instant>,
 }
 
 impl ConnCore {
@@ -100,6 +111,8 @@ impl ConnCore {
             states: HashMap::new(),
             persisted: HashMap::new(),
             compact_due: Default::default(),
+            offer_queue: Default::default(),
+            offering: Default::default(),
         }
     }
 
@@ -185,13 +198,31 @@ impl ConnCore {
         for (doc, h) in shared {
             self.persisted.insert(doc, h);
         }
+        self.offer_queue.extend(changed);
         let mut out = Vec::new();
-        for doc in changed {
+        self.fill_offer_window(now, &mut out)?;
+        Ok(out)
+    }
+
+    /// Offers queued documents while the window has room.
+    fn fill_offer_window(&mut self, now: Instant, out: &mut Vec<Message>) -> Result<(), CloseReason> {
+        let stalled: Vec<DocumentId> = self
+            .offering
+            .iter()
+            .filter(|(_, at)| now.saturating_duration_since(**at) >= OFFER_TIMEOUT)
+            .map(|(doc, _)| *doc)
+            .collect();
+        for doc in stalled {
+            self.offering.remove(&doc);
+        }
+        while self.offering.len() < OFFER_WINDOW {
+            let Some(doc) = self.offer_queue.pop_front() else { break };
             if let Some(m) = self.push(doc, now)? {
                 out.push(m);
+                self.offering.insert(doc, now);
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     fn storage_failed(&self, e: impl std::fmt::Display) -> CloseReason {
@@ -228,10 +259,15 @@ impl ConnCore {
                         d.load_incremental(chunk).map_err(|e| self.storage_failed(e))?;
                     }
                     Metrics::inc(&self.hub.metrics.docs_loaded);
+                    let stored_bytes = stored.snapshot.as_ref().map_or(0, Vec::len)
+                        + stored.chunks.iter().map(Vec::len).sum::<usize>();
+                    slot.bytes = stored_bytes.saturating_mul(crate::hub::MEMORY_PER_STORED_BYTE);
                     Some(d)
                 }
             };
             slot.loaded = true;
+            // This slot is locked (so never dropped here); others may be.
+            self.hub.note_resident_growth(slot.bytes);
         }
         slot.last_used = now;
         Ok(slot.doc.is_some())
@@ -290,8 +326,12 @@ impl ConnCore {
         let after = doc.get_heads();
         if after != before {
             let chunk = received.unwrap_or_else(|| doc.save_after(&before));
+            let chunk_len = chunk.len();
             match self.hub.storage.append(&self.reg.user, &doc_id, &chunk, &encode_heads(&after)) {
                 Ok(chunks) => {
+                    let grown = chunk_len.saturating_mul(crate::hub::MEMORY_PER_STORED_BYTE);
+                    guard.bytes = guard.bytes.saturating_add(grown);
+                    self.hub.note_resident_growth(grown);
                     Metrics::inc(&self.hub.metrics.changes_stored);
                     self.hub.note_storage(true);
                     if chunks >= COMPACT_AFTER_CHUNKS {
@@ -311,9 +351,14 @@ impl ConnCore {
             }
         }
         let reply = guard.doc.as_ref().and_then(|d| d.generate_sync_message(&mut state));
+        let in_sync = reply.is_none() || guard.doc.as_ref().map(|d| d.get_heads()) == state.their_heads;
         drop(guard);
         self.finish(doc_id, state)?;
-        Ok(reply.map(|m| self.session.sync(doc_id, m.encode())).into_iter().collect())
+        let mut out: Vec<Message> = reply.map(|m| self.session.sync(doc_id, m.encode())).into_iter().collect();
+        if in_sync && self.offering.remove(&doc_id).is_some() || !self.offer_queue.is_empty() {
+            self.fill_offer_window(now, &mut out)?;
+        }
+        Ok(out)
     }
 
     /// Offers `doc`'s news to this peer (after another device changed it).

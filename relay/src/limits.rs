@@ -36,6 +36,11 @@ pub struct Limits {
     pub max_storage_queue_bytes: usize,
     /// Longest token lifetime accepted (expiry minus now, at connect).
     pub max_token_lifetime: Duration,
+    /// Memory the loaded documents may take, estimated from their stored
+    /// size (see `hub::MEMORY_PER_STORED_BYTE`). Past it the least recently
+    /// used documents nobody is working on are dropped (and reloaded from
+    /// storage when next needed), idle or not.
+    pub max_resident_doc_bytes: usize,
 }
 
 impl Default for Limits {
@@ -55,6 +60,7 @@ impl Default for Limits {
             max_ephemeral_bytes: 32 * 1024 * 1024,
             max_storage_queue_bytes: 64 * 1024 * 1024,
             max_token_lifetime: Duration::from_secs(31 * 24 * 3600),
+            max_resident_doc_bytes: 16 * 1024 * 1024,
         }
     }
 }

@@ -293,6 +293,7 @@ pub struct ShutdownReport {
 
 /// Opens storage under `config.data_dir`, binds `config.listen` and serves.
 pub async fn start(config: Config) -> Result<RunningRelay, RelayError> {
+    Hub::limit_allocator_arenas();
     // First: nothing in the directory is touched unless it is ours.
     let lock = crate::data_dir::DataDirLock::acquire(&config.data_dir)?;
     let storage: Arc<dyn DocStorage> = Arc::new(SqliteStorage::open_with(
@@ -325,7 +326,11 @@ pub async fn start(config: Config) -> Result<RunningRelay, RelayError> {
         let mut tick = tokio::time::interval(period);
         loop {
             tokio::select! {
-                _ = tick.tick() => { sweeper_hub.evict_idle(Instant::now()); }
+                _ = tick.tick() => {
+                    if sweeper_hub.evict_idle(Instant::now()) > 0 {
+                        let _ = tokio::task::spawn_blocking(Hub::release_freed_memory).await;
+                    }
+                }
                 _ = sweeper_rx.changed() => return,
             }
         }

@@ -6,6 +6,11 @@
 //                                          prints the document as JSON once it
 //                                          has a key starting with KEY_PREFIX
 //                                          (default `text`), then exits
+//   node client.mjs time-find WS_URL DOC_URL KEY_PREFIX
+//                                          the same, but prints only the
+//                                          milliseconds from creating the repo
+//                                          (it connects then) to having the
+//                                          key: node's start-up left out
 //
 // WS_URL carries the device token as ?token=..., as a browser would.
 // Every wait is bounded: the script exits 1 after 30 s.
@@ -13,6 +18,7 @@ import { Repo } from "@automerge/automerge-repo"
 import { WebSocketClientAdapter } from "@automerge/automerge-repo-network-websocket"
 
 const [mode, url, docUrl, keyPrefix = "text"] = process.argv.slice(2)
+const started = performance.now()
 const deadline = setTimeout(() => {
   console.error("interop client: timed out")
   process.exit(1)
@@ -26,12 +32,16 @@ const repo = new Repo({
 if (mode === "create") {
   const handle = repo.create({ text: "hello from js", n: 1 })
   console.log(handle.url)
-} else if (mode === "find") {
+} else if (mode === "find" || mode === "time-find") {
   const handle = await repo.find(docUrl)
   const check = () => {
     const doc = handle.doc()
     if (doc && Object.keys(doc).some((k) => k.startsWith(keyPrefix))) {
-      console.log(JSON.stringify(doc, (_, v) => (typeof v === "bigint" ? Number(v) : v)))
+      if (mode === "time-find") {
+        console.log((performance.now() - started).toFixed(1))
+      } else {
+        console.log(JSON.stringify(doc, (_, v) => (typeof v === "bigint" ? Number(v) : v)))
+      }
       clearTimeout(deadline)
       process.exit(0)
     }

@@ -326,3 +326,30 @@ async fn busy_documents_are_compacted_on_the_relay_and_on_devices() {
     assert_eq!(tablet.review_count().expect("count"), writes as u64);
     assert_eq!(phone.document_heads().expect("heads"), tablet.document_heads().expect("heads"));
 }
+
+/// A relay whose document memory budget holds about one month drops the
+/// least recently used months as others load (reloading them from storage
+/// when needed), and every device still gets everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_over_its_document_memory_budget_drops_and_reloads_months() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limits = relay::limits::Limits { max_resident_doc_bytes: 64 * 1024, ..Default::default() };
+    let relay = start_relay_with(&dir.path().join("relay"), "127.0.0.1:0".parse().expect("addr"), limits).await;
+    let phone = open_engine(&dir.path().join("phone"), "dave", "phone");
+    // Six months of reviews, each month a few KiB stored (tens in memory).
+    for month in 0..6 {
+        for i in 0..40 {
+            review(&phone, &format!("item-{}", i % 11), Rating::Good, T0 + month * 31 * DAY + i * 60_000);
+        }
+    }
+    phone.start_sync(relay_config(&relay.ws_url(), "dave", "phone")).expect("sync");
+    eventually("the phone uploaded", WAIT, || settled(&phone)).await;
+    let evicted = || relay.hub.metrics.docs_evicted.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(evicted() > 0, "months were dropped to stay within the budget");
+    assert!(relay.hub.resident_docs() < 6, "not every month stays loaded");
+
+    let tablet = open_engine(&dir.path().join("tablet"), "dave", "tablet");
+    tablet.start_sync(relay_config(&relay.ws_url(), "dave", "tablet")).expect("sync");
+    eventually("the tablet has every month", WAIT, || same_progress(&phone, &tablet)).await;
+    assert_eq!(tablet.review_count().expect("count"), 240);
+}

@@ -292,6 +292,31 @@ pub fn reviews_for_item(conn: &Connection, item_id: &str) -> Result<Vec<Review>>
     Ok(rows)
 }
 
+/// What replaying an item needs of its reviews, in replay order, read from
+/// the `reviews_by_item` index alone. Only `id`, `item_id`, `rating` and
+/// `reviewed_at` are filled in; the other fields are empty.
+pub fn replay_inputs(conn: &Connection, item_id: &str) -> Result<Vec<Review>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, rating, reviewed_at FROM reviews INDEXED BY reviews_by_item
+         WHERE item_id = ?1 ORDER BY reviewed_at, id",
+    )?;
+    let rows = stmt
+        .query_map([item_id], |r| {
+            let rating: i64 = r.get(1)?;
+            Ok(Review {
+                id: r.get(0)?,
+                item_id: item_id.to_owned(),
+                rating: Rating::from_u8(rating as u8).unwrap_or(Rating::Again),
+                reviewed_at: r.get(2)?,
+                duration_ms: 0,
+                device_id: String::new(),
+                session_id: None,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
 pub fn review_count(conn: &Connection) -> Result<u64> {
     Ok(conn.query_row("SELECT count(*) FROM reviews", [], |r| r.get::<_, i64>(0))? as u64)
 }

@@ -21,6 +21,15 @@ use automerge::sync::{self, SyncDoc};
 use protocol::{DocumentId, Message, PROTOCOL_VERSION, PeerMetadata};
 use std::collections::HashMap;
 
+/// Documents with local changes offered at once after the handshake. A
+/// device uploading 61 months offers them a few at a time, so each stays in
+/// the replica's cache from its first message to its acknowledgement (and
+/// is loaded once), and the relay holds a few, not 61.
+const PUSH_WINDOW: usize = 4;
+/// An offered document the relay has not acknowledged for this long (ms)
+/// gives its place in the window to the next one.
+const PUSH_TIMEOUT_MS: TimestampMs = 30_000;
+
 /// Under this name the relay's sync states are stored (one relay per engine).
 const RELAY_PEER: &str = "relay";
 /// `meta` key of the relay storage identity this device last synced with.
@@ -63,6 +72,10 @@ pub struct SyncClient {
     /// Shared heads last written to disk per document, so a message that
     /// moves nothing costs no write (and no fsync).
     persisted: HashMap<DocumentId, Vec<automerge::ChangeHash>>,
+    /// Documents with local changes waiting for a place in the push window.
+    push_queue: std::collections::VecDeque<DocumentId>,
+    /// Documents offered and not yet acknowledged, with when.
+    pushing: std::collections::BTreeMap<DocumentId, TimestampMs>,
 }
 
 impl SyncClient {
@@ -77,6 +90,8 @@ impl SyncClient {
             phase: Phase::Disconnected,
             states: HashMap::new(),
             persisted: HashMap::new(),
+            push_queue: Default::default(),
+            pushing: Default::default(),
         }
     }
 
@@ -124,6 +139,8 @@ impl SyncClient {
         self.phase = Phase::Disconnected;
         self.states.clear();
         self.persisted.clear();
+        self.push_queue.clear();
+        self.pushing.clear();
     }
 
     /// Handles one message from the relay.
@@ -138,9 +155,8 @@ impl SyncClient {
                 let relay_storage = metadata.as_ref().and_then(|m| m.storage_id.as_deref());
                 Self::check_relay_identity(replica, relay_storage)?;
                 self.phase = Phase::Ready { relay_peer_id: sender_id };
-                for id in replica.dirty_docs()? {
-                    self.push_doc(replica, &id, &mut out)?;
-                }
+                self.push_queue = replica.dirty_docs()?.into();
+                self.fill_push_window(replica, now, &mut out)?;
                 if out.send.is_empty() {
                     out.synced_at = Some(now);
                 }
@@ -170,7 +186,10 @@ impl SyncClient {
                 }
                 self.states.insert(document_id, state);
                 self.push_doc(replica, &document_id, &mut out)?;
-                self.note_acknowledged(replica, &document_id)?;
+                let acknowledged = self.note_acknowledged(replica, &document_id)?;
+                if acknowledged && self.pushing.remove(&document_id).is_some() || !self.push_queue.is_empty() {
+                    self.fill_push_window(replica, now, &mut out)?;
+                }
                 if replica.dirty_docs()?.is_empty() {
                     out.synced_at = Some(now);
                 }
@@ -220,18 +239,33 @@ impl SyncClient {
         Ok(())
     }
 
-    /// Persists the shared heads and clears `dirty` once the relay has all we have.
-    fn note_acknowledged(&mut self, replica: &mut Replica, id: &DocumentId) -> Result<()> {
-        let Some(state) = self.states.get(id) else { return Ok(()) };
+    /// Offers queued documents while the push window has room.
+    fn fill_push_window(&mut self, replica: &mut Replica, now: TimestampMs, out: &mut Output) -> Result<()> {
+        self.pushing.retain(|_, at| now.saturating_sub(*at) < PUSH_TIMEOUT_MS);
+        while self.pushing.len() < PUSH_WINDOW {
+            let Some(id) = self.push_queue.pop_front() else { break };
+            let before = out.send.len();
+            self.push_doc(replica, &id, out)?;
+            if out.send.len() > before {
+                self.pushing.insert(id, now);
+            }
+        }
+        Ok(())
+    }
+
+    /// Persists the shared heads and clears `dirty` once the relay has all
+    /// we have. Returns whether it has.
+    fn note_acknowledged(&mut self, replica: &mut Replica, id: &DocumentId) -> Result<bool> {
+        let Some(state) = self.states.get(id) else { return Ok(false) };
         let mut shared = state.shared_heads.clone();
         shared.sort();
-        if self.persisted.get(id) == Some(&shared) {
-            return Ok(());
-        }
-        let encoded = state.encode();
         let mut ours = replica.doc(id)?.get_heads();
         ours.sort();
         let acknowledged = ours.iter().all(|h| shared.contains(h));
+        if self.persisted.get(id) == Some(&shared) {
+            return Ok(acknowledged);
+        }
+        let encoded = state.encode();
         replica.store.transaction(|conn| {
             store::save_sync_state(conn, id, RELAY_PEER, &encoded)?;
             if acknowledged {
@@ -240,6 +274,6 @@ impl SyncClient {
             Ok(())
         })?;
         self.persisted.insert(*id, shared);
-        Ok(())
+        Ok(acknowledged)
     }
 }

@@ -119,7 +119,7 @@ where
 }
 
 /// How long the relay must be quiet before deferred work runs (`SyncSession::idle`).
-const SETTLE_AFTER_QUIET: Duration = Duration::from_millis(50);
+const SETTLE_AFTER_QUIET: Duration = Duration::from_millis(300);
 
 enum Exit {
     Shutdown,

@@ -5,12 +5,13 @@
 //! load against automerge-repo's Node sync server with the throughput ratio,
 //! and the relay's memory per idle connected device with 10,000 devices.
 //!
-//! Sections can be chosen: `cargo bench ... -- scale load idle` (default all;
+//! Sections can be chosen: `cargo bench ... -- scale load js idle` (default all;
 //! `import` runs only the first part of `scale`, for profiling).
 //! Environment: SYNC_BENCH_REVIEWS (default 400000), SYNC_BENCH_IDLE (10000).
 
 mod engine_open;
 mod history;
+mod js_fetch;
 mod load;
 mod report;
 mod wire;
@@ -51,6 +52,10 @@ fn main() {
         if want("load") {
             load(&mut report).await;
         }
+        if want("js") {
+            let dir = tempfile::tempdir().expect("tempdir");
+            js_fetch::run(&mut report, dir.path()).await;
+        }
         if want("idle") {
             idle(&mut report).await;
         }
@@ -67,7 +72,7 @@ pub fn spawn_relay(data_dir: &Path) -> (Child, String) {
     integration_tests::spawn_relay_process(env!("CARGO_BIN_EXE_test-relay"), data_dir)
 }
 
-fn spawn_node_server(data_dir: &Path) -> Option<(Child, String)> {
+pub fn spawn_node_server(data_dir: &Path) -> Option<(Child, String)> {
     let dir = integration_tests::ensure_interop_deps().ok()?;
     let mut child = Command::new("node")
         .current_dir(&dir)
@@ -78,7 +83,10 @@ fn spawn_node_server(data_dir: &Path) -> Option<(Child, String)> {
         .spawn()
         .ok()?;
     let mut line = String::new();
-    let _ = BufReader::new(child.stdout.take()?).read_line(&mut line);
+    let mut out = BufReader::new(child.stdout.take()?);
+    let _ = out.read_line(&mut line);
+    // Keep reading what it prints later: a closed pipe would kill it (EPIPE).
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
     let url = line.trim().to_owned();
     if url.starts_with("ws://") { Some((child, url)) } else { None }
 }
@@ -126,13 +134,38 @@ async fn scale(report: &mut Report, import_only: bool) {
     engine_open::measure(report, &phone_dir, history.end);
 
     let (mut relay, url) = spawn_relay(&dir.path().join("relay"));
+    let pid = relay.id().to_string();
+    let (idle_rss, _) = rss_of(&pid);
     let phone = open_engine(&phone_dir, "heavy", "phone");
     let tablet = open_engine(&dir.path().join("tablet"), "heavy", "tablet");
     wire::run(report, &phone, &tablet, &url, history.reviews as u64, history.end).await;
-    let (rss, hwm) = rss_of(&relay.id().to_string());
-    report.figure("relay process memory after the scale section (rss / peak)", format!("{} / {}", mib(rss), mib(hwm)));
+    let (rss, hwm) = rss_of(&pid);
+    report.figure(
+        "relay process memory: idle before / after the scale section",
+        format!("{} / {}", mib(idle_rss), mib(rss)),
+    );
+    let extra = hwm.saturating_sub(idle_rss);
+    report.target(
+        "relay peak memory above idle while a 400k history syncs",
+        "<= 64 MiB",
+        mib(extra),
+        extra <= 64 << 20,
+    );
     phone.stop_sync();
     tablet.stop_sync();
+    // The relay drops documents 30 s after their last use: wait for that.
+    let base = url.replace("ws://", "http://").trim_end_matches("/sync").to_owned();
+    let deadline = Instant::now() + std::time::Duration::from_secs(120);
+    while Instant::now() < deadline && metric(&base, "relay_docs_resident ").await != Some(0) {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let (after, _) = rss_of(&pid);
+    report.target(
+        "relay memory once the documents are evicted (vs idle)",
+        "<= idle + 10 %",
+        format!("{} ({:+.0} %)", mib(after), (after as f64 / idle_rss.max(1) as f64 - 1.0) * 100.0),
+        after as f64 <= idle_rss as f64 * 1.10,
+    );
     let _ = relay.kill();
     let _ = relay.wait();
 }
@@ -253,16 +286,15 @@ async fn compare_servers(report: &mut Report, dir: &tempfile::TempDir) {
     }
 }
 
+/// A metric (name with its trailing space) as the relay reports it.
+async fn metric(base: &str, name: &str) -> Option<u64> {
+    let text = integration_tests::get(format!("{base}/metrics")).await.ok()?.text().await.ok()?;
+    text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok())
+}
+
 /// `relay_connections_open` as the relay reports it.
 async fn open_connections(base: &str) -> u64 {
-    let text = match integration_tests::get(format!("{base}/metrics")).await {
-        Ok(r) => r.text().await.unwrap_or_default(),
-        Err(_) => return 0,
-    };
-    text.lines()
-        .find_map(|l| l.strip_prefix("relay_connections_open "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    metric(base, "relay_connections_open ").await.unwrap_or(0)
 }
 
 async fn idle(report: &mut Report) {

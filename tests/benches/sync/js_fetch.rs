@@ -1,0 +1,110 @@
+//! automerge-repo's own JavaScript client (node) fetching one document of
+//! 20,000 changes it has never seen, from our relay and from automerge-repo's
+//! Node sync server, in the same run: the same document bytes uploaded by
+//! the same Rust peer, a fresh server process each run, runs interleaved
+//! (ours, Node, ours, Node, ...). Timed inside the JS client, from creating
+//! its repo (which connects) to having the document's last key
+//! (`client.mjs time-find`), so node's own start-up is left out of both.
+
+use crate::report::{Report, ms};
+use automerge::transaction::Transactable;
+use automerge::{Automerge, ROOT};
+use integration_tests::peer::TestPeer;
+use integration_tests::*;
+use protocol::DocumentId;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const CHANGES: usize = 20_000;
+const RUNS: usize = 3;
+
+/// One document of `CHANGES` changes (one key each); the last one writes
+/// `zz-last`, which the JS client waits for.
+fn big_doc() -> Automerge {
+    let mut doc = Automerge::new();
+    for i in 0..CHANGES {
+        let key = if i + 1 == CHANGES { "zz-last".to_string() } else { format!("k{i:05}") };
+        let _ = doc.transact::<_, _, automerge::AutomergeError>(|tx| {
+            tx.put(ROOT, key.as_str(), i as i64)?;
+            Ok(())
+        });
+    }
+    doc
+}
+
+/// Uploads `doc` through a Rust peer, then times the JS client finding it.
+async fn one_run(ws_url: &str, js_url: &str, token: &str, doc: &Automerge) -> Result<Duration, String> {
+    let id = DocumentId::from_random(uuid::Uuid::new_v4().into_bytes());
+    // automerge-repo's Node server prints its address before its repo
+    // listens: a socket accepted in between is reset. Retry, bounded.
+    let mut attempt = 0;
+    let mut peer = loop {
+        match TestPeer::connect(ws_url, token, "uploader").await {
+            Ok(p) => break p,
+            Err(e) if attempt >= 20 => return Err(e),
+            Err(_) => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let mut copy = doc.clone();
+    let mut state = automerge::sync::State::new();
+    if !peer.sync_doc(id, &mut copy, &mut state, false).await? {
+        return Err("upload did not complete".into());
+    }
+    let dir = ensure_interop_deps()?;
+    let out = Command::new("node")
+        .current_dir(&dir)
+        .args(["client.mjs", "time-find", js_url, &id.url(), "zz-last"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| e.to_string())?;
+    drop(peer);
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let millis: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().map_err(|e| format!("client output: {e}"))?;
+    Ok(Duration::from_secs_f64(millis / 1000.0))
+}
+
+pub async fn run(report: &mut Report, dir: &std::path::Path) {
+    let doc = big_doc();
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for round in 0..RUNS {
+        let (mut relay, url) = crate::spawn_relay(&dir.join(format!("js-relay-{round}")));
+        let tok = token("js-bench", "uploader");
+        let js_url = format!("{url}?token={}", token("js-bench", "js"));
+        match one_run(&url, &js_url, &tok, &doc).await {
+            Ok(t) => ours.push(t),
+            Err(e) => report.figure("JS client fetch from our relay failed", e),
+        }
+        let _ = relay.kill();
+        let _ = relay.wait();
+        let Some((mut node, node_url)) = crate::spawn_node_server(&dir.join(format!("js-node-{round}"))) else {
+            report.figure("JS client fetch: Node server", "not available (node or tests/interop/node_modules missing)");
+            return;
+        };
+        match one_run(&node_url, &node_url, "unused", &doc).await {
+            Ok(t) => theirs.push(t),
+            Err(e) => report.figure("JS client fetch from the Node server failed", e),
+        }
+        let _ = node.kill();
+        let _ = node.wait();
+    }
+    let list = |v: &[Duration]| v.iter().map(|d| ms(*d)).collect::<Vec<_>>().join(", ");
+    report.figure(format!("JS client fetches a {CHANGES}-change document: our relay"), list(&ours));
+    report.figure(format!("JS client fetches a {CHANGES}-change document: Node server"), list(&theirs));
+    let every_run_half = ours.len() == RUNS
+        && theirs.len() == RUNS
+        && ours.iter().zip(&theirs).all(|(o, t)| o.as_secs_f64() <= t.as_secs_f64() / 2.0);
+    let ratios: Vec<String> =
+        ours.iter().zip(&theirs).map(|(o, t)| format!("{:.2}", o.as_secs_f64() / t.as_secs_f64())).collect();
+    report.target(
+        "JS client fetch, ours / Node's time (per interleaved run)",
+        "<= 0.5 every run",
+        ratios.join(", "),
+        every_run_half,
+    );
+}
