@@ -355,7 +355,7 @@ impl ConnCore {
         drop(guard);
         self.finish(doc_id, state)?;
         let mut out: Vec<Message> = reply.map(|m| self.session.sync(doc_id, m.encode())).into_iter().collect();
-        if in_sync && self.offering.remove(&doc_id).is_some() || !self.offer_queue.is_empty() {
+        if (in_sync && self.offering.remove(&doc_id).is_some()) || !self.offer_queue.is_empty() {
             self.fill_offer_window(now, &mut out)?;
         }
         Ok(out)

@@ -187,7 +187,7 @@ impl SyncClient {
                 self.states.insert(document_id, state);
                 self.push_doc(replica, &document_id, &mut out)?;
                 let acknowledged = self.note_acknowledged(replica, &document_id)?;
-                if acknowledged && self.pushing.remove(&document_id).is_some() || !self.push_queue.is_empty() {
+                if (acknowledged && self.pushing.remove(&document_id).is_some()) || !self.push_queue.is_empty() {
                     self.fill_push_window(replica, now, &mut out)?;
                 }
                 if replica.dirty_docs()?.is_empty() {
