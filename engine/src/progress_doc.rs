@@ -287,8 +287,10 @@ pub fn applies_exactly(doc: &Automerge, changes: &[automerge::Change]) -> bool {
 pub fn touched_by(doc: &Automerge, changes: &[automerge::Change]) -> Touched {
     use automerge::legacy::{Key, ObjectId};
     let mut touched = Touched::default();
-    // Objects made by these changes, by id, with the root key they sit under.
-    let mut made: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    // Objects by id with the root key they sit under: those made by these
+    // changes, and those already looked up (a session's end writes eight
+    // fields of one object: one lookup).
+    let mut root_keys: std::collections::HashMap<String, Option<String>> = std::collections::HashMap::new();
     for change in changes {
         let expanded = change.decode();
         for (i, op) in expanded.operations.iter().enumerate() {
@@ -297,16 +299,13 @@ pub fn touched_by(doc: &Automerge, changes: &[automerge::Change]) -> Touched {
                 (ObjectId::Root, _) => None,
                 (ObjectId::Id(id), _) => {
                     let id = id.to_string();
-                    match made.get(&id) {
-                        Some(k) => Some(k.clone()),
-                        None => root_key_of(doc, &id),
-                    }
+                    root_keys.entry(id).or_insert_with_key(|id| root_key_of(doc, id)).clone()
                 }
             };
             let Some(key) = root_key else { continue };
             if matches!(op.action, automerge::legacy::OpType::Make(_)) {
                 let counter = expanded.start_op.get() + i as u64;
-                made.insert(format!("{counter}@{}", expanded.actor_id), key.clone());
+                root_keys.insert(format!("{counter}@{}", expanded.actor_id), Some(key.clone()));
             }
             if key.starts_with(REVIEW_PREFIX) {
                 touched.reviews.insert(key);

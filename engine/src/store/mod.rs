@@ -71,10 +71,12 @@ impl Store {
     /// its dirty pages are not spilled and read back.
     pub fn begin_batch(&mut self) -> Result<()> {
         if !self.in_batch {
-            self.conn.pragma_update(None, "cache_size", -BATCH_CACHE_KIB)?;
             self.conn.execute_batch("BEGIN IMMEDIATE")?;
             self.in_batch = true;
             self.batch_failed = false;
+            // Only once the batch has begun (`end_batch` gives it back); a
+            // cache size is a speed-up, so failing to set it fails nothing.
+            let _ = self.conn.pragma_update(None, "cache_size", -BATCH_CACHE_KIB);
         }
         Ok(())
     }
