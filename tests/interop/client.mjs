@@ -34,16 +34,19 @@ if (mode === "create") {
   console.log(handle.url)
 } else if (mode === "find" || mode === "time-find") {
   const handle = await repo.find(docUrl)
+  let done = false
   const check = () => {
     const doc = handle.doc()
-    if (doc && Object.keys(doc).some((k) => k.startsWith(keyPrefix))) {
-      if (mode === "time-find") {
-        console.log((performance.now() - started).toFixed(1))
-      } else {
-        console.log(JSON.stringify(doc, (_, v) => (typeof v === "bigint" ? Number(v) : v)))
-      }
+    if (!done && doc && Object.keys(doc).some((k) => k.startsWith(keyPrefix))) {
+      done = true
+      const out =
+        mode === "time-find"
+          ? (performance.now() - started).toFixed(1)
+          : JSON.stringify(doc, (_, v) => (typeof v === "bigint" ? Number(v) : v))
       clearTimeout(deadline)
-      process.exit(0)
+      // Exit once the output is flushed: into a pipe, stdout is written
+      // asynchronously, and exiting at once cuts it at 64 KiB.
+      process.stdout.write(out + "\n", () => process.exit(0))
     }
   }
   handle.on("change", check)

@@ -94,3 +94,40 @@ async fn javascript_and_rust_clients_exchange_documents() {
     assert_eq!(reviews[0]["rating"], 3);
     relay.shutdown().await;
 }
+
+/// automerge-repo's JS client bootstraps a large document it has never seen
+/// (20,000 changes, one key each) from the relay alone: the Rust peer that
+/// uploaded it has gone, and the relay was restarted, so what the client
+/// gets is what the relay stored. Every key arrives with its value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_javascript_client_bootstraps_a_large_document_from_the_relay() {
+    const CHANGES: usize = 20_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay_dir = dir.path().join("relay");
+    let relay = start_relay(&relay_dir).await;
+    let mut doc = Automerge::new();
+    for i in 0..CHANGES {
+        let key = if i + 1 == CHANGES { "zz-last".to_string() } else { format!("k{i:05}") };
+        let mut tx = doc.transaction();
+        tx.put(ROOT, key.as_str(), i as i64).expect("put");
+        tx.commit();
+    }
+    let id = DocumentId::from_random(uuid::Uuid::new_v4().into_bytes());
+    let mut uploader = TestPeer::connect(&relay.ws_url(), &token("dana", "rust"), "uploader").await.expect("connect");
+    let mut state = automerge::sync::State::new();
+    assert!(uploader.sync_doc(id, &mut doc, &mut state, false).await.expect("upload"), "the relay took the document");
+    drop(uploader);
+    relay.shutdown().await;
+
+    let relay = start_relay(&relay_dir).await;
+    let url = format!("{}?token={}", relay.ws_url(), token("dana", "js-phone"));
+    let out = node_command(&["find", &url, &id.url(), "zz-last"]).output().expect("node runs");
+    assert!(out.status.success(), "js find failed: {}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json from js");
+    let map = json.as_object().expect("the document is a map");
+    assert_eq!(map.len(), CHANGES, "every key reached the JS client");
+    assert_eq!(map["zz-last"], (CHANGES - 1) as i64);
+    assert_eq!(map["k00000"], 0);
+    assert_eq!(map["k12345"], 12345);
+    relay.shutdown().await;
+}
