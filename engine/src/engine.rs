@@ -310,18 +310,37 @@ impl Engine {
     /// restore, or peer-to-peer transfer). Merged changes are offered to the
     /// relay on the next sync.
     pub fn import_documents(&self, docs: &[(String, Vec<u8>)]) -> Result<()> {
+        let ids = docs
+            .iter()
+            .map(|(id, _)| id.parse().map_err(|e| EngineError::InvalidInput(format!("document id `{id}`: {e}"))))
+            .collect::<Result<Vec<DocumentId>>>()?;
+        let bytes: Vec<&[u8]> = docs.iter().map(|(_, b)| b.as_slice()).collect();
         let mut changed = Vec::new();
         self.replica(|r| {
             r.batch(|r| {
-                for (id, bytes) in docs {
-                    let id: DocumentId =
-                        id.parse().map_err(|e| EngineError::InvalidInput(format!("document id `{id}`: {e}")))?;
-                    let (_, did_change) =
-                        r.remote_change(&id, true, Some(bytes.clone()), |doc| doc.load_incremental(bytes))?;
-                    if did_change {
-                        changed.push(id);
+                // Months are decoded on worker threads while the ones
+                // already decoded are written here.
+                crate::decode::each_decoded(&bytes, |i, decoded| {
+                    let id = &ids[i];
+                    let decoded = decoded.map_err(|e| match e {
+                        crate::decode::DecodeError::Document(source) => {
+                            EngineError::Document { doc: id.to_string(), source: Box::new(source) }
+                        }
+                        crate::decode::DecodeError::Panicked => EngineError::InvalidInput(format!(
+                            "document `{id}` could not be decoded (the decoder failed on it)"
+                        )),
+                    })?;
+                    let apply = |doc: &mut automerge::Automerge, preloaded: bool| {
+                        if !preloaded {
+                            doc.load_incremental(bytes[i])?;
+                        }
+                        Ok(())
+                    };
+                    if r.receive_whole(id, true, bytes[i].to_vec(), decoded, apply)?.1 {
+                        changed.push(*id);
                     }
-                }
+                    Ok::<(), EngineError>(())
+                })?;
                 r.settle()
             })
         })?;

@@ -8,6 +8,7 @@
 //! API of [`Engine`]; no Automerge type leaks.
 
 pub mod bootstrap;
+mod decode;
 mod engine;
 pub mod error;
 pub mod ids;

@@ -7,10 +7,11 @@
 //! one SQLite transaction. The replica holds no socket and no clock: the
 //! engine API and the sync client call it, and so can the simulator.
 
+use crate::decode::WholeDoc;
 use crate::error::{EngineError, Result};
 use crate::ids::IdSource;
 use crate::memory::Scheduler;
-use crate::model::ChangeEvent;
+use crate::model::{ChangeEvent, Review, Session};
 use crate::progress_doc;
 use crate::store::{self, Store};
 use automerge::{ActorId, Automerge, ChangeHash};
@@ -36,6 +37,8 @@ const STORAGE_ID_KEY: &str = "storage_id";
 struct Written {
     touched: Option<progress_doc::Touched>,
     local: bool,
+    /// Every entry of a document that arrived whole, already read out of it.
+    whole: Option<(Vec<Review>, Vec<Session>)>,
 }
 
 struct CachedDoc {
@@ -67,6 +70,72 @@ pub struct Replica {
     maybe_stale: bool,
     /// Documents past the compaction threshold, compacted when sync is quiet.
     compact_due: std::collections::BTreeSet<DocumentId>,
+    /// Reviews and sessions received during a batch, materialized together
+    /// before it commits ([`Replica::flush_views`]).
+    pending: PendingViews,
+}
+
+/// What a batch received and has not materialized yet. Materializing many
+/// documents' reviews at once, sorted, inserts into the indexes in key order
+/// and reads and writes each item's memory state once, where document by
+/// document each of the 20,000 items of a bootstrap was read and written
+/// once per month.
+#[derive(Default)]
+struct PendingViews {
+    reviews: Vec<Review>,
+    sessions: Vec<Session>,
+    /// Estimated heap bytes held, bounded by [`PENDING_VIEWS_BYTES`].
+    bytes: usize,
+}
+
+impl PendingViews {
+    fn add(&mut self, reviews: Vec<Review>, sessions: Vec<Session>) {
+        let review_bytes = |r: &Review| {
+            std::mem::size_of::<Review>()
+                + r.id.len()
+                + r.item_id.len()
+                + r.device_id.len()
+                + r.session_id.as_ref().map_or(0, String::len)
+        };
+        let session_bytes = |s: &Session| {
+            std::mem::size_of::<Session>() + s.id.len() + s.device_id.len() + s.mode.len() + s.notes.len()
+        };
+        self.bytes +=
+            reviews.iter().map(review_bytes).sum::<usize>() + sessions.iter().map(session_bytes).sum::<usize>();
+        self.reviews.extend(reviews);
+        self.sessions.extend(sessions);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.reviews.is_empty() && self.sessions.is_empty()
+    }
+}
+
+/// Received reviews held for one materialization, at most (a month of a
+/// heavy user is about 1.3 MiB of them); past it they are materialized
+/// before the batch goes on.
+const PENDING_VIEWS_BYTES: usize = 16 * 1024 * 1024;
+
+/// Inserts reviews and sessions into the views and steps the memory states
+/// of the items whose reviews were new. Returns the items touched and
+/// whether any was marked stale.
+fn materialize(
+    conn: &rusqlite::Connection,
+    scheduler: &Scheduler,
+    reviews: &[Review],
+    sessions: &[Session],
+) -> Result<(Vec<String>, bool)> {
+    let mut inserted = Vec::new();
+    for r in reviews {
+        if store::insert_review(conn, r)? {
+            inserted.push(r);
+        }
+    }
+    let out = scheduler.apply_batch(conn, inserted)?;
+    for s in sessions {
+        store::upsert_session(conn, s)?;
+    }
+    Ok(out)
 }
 
 impl Replica {
@@ -96,6 +165,7 @@ impl Replica {
             cache: HashMap::new(),
             clock: 0,
             pending_events: Vec::new(),
+            pending: PendingViews::default(),
         })
     }
 
@@ -170,9 +240,14 @@ impl Replica {
         if let Err(source) = result {
             return Err(EngineError::Document { doc: id.to_string(), source: Box::new(source) });
         }
-        if let Err(e) =
-            self.persist(&id, partition, &before, Written { touched: Some(written), local: true }, true, None)
-        {
+        if let Err(e) = self.persist(
+            &id,
+            partition,
+            &before,
+            Written { touched: Some(written), local: true, whole: None },
+            true,
+            None,
+        ) {
             // The app is told this write failed, so it must not survive in
             // memory: it would sync to other devices, and later chunks would
             // depend on a change that is not on disk. Reload from disk.
@@ -224,7 +299,7 @@ impl Replica {
             // exactly this document (a partial load is ignored alike).
             let chunk = received.filter(|_| before.is_empty());
             let touched = incoming.map(|changes| progress_doc::touched_by(doc, &changes));
-            let written = Written { touched, local: false };
+            let written = Written { touched, local: false, whole: None };
             if let Err(e) = self.persist(id, &partition, &before, written, dirty, chunk) {
                 // Nothing of it is on disk: forget it in memory too, so the
                 // sync state and the document agree (the peer sends it again).
@@ -233,6 +308,47 @@ impl Replica {
             }
         }
         Ok((out, changed))
+    }
+
+    /// Takes in a document that arrived whole (an import, or a month a
+    /// bootstrap receives), decoded off the lock ([`crate::decode`]). When
+    /// this replica has none of it, the decoded document and its entries are
+    /// used as they are, and `apply(doc, true)` runs on it for what else the
+    /// arrival carries (a sync message's heads); otherwise `apply(doc, false)`
+    /// merges it as [`Replica::remote_change`] would. `bytes` is the saved
+    /// document, stored as it is. Returns `apply`'s result and whether the
+    /// document changed.
+    pub fn receive_whole<T>(
+        &mut self,
+        id: &DocumentId,
+        dirty: bool,
+        bytes: Vec<u8>,
+        decoded: WholeDoc,
+        apply: impl FnOnce(&mut Automerge, bool) -> Result<T, automerge::AutomergeError>,
+    ) -> Result<(T, bool)> {
+        let partition = store::doc_partition(self.store.conn(), id)?;
+        let actor = self.actor.clone();
+        let doc = self.doc(id)?;
+        if !doc.get_heads().is_empty() || decoded.doc.get_heads().is_empty() {
+            return self.remote_change(id, dirty, Some(bytes), |doc| apply(doc, false));
+        }
+        let WholeDoc { doc: mut decoded_doc, reviews, sessions } = decoded;
+        decoded_doc.set_actor(actor);
+        *doc = decoded_doc;
+        let out = match apply(doc, true) {
+            Ok(out) => out,
+            Err(source) => {
+                self.evict(id);
+                return Err(EngineError::Document { doc: id.to_string(), source: Box::new(source) });
+            }
+        };
+        let partition = partition.unwrap_or_else(|| UNKNOWN_PARTITION.to_owned());
+        let written = Written { touched: None, local: false, whole: Some((reviews, sessions)) };
+        if let Err(e) = self.persist(id, &partition, &[], written, dirty, Some(bytes)) {
+            self.evict(id);
+            return Err(e);
+        }
+        Ok((out, true))
     }
 
     /// Writes what the document gained since `before` and updates the views.
@@ -247,12 +363,14 @@ impl Replica {
         dirty: bool,
         chunk: Option<Vec<u8>>,
     ) -> Result<()> {
-        let Written { touched: written, local } = written;
+        let Written { touched: written, local, whole } = written;
         let entry = self.cache.get_mut(id).ok_or(EngineError::Poisoned)?;
         let doc = &entry.doc;
         let heads = doc.get_heads();
         let chunk = chunk.unwrap_or_else(|| doc.save_after(before));
-        let (reviews, sessions) = if written.is_none() && before.is_empty() {
+        let (reviews, sessions) = if let Some(entries) = whole {
+            entries
+        } else if written.is_none() && before.is_empty() {
             progress_doc::read_all(doc)
         } else {
             let touched = match written {
@@ -272,30 +390,34 @@ impl Replica {
         } else {
             partition.to_owned()
         };
+        // Inside a batch, a peer's reviews wait to be materialized with the
+        // rest of the batch (same transaction, so the same guarantees).
+        let defer = self.store.in_batch() && !local;
         let scheduler = &self.scheduler;
-        let mut changed_items = Vec::new();
-        let mut marked_stale = false;
+        let mut materialized = (Vec::new(), false);
         let chunks = self.store.transaction(|conn| {
             let n = store::append_chunk(conn, id, &partition, &chunk, &heads, dirty)?;
             if partition != UNKNOWN_PARTITION {
                 conn.prepare_cached("UPDATE documents SET partition = ?2 WHERE doc_id = ?1 AND partition = ?3")?
                     .execute(rusqlite::params![id.to_string(), partition, UNKNOWN_PARTITION])?;
             }
-            let mut inserted = Vec::new();
-            for r in &reviews {
-                if store::insert_review(conn, r)? {
-                    inserted.push(r);
-                }
-            }
-            let (items, stale) = scheduler.apply_batch(conn, inserted)?;
-            changed_items = items;
-            marked_stale = stale;
-            for s in &sessions {
-                store::upsert_session(conn, s)?;
+            if !defer {
+                materialized = materialize(conn, scheduler, &reviews, &sessions)?;
             }
             Ok(n)
         })?;
-        self.maybe_stale |= marked_stale;
+        if defer {
+            self.pending.add(reviews, sessions);
+            if self.pending.bytes >= PENDING_VIEWS_BYTES {
+                self.flush_views()?;
+            }
+        } else {
+            let (changed_items, marked_stale) = materialized;
+            self.maybe_stale |= marked_stale;
+            if !local {
+                self.note_changes(changed_items, &sessions);
+            }
+        }
         // Compaction saves the whole document (milliseconds for a heavy
         // month), so it waits for a quiet moment ([`Replica::maintain`])
         // unless chunks pile up with no quiet moment (no sync running). The
@@ -309,17 +431,39 @@ impl Replica {
         } else if chunks >= COMPACT_AFTER_CHUNKS {
             self.compact_due.insert(*id);
         }
-        if !local {
-            if !changed_items.is_empty() {
-                changed_items.sort();
-                changed_items.dedup();
-                self.pending_events.push(ChangeEvent::ItemsChanged { item_ids: changed_items });
-            }
-            if !sessions.is_empty() {
-                self.pending_events
-                    .push(ChangeEvent::SessionsChanged { session_ids: sessions.into_iter().map(|s| s.id).collect() });
-            }
+        Ok(())
+    }
+
+    /// Change events for the app: the items whose memory states a peer's
+    /// reviews changed, and the sessions a peer wrote.
+    fn note_changes(&mut self, mut changed_items: Vec<String>, sessions: &[Session]) {
+        if !changed_items.is_empty() {
+            changed_items.sort();
+            changed_items.dedup();
+            self.pending_events.push(ChangeEvent::ItemsChanged { item_ids: changed_items });
         }
+        if !sessions.is_empty() {
+            let mut session_ids: Vec<String> = sessions.iter().map(|s| s.id.clone()).collect();
+            session_ids.sort();
+            session_ids.dedup();
+            self.pending_events.push(ChangeEvent::SessionsChanged { session_ids });
+        }
+    }
+
+    /// Materializes the reviews and sessions a batch has received so far,
+    /// in the `reviews` table's key order (item, time, id), so the inserts
+    /// walk its pages instead of landing on random ones.
+    fn flush_views(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let PendingViews { mut reviews, sessions, .. } = std::mem::take(&mut self.pending);
+        reviews.sort_unstable_by(|a, b| (&a.item_id, a.reviewed_at, &a.id).cmp(&(&b.item_id, b.reviewed_at, &b.id)));
+        let scheduler = &self.scheduler;
+        let (changed_items, marked_stale) =
+            self.store.transaction(|conn| materialize(conn, scheduler, &reviews, &sessions))?;
+        self.maybe_stale |= marked_stale;
+        self.note_changes(changed_items, &sessions);
         Ok(())
     }
 
@@ -329,11 +473,12 @@ impl Replica {
     /// single write forgets its own.
     pub fn batch<T>(&mut self, f: impl FnOnce(&mut Replica) -> Result<T>) -> Result<T> {
         self.store.begin_batch()?;
-        let out = f(self);
+        let out = f(self).and_then(|out| self.flush_views().map(|()| out));
         let ended = self.store.end_batch(out.is_ok());
         let out = ended.and(out);
         if out.is_err() {
             self.cache.clear();
+            self.pending = PendingViews::default();
             self.maybe_stale = true;
         }
         out
@@ -342,6 +487,7 @@ impl Replica {
     /// Replays the memory states of items marked stale, so that reads see
     /// every review. Cheap when nothing is marked; the queries call it first.
     pub fn settle(&mut self) -> Result<()> {
+        self.flush_views()?;
         if !self.maybe_stale {
             return Ok(());
         }

@@ -91,6 +91,31 @@ const STEPS: &[M<'static>] = &[
     CREATE INDEX reviews_by_item ON reviews(item_id, reviewed_at, id, rating);
     "#,
     ),
+    // 4: reviews are stored in replay order, keyed by (item, time, id): one
+    // B-tree instead of a table, a random-id unique index and the per-item
+    // index. Reviews arriving together are inserted in key order, so a
+    // bootstrap appends to pages instead of touching a random page of three
+    // trees per review; an item's replay reads one range of the table. A
+    // review id is a UUID written once, with its item and time, by the
+    // device that recorded it, so the key names the same review the id did.
+    M::up(
+        r#"
+    CREATE TABLE reviews_by_item_key (
+        item_id      TEXT NOT NULL,
+        reviewed_at  INTEGER NOT NULL,
+        id           TEXT NOT NULL,
+        rating       INTEGER NOT NULL,
+        duration_ms  INTEGER NOT NULL,
+        device_id    TEXT NOT NULL,
+        session_id   TEXT,
+        PRIMARY KEY (item_id, reviewed_at, id)
+    ) WITHOUT ROWID;
+    INSERT INTO reviews_by_item_key(item_id, reviewed_at, id, rating, duration_ms, device_id, session_id)
+        SELECT item_id, reviewed_at, id, rating, duration_ms, device_id, session_id FROM reviews;
+    DROP TABLE reviews;
+    ALTER TABLE reviews_by_item_key RENAME TO reviews;
+    "#,
+    ),
 ];
 
 /// Applied with `rusqlite_migration`: each step runs in a transaction with
@@ -142,6 +167,27 @@ mod tests {
             let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
             assert_eq!(v, latest_version(), "from {start}");
         }
+    }
+
+    #[test]
+    fn reviews_survive_the_move_to_replay_order() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        MIGRATIONS.to_version(&mut conn, 3).unwrap();
+        conn.execute_batch(
+            "INSERT INTO reviews VALUES ('r2', 'apple', 3, 200, 1000, 'phone', 's1');
+             INSERT INTO reviews VALUES ('r1', 'apple', 1, 100, 900, 'tablet', NULL);
+             INSERT INTO reviews VALUES ('r3', 'pear', 4, 50, 800, 'phone', NULL);",
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let apple = crate::store::reviews_for_item(&conn, "apple").unwrap();
+        let ids: Vec<(&str, i64, u32, &str, Option<&str>)> = apple
+            .iter()
+            .map(|r| (r.id.as_str(), r.reviewed_at, r.duration_ms, r.device_id.as_str(), r.session_id.as_deref()))
+            .collect();
+        assert_eq!(ids, vec![("r1", 100, 900, "tablet", None), ("r2", 200, 1000, "phone", Some("s1"))]);
+        assert_eq!(crate::store::replay_inputs(&conn, "pear").unwrap()[0].rating, crate::model::Rating::Easy);
+        assert_eq!(crate::store::review_count(&conn).unwrap(), 3);
     }
 
     #[test]

@@ -66,9 +66,10 @@ impl Store {
     /// Starts a batch: every [`Store::transaction`] until [`Store::end_batch`]
     /// is part of one transaction, committed (and fsynced) once at the end.
     /// Many small writes arriving together (the months of a bootstrap) then
-    /// cost one commit: with indexes keyed by random ids, each commit
-    /// rewrites most of their pages. The page cache grows for the batch, so
-    /// its dirty pages are not spilled and read back.
+    /// cost one commit: a month's reviews touch pages all over the reviews
+    /// table (thousands of items), so each commit rewrites most of its
+    /// pages. The page cache grows for the batch, so its dirty pages are
+    /// not spilled and read back.
     pub fn begin_batch(&mut self) -> Result<()> {
         if !self.in_batch {
             self.conn.execute_batch("BEGIN IMMEDIATE")?;
@@ -106,10 +107,15 @@ impl Store {
     pub fn conn(&self) -> &Connection {
         &self.conn
     }
+
+    /// Whether a batch is open: what is written now commits at its end.
+    pub fn in_batch(&self) -> bool {
+        self.in_batch
+    }
 }
 
 /// Page cache of a connection (SQLite's default is 2 MiB): a month of
-/// reviews arriving at once inserts into indexes keyed by random ids, and
+/// reviews arriving at once inserts all over the reviews table, and
 /// with the default most of those inserts read a page back from the file.
 const CACHE_KIB: i64 = 8 * 1024;
 /// Page cache during a batch of writes, given back when it ends.
@@ -254,7 +260,8 @@ pub fn meta_set(conn: &Connection, key: &str, value: &str) -> Result<()> {
 
 // ---- materialized progress ----
 
-/// Inserts a review; returns false if it was already known.
+/// Inserts a review; returns false if it was already known. Reviews are
+/// keyed by (item, time, id): inserted in that order, they append.
 pub fn insert_review(conn: &Connection, r: &Review) -> Result<bool> {
     let n = conn
         .prepare_cached(
@@ -278,13 +285,14 @@ fn review_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Review> {
     })
 }
 
-/// An item's reviews in replay order: time, then review id.
+/// Every review id, sorted.
 pub fn review_ids(conn: &Connection) -> Result<Vec<String>> {
     let mut stmt = conn.prepare_cached("SELECT id FROM reviews ORDER BY id")?;
     let ids = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
     Ok(ids)
 }
 
+/// An item's reviews in replay order: time, then review id.
 pub fn reviews_for_item(conn: &Connection, item_id: &str) -> Result<Vec<Review>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, item_id, rating, reviewed_at, duration_ms, device_id, session_id
@@ -294,14 +302,12 @@ pub fn reviews_for_item(conn: &Connection, item_id: &str) -> Result<Vec<Review>>
     Ok(rows)
 }
 
-/// What replaying an item needs of its reviews, in replay order, read from
-/// the `reviews_by_item` index alone. Only `id`, `item_id`, `rating` and
+/// What replaying an item needs of its reviews, in replay order: one range
+/// of the `reviews` table, which is kept in that order. Only `id`, `item_id`, `rating` and
 /// `reviewed_at` are filled in; the other fields are empty.
 pub fn replay_inputs(conn: &Connection, item_id: &str) -> Result<Vec<Review>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, rating, reviewed_at FROM reviews INDEXED BY reviews_by_item
-         WHERE item_id = ?1 ORDER BY reviewed_at, id",
-    )?;
+    let mut stmt =
+        conn.prepare_cached("SELECT id, rating, reviewed_at FROM reviews WHERE item_id = ?1 ORDER BY reviewed_at, id")?;
     let rows = stmt
         .query_map([item_id], |r| {
             let rating: i64 = r.get(1)?;

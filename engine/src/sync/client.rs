@@ -13,6 +13,7 @@
 //! An up-to-date device therefore reconnects with two handshake messages,
 //! whatever its history.
 
+use crate::decode::WholeDoc;
 use crate::error::Result;
 use crate::model::TimestampMs;
 use crate::replica::Replica;
@@ -144,7 +145,15 @@ impl SyncClient {
     }
 
     /// Handles one message from the relay.
-    pub fn on_message(&mut self, replica: &mut Replica, msg: Message, now: TimestampMs) -> Result<Output> {
+    /// `whole` is the document the message carries, decoded ahead (see
+    /// [`crate::decode::whole_document_in`]), if it carries one.
+    pub fn on_message(
+        &mut self,
+        replica: &mut Replica,
+        msg: Message,
+        whole: Option<WholeDoc>,
+        now: TimestampMs,
+    ) -> Result<Output> {
         let mut out = Output::default();
         match (&self.phase, msg) {
             (Phase::AwaitingPeer, Message::Peer { sender_id, selected_protocol_version, metadata, .. }) => {
@@ -168,10 +177,22 @@ impl SyncClient {
                     return Ok(out);
                 };
                 let mut state = self.state(replica, &document_id)?;
-                let received =
+                let received: Option<Vec<u8>> =
                     (!message.changes.is_empty()).then(|| message.changes.iter().flatten().copied().collect());
-                let result = replica
-                    .remote_change(&document_id, false, received, |doc| doc.receive_sync_message(&mut state, message));
+                let result = match (whole, received) {
+                    (Some(whole), Some(bytes)) => {
+                        replica.receive_whole(&document_id, false, bytes, whole, |doc, preloaded| {
+                            if preloaded {
+                                receive_preloaded(doc, &mut state, message)
+                            } else {
+                                doc.receive_sync_message(&mut state, message)
+                            }
+                        })
+                    }
+                    (_, received) => replica.remote_change(&document_id, false, received, |doc| {
+                        doc.receive_sync_message(&mut state, message)
+                    }),
+                };
                 match result {
                     Ok(_) => {}
                     // The device cannot store what it receives (a full disk):
@@ -275,5 +296,75 @@ impl SyncClient {
         })?;
         self.persisted.insert(*id, shared);
         Ok(acknowledged)
+    }
+}
+
+/// Receives a sync message whose whole document `doc` already holds
+/// (decoded ahead into what was an empty document): the sync state ends as
+/// `receive_sync_message` leaves it when it loads the document itself. The
+/// message is received without its changes; automerge then takes the heads
+/// it already has as shared, as it would after loading them, but also
+/// records them as sent, which loading would not: that record is put back,
+/// or the reply telling the relay this device now has the document would
+/// not be sent.
+fn receive_preloaded(
+    doc: &mut automerge::Automerge,
+    state: &mut sync::State,
+    mut message: sync::Message,
+) -> Result<(), automerge::AutomergeError> {
+    message.changes = sync::ChunkList::empty();
+    let last_sent_heads = state.last_sent_heads.clone();
+    doc.receive_sync_message(state, message)?;
+    state.last_sent_heads = last_sent_heads;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use automerge::transaction::Transactable;
+    use automerge::{Automerge, ROOT};
+
+    /// A document received whole and decoded ahead ends exactly as one
+    /// automerge loaded itself: same heads, same sync state, same reply.
+    #[test]
+    fn a_whole_document_decoded_ahead_leaves_the_sync_state_automerge_would() {
+        let mut relay = Automerge::new();
+        for i in 0..50_i64 {
+            let _ = relay.transact(|tx| tx.put(ROOT, format!("k{i}"), i));
+        }
+        let mut relay_state = sync::State::new();
+        let device = Automerge::new();
+        let mut device_state = sync::State::new();
+        let hello = device.generate_sync_message(&mut device_state).expect("a device announces its empty heads");
+        relay.receive_sync_message(&mut relay_state, hello).unwrap();
+        let month = relay.generate_sync_message(&mut relay_state).expect("the relay sends the document");
+        let whole = crate::decode::whole_document_in(&month).expect("sent whole to a device that has none of it");
+
+        let (mut loaded, mut loaded_state) = (device.clone(), device_state.clone());
+        loaded.receive_sync_message(&mut loaded_state, month.clone()).unwrap();
+
+        let mut preloaded = WholeDoc::decode(whole).unwrap().doc;
+        let mut preloaded_state = device_state;
+        receive_preloaded(&mut preloaded, &mut preloaded_state, month).unwrap();
+
+        assert_eq!(preloaded.get_heads(), loaded.get_heads());
+        assert_eq!(preloaded.get_heads(), relay.get_heads());
+        let fields = |s: &sync::State| {
+            (
+                s.shared_heads.clone(),
+                s.last_sent_heads.clone(),
+                s.their_heads.clone(),
+                s.their_need.clone(),
+                s.sent_hashes.clone(),
+                s.in_flight,
+                s.have_responded,
+            )
+        };
+        assert_eq!(fields(&preloaded_state), fields(&loaded_state));
+        let reply = |doc: &Automerge, state: &mut sync::State| doc.generate_sync_message(state).map(|m| m.encode());
+        let expected = reply(&loaded, &mut loaded_state);
+        assert!(expected.is_some(), "the device tells the relay it has the document");
+        assert_eq!(reply(&preloaded, &mut preloaded_state), expected);
     }
 }

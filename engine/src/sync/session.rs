@@ -6,6 +6,7 @@
 //! protocol logic of its own.
 
 use super::client::{ProtocolError, SyncClient};
+use crate::decode::WholeDoc;
 use crate::engine::Shared;
 use crate::error::EngineError;
 use crate::model::TimestampMs;
@@ -21,6 +22,30 @@ pub enum SyncFailure {
     Decode(#[from] DecodeError),
     #[error(transparent)]
     Engine(#[from] EngineError),
+}
+
+/// Frames arriving together decode on worker threads from this size on
+/// (a bootstrap's months; a review or two decode faster than a thread starts).
+const PARALLEL_DECODE_BYTES: usize = 64 * 1024;
+
+/// Why the frames of a batch stopped being applied.
+enum Stop {
+    /// The relay sent something wrong: the session ends, the frames before it are kept.
+    Failed,
+    Engine(EngineError),
+}
+
+/// Decodes a frame, and the whole document its sync message carries, if
+/// it carries one (see [`crate::decode::whole_document_in`]).
+fn decode_frame(frame: &&[u8]) -> Result<(Message, Option<WholeDoc>), DecodeError> {
+    let msg = Message::decode(frame)?;
+    let whole = match &msg {
+        Message::Sync { data, .. } | Message::Request { data, .. } => automerge::sync::Message::decode(data)
+            .ok()
+            .and_then(|m| crate::decode::whole_document_in(&m).and_then(|bytes| WholeDoc::decode(bytes).ok())),
+        _ => None,
+    };
+    Ok((msg, whole))
 }
 
 pub struct SyncSession {
@@ -67,26 +92,35 @@ impl SyncSession {
         let mut send = Vec::new();
         let mut failure: Option<SyncFailure> = None;
         let mut synced_at = None;
+        // Frames carrying whole documents (a bootstrap's months) are decoded
+        // on worker threads, ahead of being applied here in order.
+        let bytes: usize = frames.iter().map(|f| f.len()).sum();
+        let parallel = frames.len() > 1 && bytes >= PARALLEL_DECODE_BYTES;
         shared.with_replica(|replica| {
             replica.batch(|replica| {
-                for frame in frames {
-                    shared.count_received(frame.len());
-                    let msg = match Message::decode(frame) {
-                        Ok(m) => m,
+                let applied = crate::decode::each_in_order(frames, parallel, decode_frame, |i, decoded| {
+                    shared.count_received(frames[i].len());
+                    // `None`: decoding panicked on a worker; decode here without the head start.
+                    let (msg, whole) = match decoded.unwrap_or_else(|| Message::decode(frames[i]).map(|m| (m, None))) {
+                        Ok(decoded) => decoded,
                         Err(e) => {
                             failure = Some(e.into());
-                            break;
+                            return Err(Stop::Failed);
                         }
                     };
-                    let output = client.on_message(replica, msg, now)?;
+                    let output = client.on_message(replica, msg, whole, now).map_err(Stop::Engine)?;
                     send.extend(output.send);
                     if let Some(e) = output.error {
                         failure = Some(e.into());
-                        break;
+                        return Err(Stop::Failed);
                     }
                     synced_at = output.synced_at.or(synced_at);
+                    Ok(())
+                });
+                match applied {
+                    Ok(()) | Err(Stop::Failed) => Ok(()),
+                    Err(Stop::Engine(e)) => Err(e),
                 }
-                Ok(())
             })?;
             // Status changes are made while the replica is still locked, so a
             // reader of `Engine::sync_status` (which reads pending documents
