@@ -131,6 +131,7 @@ fn materialize(
             inserted.push(r);
         }
     }
+    store::count_new_reviews(conn, inserted.len())?;
     let out = scheduler.apply_batch(conn, inserted)?;
     for s in sessions {
         store::upsert_session(conn, s)?;
@@ -563,6 +564,11 @@ mod tests {
         replica.remote_change(&id, false, Some(bytes.clone()), |doc| doc.load_incremental(&bytes)).unwrap();
     }
 
+    /// Reviews in the table, counted the slow way.
+    fn counted(replica: &Replica) -> u64 {
+        replica.store.conn().query_row("SELECT count(*) FROM reviews", [], |r| r.get::<_, i64>(0)).unwrap() as u64
+    }
+
     fn open(path: &Path) -> Replica {
         Replica::open(path, "u", Box::new(crate::ids::RandomIds)).unwrap()
     }
@@ -598,6 +604,8 @@ mod tests {
             assert_eq!(store::stale_items(late.store.conn()).unwrap(), vec!["item".to_string()]);
         }
         let mut reopened = open(&path);
+        assert_eq!(store::review_count(reopened.store.conn()).unwrap(), 3);
+        assert_eq!(counted(&reopened), 3, "the counter is the table's count");
         assert_eq!(state(&mut reopened), expected, "the mark survived the restart and the replay ran");
         assert!(store::stale_items(reopened.store.conn()).unwrap().is_empty());
     }
@@ -618,11 +626,22 @@ mod tests {
             Ok(())
         });
         assert!(failed.is_err());
-        assert_eq!(store::review_count(replica.store.conn()).unwrap(), 0);
+        assert_eq!(store::review_count(replica.store.conn()).unwrap(), 0, "the counter rolled back with the batch");
+        assert_eq!(counted(&replica), 0);
         assert!(replica.doc_ids().unwrap().is_empty());
         // And the document in memory was forgotten with it: receiving it again stores it.
-        receive(&mut replica, "2026-09", bytes);
+        receive(&mut replica, "2026-09", bytes.clone());
         assert_eq!(store::review_count(replica.store.conn()).unwrap(), 1);
         assert_eq!(replica.doc_ids().unwrap().len(), 1);
+        // The same review in another document adds nothing, to the table or the counter.
+        replica
+            .batch(|r| {
+                receive(r, "2026-10", bytes.clone());
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(replica.doc_ids().unwrap().len(), 2);
+        assert_eq!(store::review_count(replica.store.conn()).unwrap(), 1);
+        assert_eq!(counted(&replica), 1);
     }
 }

@@ -88,13 +88,29 @@ async fn answer(
     }
 }
 
+/// How the senders pace their edits.
+#[derive(Clone, Copy)]
+pub enum Pace {
+    /// Each sender edits again as soon as its last edit was acknowledged
+    /// and delivered: every pair always has one edit in flight, so the
+    /// latency is the queue (Little's law: edits in flight / throughput).
+    Saturated,
+    /// Each sender edits once per interval, the senders' schedules spread
+    /// evenly over it: a fixed offered load. Latency is measured from the
+    /// scheduled time, so an edit that starts late because the one before
+    /// it was slow counts its wait (no coordinated omission).
+    Every(Duration),
+}
+
 async fn pair(
     url: String,
     i: usize,
     edits: usize,
+    pace: (Pace, usize),
     barrier: Arc<Barrier>,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<(Vec<Duration>, Vec<Duration>), String> {
+    let (pace, pairs) = pace;
     let user = format!("load-{i}");
     let connected = async {
         let a = TestPeer::connect(&url, &token(&user, "a"), &format!("a-{i}")).await?;
@@ -146,12 +162,22 @@ async fn pair(
     }
 
     let (mut acks, mut deliveries) = (Vec::with_capacity(edits), Vec::with_capacity(edits));
+    let start = tokio::time::Instant::now();
     for e in 1..=edits {
+        let scheduled = match pace {
+            Pace::Saturated => None,
+            Pace::Every(interval) => {
+                let offset = interval.mul_f64(i as f64 / pairs.max(1) as f64);
+                let at = start + offset + interval * (e as u32 - 1);
+                tokio::time::sleep_until(at).await;
+                Some(at.into_std())
+            }
+        };
         let mut tx = da.transaction();
         let _ = tx.put(automerge::ROOT, "n", e as i64);
         tx.commit();
         let target = da.get_heads();
-        let t0 = Instant::now();
+        let t0 = scheduled.unwrap_or_else(Instant::now);
         if let Some(m) = a.sync_message(doc_id, &da, &mut sa) {
             a.send(m).await?;
         }
@@ -165,8 +191,8 @@ async fn pair(
 }
 
 /// `pairs` pairs of devices (one user each) make `edits` sequential edits to
-/// their shared document, all pairs at once.
-pub async fn run(url: &str, pairs: usize, edits: usize) -> LoadResult {
+/// their shared document, all pairs at once, paced by `pace`.
+pub async fn run(url: &str, pairs: usize, edits: usize, pace: Pace) -> LoadResult {
     let barrier = Arc::new(Barrier::new(pairs + 1));
     let mut tasks = Vec::with_capacity(pairs);
     // Few handshakes at once: a pair reads one socket at a time while it sets up,
@@ -181,7 +207,7 @@ pub async fn run(url: &str, pairs: usize, edits: usize) -> LoadResult {
                 barrier.wait().await;
                 return Err("semaphore closed".to_string());
             };
-            pair(url, i, edits, barrier, permit).await
+            pair(url, i, edits, (pace, pairs), barrier, permit).await
         }));
     }
     barrier.wait().await;
