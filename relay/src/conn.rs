@@ -18,6 +18,7 @@ use crate::hub::{DocSlot, Hub, Registration};
 use crate::metrics::Metrics;
 use crate::session::{Action, PeerSession};
 use crate::storage::{EncodedHeads, StorageError, encode_heads};
+use crate::whole_doc;
 use automerge::Automerge;
 use automerge::sync::{self, SyncDoc};
 use protocol::{DocumentId, Message};
@@ -350,7 +351,10 @@ impl ConnCore {
                 }
             }
         }
-        let reply = guard.doc.as_ref().and_then(|d| d.generate_sync_message(&mut state));
+        let reply = match guard.doc.as_ref() {
+            Some(doc) => self.reply(doc, doc_id, &mut state)?,
+            None => None,
+        };
         let in_sync = reply.is_none() || guard.doc.as_ref().map(|d| d.get_heads()) == state.their_heads;
         drop(guard);
         self.finish(doc_id, state)?;
@@ -359,6 +363,31 @@ impl ConnCore {
             self.fill_offer_window(now, &mut out)?;
         }
         Ok(out)
+    }
+
+    /// The reply to a peer's sync message. To a peer that has none of the
+    /// document, the stored bytes go out as they are when they are one saved
+    /// document of exactly this version (see [`crate::whole_doc`]); else
+    /// automerge generates it.
+    fn reply(
+        &self,
+        doc: &Automerge,
+        doc_id: DocumentId,
+        state: &mut sync::State,
+    ) -> Result<Option<sync::Message>, CloseReason> {
+        if whole_doc::wants_whole_document(doc, state) {
+            let stored = self.hub.storage.load(&self.reg.user, &doc_id).map_err(|e| self.storage_failed(e))?;
+            let saved = stored.and_then(|s| match (s.snapshot, s.chunks.len()) {
+                (Some(snapshot), 0) => Some(snapshot),
+                (None, 1) => s.chunks.into_iter().next(),
+                _ => None,
+            });
+            if let Some(message) = saved.and_then(|saved| whole_doc::reply_with_saved(doc, state, saved)) {
+                Metrics::inc(&self.hub.metrics.whole_docs_from_storage);
+                return Ok(Some(message));
+            }
+        }
+        Ok(doc.generate_sync_message(state))
     }
 
     /// Offers `doc`'s news to this peer (after another device changed it).

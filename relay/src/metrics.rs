@@ -64,6 +64,8 @@ pub struct Metrics {
     pub bytes_out: AtomicU64,
     pub changes_stored: AtomicU64,
     pub docs_loaded: AtomicU64,
+    /// Whole documents sent to a peer that had none, from the stored bytes.
+    pub whole_docs_from_storage: AtomicU64,
     pub docs_evicted: AtomicU64,
     pub docs_unavailable: AtomicU64,
     pub storage_errors: AtomicU64,
@@ -159,6 +161,12 @@ impl Metrics {
                 self.changes_stored.load(Relaxed),
             ),
             ("relay_docs_loaded_total", "counter", "Documents loaded from storage", self.docs_loaded.load(Relaxed)),
+            (
+                "relay_whole_docs_from_storage_total",
+                "counter",
+                "Whole documents sent to a peer that had none, as stored (not saved again)",
+                self.whole_docs_from_storage.load(Relaxed),
+            ),
             (
                 "relay_docs_evicted_total",
                 "counter",

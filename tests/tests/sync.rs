@@ -353,3 +353,36 @@ async fn a_relay_over_its_document_memory_budget_drops_and_reloads_months() {
     eventually("the tablet has every month", WAIT, || same_progress(&phone, &tablet)).await;
     assert_eq!(tablet.review_count().expect("count"), 240);
 }
+
+/// A new device gets each month as the relay stored it when that is one
+/// saved document of the current version (no second `save` on the relay),
+/// and a freshly saved one when the month changed since (stored as several
+/// chunks): either way it ends with everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_device_gets_months_as_stored_or_saved_afresh() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = start_relay(&dir.path().join("relay")).await;
+    let from_storage = || relay.hub.metrics.whole_docs_from_storage.load(std::sync::atomic::Ordering::Relaxed);
+    let phone = open_engine(&dir.path().join("phone"), "erin", "phone");
+    for month in 0..3 {
+        for i in 0..20 {
+            review(&phone, &format!("item-{}", i % 7), Rating::Good, T0 + month * 31 * DAY + i * 60_000);
+        }
+    }
+    phone.start_sync(relay_config(&relay.ws_url(), "erin", "phone")).expect("sync");
+    eventually("the phone uploaded", WAIT, || settled(&phone)).await;
+
+    let tablet = open_engine(&dir.path().join("tablet"), "erin", "tablet");
+    tablet.start_sync(relay_config(&relay.ws_url(), "erin", "tablet")).expect("sync");
+    eventually("the tablet has every month", WAIT, || same_progress(&phone, &tablet)).await;
+    assert_eq!(from_storage(), 3, "each month went out as the relay stored it");
+
+    // One month changes: the relay now holds it as two chunks.
+    review(&phone, "item-1", Rating::Hard, T0 + 2 * 31 * DAY + 3_600_000);
+    eventually("the change reached the tablet", WAIT, || same_progress(&phone, &tablet)).await;
+    let laptop = open_engine(&dir.path().join("laptop"), "erin", "laptop");
+    laptop.start_sync(relay_config(&relay.ws_url(), "erin", "laptop")).expect("sync");
+    eventually("the laptop has every month", WAIT, || same_progress(&phone, &laptop)).await;
+    assert_eq!(laptop.review_count().expect("count"), 61);
+    assert_eq!(from_storage(), 5, "the two unchanged months as stored, the changed one saved afresh");
+}

@@ -138,7 +138,7 @@ async fn scale(report: &mut Report, import_only: bool) {
     let (idle_rss, _) = rss_of(&pid);
     let phone = open_engine(&phone_dir, "heavy", "phone");
     let tablet = open_engine(&dir.path().join("tablet"), "heavy", "tablet");
-    wire::run(report, &phone, &tablet, &url, history.reviews as u64, history.end).await;
+    wire::run(report, &phone, &tablet, &url, &pid, history.reviews as u64, history.end).await;
     let (rss, hwm) = rss_of(&pid);
     report.figure(
         "relay process memory: idle before / after the scale section",
@@ -153,8 +153,12 @@ async fn scale(report: &mut Report, import_only: bool) {
     );
     phone.stop_sync();
     tablet.stop_sync();
-    // The relay drops documents 30 s after their last use: wait for that.
     let base = url.replace("ws://", "http://").trim_end_matches("/sync").to_owned();
+    report.figure(
+        "relay: months sent to a device that had none, as stored (not saved again)",
+        metric(&base, "relay_whole_docs_from_storage_total ").await.map_or("-".into(), |n| n.to_string()),
+    );
+    // The relay drops documents 30 s after their last use: wait for that.
     let deadline = Instant::now() + std::time::Duration::from_secs(120);
     while Instant::now() < deadline && metric(&base, "relay_docs_resident ").await != Some(0) {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;

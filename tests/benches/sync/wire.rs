@@ -136,12 +136,37 @@ async fn warm_latency(report: &mut Report, a: &Engine, b: &Engine, n: usize, at:
     );
 }
 
-pub async fn run(report: &mut Report, phone: &Engine, tablet: &Engine, url: &str, reviews: u64, end: i64) {
+/// CPU seconds the relay process and this (the devices') process used.
+fn cpu(relay_pid: &str) -> (f64, f64) {
+    let own = std::process::id().to_string();
+    (integration_tests::admin::process_cpu_seconds(relay_pid), integration_tests::admin::process_cpu_seconds(&own))
+}
+
+/// Who was busy during a phase: the relay's and the devices' CPU time
+/// (from the kernel's process accounting), against the wall time.
+fn busy(report: &mut Report, what: &str, before: (f64, f64), after: (f64, f64), wall: Duration) {
+    report.figure(
+        format!("{what}: CPU of relay / of the devices' process (wall {:.1} s)", wall.as_secs_f64()),
+        format!("{:.1} s / {:.1} s", after.0 - before.0, after.1 - before.1),
+    );
+}
+
+pub async fn run(
+    report: &mut Report,
+    phone: &Engine,
+    tablet: &Engine,
+    url: &str,
+    relay_pid: &str,
+    reviews: u64,
+    end: i64,
+) {
     // Initial backup of the whole history, then a new device bootstrapping it.
     let t0 = Instant::now();
+    let cpu0 = cpu(relay_pid);
     phone.start_sync(relay_config(url, "heavy", "phone")).expect("sync");
     eventually("phone uploads its history", LONG, || settled(phone)).await;
     let took = t0.elapsed();
+    busy(report, "400k: first upload", cpu0, cpu(relay_pid), took);
     report.target(
         "400k: first upload of the whole history to the relay",
         "<= 3 s",
@@ -151,9 +176,11 @@ pub async fn run(report: &mut Report, phone: &Engine, tablet: &Engine, url: &str
     report.figure("400k: bytes uploaded", kib(traffic(phone).bytes_sent));
 
     let t0 = Instant::now();
+    let cpu0 = cpu(relay_pid);
     tablet.start_sync(relay_config(url, "heavy", "tablet")).expect("sync");
     eventually("tablet bootstraps", LONG, || tablet.review_count().ok() == Some(reviews)).await;
     let to_last = t0.elapsed();
+    busy(report, "400k: bootstrap", cpu0, cpu(relay_pid), to_last);
     // The first query after the last review: it sees every review (queries
     // replay what arrived out of order first).
     let _ = tablet.due_items(end, 50);

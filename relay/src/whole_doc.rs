@@ -1,0 +1,187 @@
+//! Answering a peer that has none of a document with the bytes the relay
+//! stored, instead of saving the document again.
+//!
+//! Automerge answers a peer that announces empty heads (and speaks V2 sync
+//! messages) with the whole document, `save`d for the occasion: ~30 ms for
+//! a heavy month, once per month for every new device. When the relay holds
+//! the document as one stored blob (a device uploaded it whole, or it was
+//! compacted) whose heads are the loaded document's, that blob is exactly
+//! what a new device needs. [`reply_with_saved`] builds the message
+//! automerge would have sent, with that blob in place of the fresh save, and
+//! leaves the sync state as automerge would have left it.
+
+use automerge::sync::{self, SyncDoc};
+use automerge::{Automerge, ChangeHash};
+
+/// Whether automerge would answer with the whole document now: the peer
+/// has nothing, speaks V2, and nothing asks for a reset or a read-only
+/// exchange.
+pub fn wants_whole_document(doc: &Automerge, state: &sync::State) -> bool {
+    let v2 = state.their_capabilities.as_ref().is_some_and(|c| c.contains(&sync::Capability::MessageV2));
+    let their_last_sync_known = state
+        .their_have
+        .as_ref()
+        .and_then(|h| h.first())
+        .is_none_or(|h| h.last_sync.iter().all(|hash| doc.get_change_meta_by_hash(hash).is_some()));
+    state.their_heads.as_deref() == Some(&[])
+        && state.their_have.is_some()
+        && state.their_need.is_some()
+        && v2
+        && their_last_sync_known
+        && !state.read_only
+        && !state.is_peer_read_only()
+        && !state.needs_reset
+}
+
+/// The heads a saved document (one document chunk) records, read from its
+/// header; `None` if `saved` is not exactly that.
+pub fn saved_heads(saved: &[u8]) -> Option<Vec<ChangeHash>> {
+    const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+    const DOCUMENT: u8 = 0;
+    fn uleb(b: &mut &[u8]) -> Option<u64> {
+        let (mut value, mut shift) = (0u64, 0u32);
+        loop {
+            let (&byte, rest) = b.split_first()?;
+            *b = rest;
+            value |= u64::from(byte & 0x7f).checked_shl(shift)?;
+            if byte & 0x80 == 0 {
+                return Some(value);
+            }
+            shift += 7;
+        }
+    }
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = b.split_at_checked(n)?;
+        *b = rest;
+        Some(head)
+    }
+    let mut b = saved;
+    if take(&mut b, 4)? != MAGIC {
+        return None;
+    }
+    take(&mut b, 4)?; // checksum
+    if *take(&mut b, 1)?.first()? != DOCUMENT {
+        return None;
+    }
+    let len = usize::try_from(uleb(&mut b)?).ok()?;
+    if len != b.len() {
+        return None; // more than one chunk, or a truncated one
+    }
+    for _ in 0..uleb(&mut b)? {
+        let actor_len = usize::try_from(uleb(&mut b)?).ok()?;
+        take(&mut b, actor_len)?;
+    }
+    let count = usize::try_from(uleb(&mut b)?).ok()?;
+    let mut heads = Vec::with_capacity(count.min(1024));
+    for _ in 0..count {
+        heads.push(ChangeHash(take(&mut b, 32)?.try_into().ok()?));
+    }
+    Some(heads)
+}
+
+/// The message automerge would send `state`'s peer (the whole document),
+/// with `saved` as the document. `saved` must hold exactly `doc`'s changes
+/// (its heads are checked; `None` if they differ, and the caller lets
+/// automerge save instead). Call only when [`wants_whole_document`] holds.
+pub fn reply_with_saved(doc: &Automerge, state: &mut sync::State, saved: Vec<u8>) -> Option<sync::Message> {
+    let mut heads = saved_heads(&saved)?;
+    heads.sort_unstable();
+    if heads != doc.get_heads() {
+        return None;
+    }
+    // Without the peer's have and need, automerge builds the same message
+    // (heads, have, need, flags, V2) with no changes, and updates the state
+    // the same way, except for the hashes it records as sent.
+    let mut probe = state.clone();
+    probe.their_have = None;
+    probe.their_need = None;
+    let mut message = doc.generate_sync_message(&mut probe)?;
+    if !message.changes.is_empty() {
+        return None;
+    }
+    probe.their_have = state.their_have.take();
+    probe.their_need = state.their_need.take();
+    probe.sent_hashes.extend(doc.get_changes_meta(&[]).into_iter().map(|c| c.hash));
+    message.changes = sync::ChunkList::from(saved);
+    *state = probe;
+    Some(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use automerge::ROOT;
+    use automerge::transaction::Transactable;
+
+    fn month(changes: i64) -> Automerge {
+        let mut doc = Automerge::new();
+        for i in 0..changes {
+            let _ = doc.transact(|tx| tx.put(ROOT, format!("k{i}"), i));
+        }
+        doc
+    }
+
+    #[test]
+    fn a_saved_document_tells_its_heads_and_anything_else_does_not() {
+        let mut doc = month(20);
+        // Two concurrent heads.
+        let mut other = doc.fork();
+        let _ = other.transact(|tx| tx.put(ROOT, "x", 1));
+        let _ = doc.transact(|tx| tx.put(ROOT, "y", 2));
+        doc.merge(&mut other).unwrap();
+        let mut heads = saved_heads(&doc.save()).unwrap();
+        heads.sort_unstable();
+        assert_eq!(heads, doc.get_heads());
+        assert_eq!(heads.len(), 2);
+        assert!(saved_heads(&doc.save_after(&[])).is_none(), "change chunks are not a saved document");
+        let mut two = doc.save();
+        two.extend(other.save());
+        assert!(saved_heads(&two).is_none(), "two chunks are not one saved document");
+        assert!(saved_heads(b"junk").is_none());
+        assert!(saved_heads(&doc.save()[..40]).is_none());
+    }
+
+    /// A new device's first exchange: the reply built from the stored bytes
+    /// is automerge's own, and the state after it is the same.
+    #[test]
+    fn the_reply_from_stored_bytes_is_the_one_automerge_sends() {
+        let relay_doc = month(60);
+        let stored = relay_doc.save();
+        let mut relay_state = sync::State::new();
+        let offer = relay_doc.generate_sync_message(&mut relay_state).expect("an offer");
+        let mut device = Automerge::new();
+        let mut device_state = sync::State::new();
+        device.receive_sync_message(&mut device_state, offer).unwrap();
+        let nothing = device.generate_sync_message(&mut device_state).expect("the device says it has nothing");
+        relay_doc.clone().receive_sync_message(&mut relay_state, nothing).unwrap();
+        assert!(wants_whole_document(&relay_doc, &relay_state));
+
+        let mut automerge_state = relay_state.clone();
+        let automerge_reply = relay_doc.generate_sync_message(&mut automerge_state).expect("the whole document");
+        let ours = reply_with_saved(&relay_doc, &mut relay_state, stored.clone()).expect("built from the stored bytes");
+
+        assert_eq!(relay_state, automerge_state);
+        assert_eq!(ours.heads, automerge_reply.heads);
+        assert_eq!(ours.need, automerge_reply.need);
+        assert_eq!(ours.have, automerge_reply.have);
+        assert_eq!(ours.flags, automerge_reply.flags);
+        assert_eq!(ours.version, automerge_reply.version);
+        assert_eq!(ours.changes.iter().collect::<Vec<_>>(), vec![stored.as_slice()]);
+        // And the device takes it as it takes automerge's.
+        let (mut a, mut sa) = (device.clone(), device_state.clone());
+        a.receive_sync_message(&mut sa, automerge_reply).unwrap();
+        let (mut b, mut sb) = (device, device_state);
+        b.receive_sync_message(&mut sb, sync::Message::decode(&ours.encode()).unwrap()).unwrap();
+        assert_eq!(a.get_heads(), b.get_heads());
+        assert_eq!(sa, sb);
+    }
+
+    #[test]
+    fn stored_bytes_of_another_version_are_not_used() {
+        let relay_doc = month(10);
+        let older = month(5).save();
+        let mut state = sync::State::new();
+        assert!(reply_with_saved(&relay_doc, &mut state, older).is_none());
+        assert_eq!(state, sync::State::new(), "nothing changed");
+    }
+}
