@@ -328,7 +328,12 @@ pub async fn start(config: Config) -> Result<RunningRelay, RelayError> {
             tokio::select! {
                 _ = tick.tick() => {
                     if sweeper_hub.evict_idle(Instant::now()) > 0 {
-                        let _ = tokio::task::spawn_blocking(Hub::release_freed_memory).await;
+                        let hub = sweeper_hub.clone();
+                        let _ = tokio::task::spawn_blocking(move || {
+                            hub.storage.release_memory();
+                            Hub::release_freed_memory();
+                        })
+                        .await;
                     }
                 }
                 _ = sweeper_rx.changed() => return,

@@ -82,6 +82,10 @@ pub trait DocStorage: Send + Sync + 'static {
     fn flush(&self) -> Result<()> {
         Ok(())
     }
+    /// Gives back memory held for speed only (page caches), once the relay
+    /// has dropped idle documents: after a large history synced, that memory
+    /// would otherwise stay resident until the relay restarts.
+    fn release_memory(&self) {}
     /// Writes and commits a little (readiness: can this storage take writes
     /// now?). A full disk or a read-only file system fails it.
     fn probe_write(&self) -> Result<()>;

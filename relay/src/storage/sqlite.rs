@@ -56,6 +56,8 @@ enum WriteRequest {
     Flush {
         reply: mpsc::SyncSender<Result<()>>,
     },
+    /// Frees the writer connection's unused page cache (after its group).
+    ReleaseMemory,
 }
 
 impl WriteRequest {
@@ -66,7 +68,7 @@ impl WriteRequest {
             WriteRequest::Compact { snapshot, .. } => snapshot.len(),
             WriteRequest::SaveSyncState { state, shared_heads, .. } => state.len() + shared_heads.len(),
             WriteRequest::ForgetOtherInstalls { device, keep, .. } => device.len() + keep.len(),
-            WriteRequest::Flush { .. } | WriteRequest::Probe { .. } => 0,
+            WriteRequest::Flush { .. } | WriteRequest::Probe { .. } | WriteRequest::ReleaseMemory => 0,
         }
     }
 }
@@ -176,8 +178,16 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<WriteRequest>, queued: &
             }
         }
         let bytes: usize = group.iter().map(WriteRequest::size).sum();
-        commit_group(&mut conn, group);
+        let before = group.len();
+        group.retain(|r| !matches!(r, WriteRequest::ReleaseMemory));
+        let release = group.len() < before;
+        if !group.is_empty() {
+            commit_group(&mut conn, group);
+        }
         queued.release(bytes);
+        if release {
+            let _ = conn.release_memory();
+        }
     }
 }
 
@@ -216,6 +226,8 @@ fn commit_group(conn: &mut Connection, group: Vec<WriteRequest>) {
                     Outcome::None
                 }
                 WriteRequest::Flush { reply } => Outcome::Flushed(reply),
+                // Taken out of the group by the writer loop; nothing to write.
+                WriteRequest::ReleaseMemory => Outcome::None,
                 WriteRequest::Probe { reply } => Outcome::Compacted(
                     reply,
                     sp.execute(
@@ -325,6 +337,13 @@ impl DocStorage for SqliteStorage {
             device: device.to_owned(),
             keep: keep.to_owned(),
         })
+    }
+
+    fn release_memory(&self) {
+        if let Ok(reader) = self.reader.lock() {
+            let _ = reader.release_memory();
+        }
+        let _ = self.submit(WriteRequest::ReleaseMemory);
     }
 
     fn flush(&self) -> Result<()> {
