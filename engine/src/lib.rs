@@ -21,6 +21,7 @@ pub mod progress_doc;
 mod replica;
 mod store;
 mod sync;
+mod views;
 
 pub use engine::{Engine, EngineConfig};
 pub use error::{EngineError, Result};
