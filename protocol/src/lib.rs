@@ -1,7 +1,7 @@
 //! The sync protocol shared by the engine, the relay and the simulator.
 //!
 //! This crate is pure: it encodes and decodes bytes, it never touches a socket,
-//! a file or a clock (time is always an argument). Three concerns live here:
+//! a file or a clock (time is always an argument). Four concerns live here:
 //!
 //! * [`wire`] — automerge-repo's network protocol v1 messages, CBOR-encoded
 //!   exactly as `@automerge/automerge-repo` writes them, so the JavaScript
@@ -9,9 +9,12 @@
 //! * [`doc_id`] — automerge-repo document ids (16 bytes, bs58check text).
 //! * [`token`] — the signed device token a peer presents at the WebSocket
 //!   upgrade, naming the user and the device.
+//! * [`whole_doc`] — answering a peer that has none of a document with the
+//!   bytes already stored (automerge's own message, no second `save`).
 
 pub mod doc_id;
 pub mod token;
+pub mod whole_doc;
 pub mod wire;
 
 pub use doc_id::DocumentId;

@@ -18,10 +18,9 @@ use crate::hub::{DocSlot, Hub, Registration};
 use crate::metrics::Metrics;
 use crate::session::{Action, PeerSession};
 use crate::storage::{EncodedHeads, StorageError, encode_heads};
-use crate::whole_doc;
 use automerge::Automerge;
 use automerge::sync::{self, SyncDoc};
-use protocol::{DocumentId, Message};
+use protocol::{DocumentId, Message, whole_doc};
 use std::collections::HashMap;
 use std::sync::{Arc, MutexGuard};
 use std::time::Instant;
@@ -367,7 +366,7 @@ impl ConnCore {
 
     /// The reply to a peer's sync message. To a peer that has none of the
     /// document, the stored bytes go out as they are when they are one saved
-    /// document of exactly this version (see [`crate::whole_doc`]); else
+    /// document of exactly this version (see [`protocol::whole_doc`]); else
     /// automerge generates it.
     fn reply(
         &self,
@@ -377,11 +376,7 @@ impl ConnCore {
     ) -> Result<Option<sync::Message>, CloseReason> {
         if whole_doc::wants_whole_document(doc, state) {
             let stored = self.hub.storage.load(&self.reg.user, &doc_id).map_err(|e| self.storage_failed(e))?;
-            let saved = stored.and_then(|s| match (s.snapshot, s.chunks.len()) {
-                (Some(snapshot), 0) => Some(snapshot),
-                (None, 1) => s.chunks.into_iter().next(),
-                _ => None,
-            });
+            let saved = stored.and_then(|s| whole_doc::one_blob(s.snapshot, s.chunks));
             if let Some(message) = saved.and_then(|saved| whole_doc::reply_with_saved(doc, state, saved)) {
                 Metrics::inc(&self.hub.metrics.whole_docs_from_storage);
                 return Ok(Some(message));

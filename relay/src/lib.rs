@@ -21,7 +21,6 @@ pub mod server;
 pub mod session;
 pub mod storage;
 pub mod tls_listener;
-pub mod whole_doc;
 pub mod ws;
 
 pub use config::Config;

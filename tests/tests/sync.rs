@@ -386,3 +386,29 @@ async fn a_new_device_gets_months_as_stored_or_saved_afresh() {
     assert_eq!(laptop.review_count().expect("count"), 61);
     assert_eq!(from_storage(), 5, "the two unchanged months as stored, the changed one saved afresh");
 }
+
+/// A month imported whole goes to the relay as it was stored, not saved
+/// again: here the import was saved uncompressed, which `save` never writes,
+/// and the relay ends up holding exactly those bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_imported_month_is_uploaded_as_stored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = start_relay(&dir.path().join("relay")).await;
+    let old_phone = open_engine(&dir.path().join("old-phone"), "fay", "old-phone");
+    for i in 0..40 {
+        review(&old_phone, &format!("item-{}", i % 9), Rating::Good, T0 + i * 60_000);
+    }
+    let (id, _) = old_phone.export_documents().expect("export").pop().expect("one month");
+    let doc_id: DocumentId = id.parse().expect("doc id");
+    let mut month = automerge::Automerge::new();
+    month.load_incremental(&old_phone.export_documents().expect("export")[0].1).expect("load");
+    let uncompressed = month.save_nocompress();
+    assert_ne!(uncompressed, month.save(), "save compresses: the bytes tell the two apart");
+
+    let phone = open_engine(&dir.path().join("phone"), "fay", "phone");
+    phone.import_documents(&[(id, uncompressed.clone())]).expect("import");
+    phone.start_sync(relay_config(&relay.ws_url(), "fay", "phone")).expect("sync");
+    eventually("the phone uploaded", WAIT, || settled(&phone)).await;
+    let stored = relay.hub.storage.load("fay", &doc_id).expect("storage").expect("the relay has the month");
+    assert_eq!(protocol::whole_doc::one_blob(stored.snapshot, stored.chunks), Some(uncompressed));
+}

@@ -157,6 +157,12 @@ pub fn load_doc(conn: &Connection, doc: &DocumentId) -> Result<Option<StoredDoc>
     Ok(Some(StoredDoc { snapshot, chunks }))
 }
 
+/// The document's stored bytes when they are one blob (a snapshot alone, or
+/// a single chunk: a document that arrived whole); `None` otherwise.
+pub fn stored_whole(conn: &Connection, doc: &DocumentId) -> Result<Option<Vec<u8>>> {
+    Ok(load_doc(conn, doc)?.and_then(|stored| protocol::whole_doc::one_blob(stored.snapshot, stored.chunks)))
+}
+
 /// Appends an incremental chunk and records the new heads. `dirty` marks a
 /// local change the relay has not acknowledged yet. Returns how many chunks
 /// the document now has since its snapshot.

@@ -19,7 +19,7 @@ use crate::model::TimestampMs;
 use crate::replica::Replica;
 use crate::store;
 use automerge::sync::{self, SyncDoc};
-use protocol::{DocumentId, Message, PROTOCOL_VERSION, PeerMetadata};
+use protocol::{DocumentId, Message, PROTOCOL_VERSION, PeerMetadata, whole_doc};
 use std::collections::HashMap;
 
 /// Documents with local changes offered at once after the handshake. A
@@ -247,7 +247,18 @@ impl SyncClient {
         let Phase::Ready { relay_peer_id } = &self.phase else { return Ok(()) };
         let target_id = relay_peer_id.clone();
         let mut state = self.state(replica, id)?;
-        let message = replica.doc(id)?.generate_sync_message(&mut state);
+        // A relay that has none of the document gets it as stored, when it
+        // is stored as one saved document (an import): no second `save`.
+        let saved = if whole_doc::wants_whole_document(replica.doc(id)?, &state) {
+            store::stored_whole(replica.store.conn(), id)?
+        } else {
+            None
+        };
+        let doc = replica.doc(id)?;
+        let message = match saved.and_then(|saved| whole_doc::reply_with_saved(doc, &mut state, saved)) {
+            Some(message) => Some(message),
+            None => doc.generate_sync_message(&mut state),
+        };
         self.states.insert(*id, state);
         if let Some(message) = message {
             out.send.push(Message::Sync {

@@ -1,12 +1,13 @@
-//! Answering a peer that has none of a document with the bytes the relay
-//! stored, instead of saving the document again.
+//! Answering a peer that has none of a document with the bytes already
+//! stored, instead of saving the document again. Used by the relay (a new
+//! device bootstrapping) and by the engine (a first upload).
 //!
 //! Automerge answers a peer that announces empty heads (and speaks V2 sync
 //! messages) with the whole document, `save`d for the occasion: ~30 ms for
-//! a heavy month, once per month for every new device. When the relay holds
-//! the document as one stored blob (a device uploaded it whole, or it was
+//! a heavy month, once per month for every new device. When the sender
+//! holds the document as one stored blob (it arrived whole, or it was
 //! compacted) whose heads are the loaded document's, that blob is exactly
-//! what a new device needs. [`reply_with_saved`] builds the message
+//! what the peer needs. [`reply_with_saved`] builds the message
 //! automerge would have sent, with that blob in place of the fresh save, and
 //! leaves the sync state as automerge would have left it.
 
@@ -31,6 +32,16 @@ pub fn wants_whole_document(doc: &Automerge, state: &sync::State) -> bool {
         && !state.read_only
         && !state.is_peer_read_only()
         && !state.needs_reset
+}
+
+/// A document's stored form as one blob, when it is one: a snapshot with
+/// no chunks after it, or a single chunk (a document that arrived whole).
+pub fn one_blob(snapshot: Option<Vec<u8>>, chunks: Vec<Vec<u8>>) -> Option<Vec<u8>> {
+    match (snapshot, chunks.len()) {
+        (Some(snapshot), 0) => Some(snapshot),
+        (None, 1) => chunks.into_iter().next(),
+        _ => None,
+    }
 }
 
 /// The heads a saved document (one document chunk) records, read from its
