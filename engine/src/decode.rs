@@ -3,8 +3,9 @@
 //! Loading a saved month (automerge's `load`, ~40 ms for a heavy month)
 //! and reading its reviews out of it (~25 ms) is CPU work that touches no
 //! shared state, while writing them to SQLite must happen on the one
-//! connection. An import of many months decodes them on up to
-//! [`MAX_WORKERS`] threads while the caller writes the ones already decoded.
+//! connection. An import of many months, and the months a bootstrap
+//! receives together, are decoded on up to [`MAX_WORKERS`] threads while
+//! the caller writes the ones already decoded, in order.
 
 use crate::model::{Review, Session};
 use crate::progress_doc;
@@ -98,17 +99,6 @@ pub fn each_in_order<I: Sync, O: Send, E>(
         }
         Ok(())
     })
-}
-
-/// The saved document a sync message carries, when it carries exactly one
-/// whole document (automerge sends one to a peer that has none of it: a
-/// bootstrap's months); `None` for anything else.
-pub fn whole_document_in(message: &automerge::sync::Message) -> Option<&[u8]> {
-    const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
-    const DOCUMENT: u8 = 0;
-    let mut chunks = message.changes.iter();
-    let chunk = chunks.next()?;
-    (chunks.next().is_none() && chunk.get(..4) == Some(&MAGIC[..]) && chunk.get(8) == Some(&DOCUMENT)).then_some(chunk)
 }
 
 #[cfg(test)]

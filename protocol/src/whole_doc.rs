@@ -34,6 +34,25 @@ pub fn wants_whole_document(doc: &Automerge, state: &sync::State) -> bool {
         && !state.needs_reset
 }
 
+/// Every automerge chunk starts with these bytes.
+const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+/// Chunk type of a whole saved document (after magic and checksum).
+const DOCUMENT: u8 = 0;
+
+/// Whether `bytes` starts with a whole saved document's chunk header.
+fn starts_with_document(bytes: &[u8]) -> bool {
+    bytes.get(..4) == Some(&MAGIC[..]) && bytes.get(8) == Some(&DOCUMENT)
+}
+
+/// The saved document a sync message carries, when it carries exactly one
+/// whole document (automerge sends one to a peer that has none of it: a
+/// bootstrap's months); `None` for anything else.
+pub fn whole_document_in(message: &sync::Message) -> Option<&[u8]> {
+    let mut chunks = message.changes.iter();
+    let chunk = chunks.next()?;
+    (chunks.next().is_none() && starts_with_document(chunk)).then_some(chunk)
+}
+
 /// A document's stored form as one blob, when it is one: a snapshot with
 /// no chunks after it, or a single chunk (a document that arrived whole).
 pub fn one_blob(snapshot: Option<Vec<u8>>, chunks: Vec<Vec<u8>>) -> Option<Vec<u8>> {
@@ -47,8 +66,6 @@ pub fn one_blob(snapshot: Option<Vec<u8>>, chunks: Vec<Vec<u8>>) -> Option<Vec<u
 /// The heads a saved document (one document chunk) records, read from its
 /// header; `None` if `saved` is not exactly that.
 pub fn saved_heads(saved: &[u8]) -> Option<Vec<ChangeHash>> {
-    const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
-    const DOCUMENT: u8 = 0;
     fn uleb(b: &mut &[u8]) -> Option<u64> {
         let (mut value, mut shift) = (0u64, 0u32);
         loop {
@@ -66,14 +83,10 @@ pub fn saved_heads(saved: &[u8]) -> Option<Vec<ChangeHash>> {
         *b = rest;
         Some(head)
     }
-    let mut b = saved;
-    if take(&mut b, 4)? != MAGIC {
+    if !starts_with_document(saved) {
         return None;
     }
-    take(&mut b, 4)?; // checksum
-    if *take(&mut b, 1)?.first()? != DOCUMENT {
-        return None;
-    }
+    let mut b = saved.get(9..)?; // magic, checksum, chunk type
     let len = usize::try_from(uleb(&mut b)?).ok()?;
     if len != b.len() {
         return None; // more than one chunk, or a truncated one

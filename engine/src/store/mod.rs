@@ -309,8 +309,8 @@ pub fn reviews_for_item(conn: &Connection, item_id: &str) -> Result<Vec<Review>>
 }
 
 /// What replaying an item needs of its reviews, in replay order: one range
-/// of the `reviews` table, which is kept in that order. Only `id`, `item_id`, `rating` and
-/// `reviewed_at` are filled in; the other fields are empty.
+/// of the `reviews` table, which is kept in that order. Only `id`,
+/// `item_id`, `rating` and `reviewed_at` are filled in; the rest is empty.
 pub fn replay_inputs(conn: &Connection, item_id: &str) -> Result<Vec<Review>> {
     let mut stmt =
         conn.prepare_cached("SELECT id, rating, reviewed_at FROM reviews WHERE item_id = ?1 ORDER BY reviewed_at, id")?;

@@ -146,7 +146,7 @@ impl SyncClient {
 
     /// Handles one message from the relay.
     /// `whole` is the document the message carries, decoded ahead (see
-    /// [`crate::decode::whole_document_in`]), if it carries one.
+    /// [`protocol::whole_doc::whole_document_in`]), if it carries one.
     pub fn on_message(
         &mut self,
         replica: &mut Replica,
@@ -350,7 +350,7 @@ mod tests {
         let hello = device.generate_sync_message(&mut device_state).expect("a device announces its empty heads");
         relay.receive_sync_message(&mut relay_state, hello).unwrap();
         let month = relay.generate_sync_message(&mut relay_state).expect("the relay sends the document");
-        let whole = crate::decode::whole_document_in(&month).expect("sent whole to a device that has none of it");
+        let whole = protocol::whole_doc::whole_document_in(&month).expect("sent whole to a device that has none of it");
 
         let (mut loaded, mut loaded_state) = (device.clone(), device_state.clone());
         loaded.receive_sync_message(&mut loaded_state, month.clone()).unwrap();

@@ -36,13 +36,13 @@ enum Stop {
 }
 
 /// Decodes a frame, and the whole document its sync message carries, if
-/// it carries one (see [`crate::decode::whole_document_in`]).
+/// it carries one (see [`protocol::whole_doc::whole_document_in`]).
 fn decode_frame(frame: &&[u8]) -> Result<(Message, Option<WholeDoc>), DecodeError> {
     let msg = Message::decode(frame)?;
     let whole = match &msg {
         Message::Sync { data, .. } | Message::Request { data, .. } => automerge::sync::Message::decode(data)
             .ok()
-            .and_then(|m| crate::decode::whole_document_in(&m).and_then(|bytes| WholeDoc::decode(bytes).ok())),
+            .and_then(|m| protocol::whole_doc::whole_document_in(&m).and_then(|bytes| WholeDoc::decode(bytes).ok())),
         _ => None,
     };
     Ok((msg, whole))
