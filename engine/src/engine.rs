@@ -29,7 +29,9 @@ pub struct EngineConfig {
 
 /// State shared between the API and the sync driver.
 pub(crate) struct Shared {
-    replica: Mutex<Replica>,
+    /// `None` once the engine is closed: the database is shut and every
+    /// call answers [`EngineError::Closed`].
+    replica: Mutex<Option<Replica>>,
     pub(crate) device_id: String,
     pub(crate) events: broadcast::Sender<ChangeEvent>,
     /// Wakes the sync driver when the app wrote something.
@@ -42,8 +44,9 @@ impl Shared {
     /// Runs `f` on the replica, then publishes the events it produced.
     pub(crate) fn with_replica<T>(&self, f: impl FnOnce(&mut Replica) -> Result<T>) -> Result<T> {
         let (out, events) = {
-            let mut replica = self.replica.lock().map_err(|_| EngineError::Poisoned)?;
-            let out = f(&mut replica);
+            let mut guard = self.replica.lock().map_err(|_| EngineError::Poisoned)?;
+            let replica = guard.as_mut().ok_or(EngineError::Closed)?;
+            let out = f(replica);
             (out, replica.take_events())
         };
         for e in events {
@@ -136,7 +139,7 @@ impl Engine {
         let (events, _) = broadcast::channel(256);
         Ok(Engine {
             shared: Arc::new(Shared {
-                replica: Mutex::new(replica),
+                replica: Mutex::new(Some(replica)),
                 device_id: config.device_id,
                 events,
                 local_changes: Notify::new(),
@@ -374,11 +377,39 @@ impl Engine {
     /// Starts background sync on the current tokio runtime. Calling it again
     /// replaces the previous sync task.
     pub fn start_sync(&self, config: RelayConfig) -> Result<()> {
+        if self.is_closed() {
+            return Err(EngineError::Closed);
+        }
         self.stop_sync();
         let (tx, rx) = watch::channel(false);
         let task = tokio::spawn(driver::run(self.shared.clone(), config, rx));
         *self.sync.lock().map_err(|_| EngineError::Poisoned)? = Some((tx, task));
         Ok(())
+    }
+
+    /// Stops sync, waits for the database work in flight, and shuts the
+    /// database (its file handles and locks are released: iOS kills a
+    /// suspended app that holds a file lock). Every later call, this one
+    /// included, answers [`EngineError::Closed`].
+    pub fn close(&self) -> Result<()> {
+        self.stop_sync();
+        let closed = {
+            // Waits for a call or a sync batch that holds the database.
+            let mut guard = self.shared.replica.lock().map_err(|_| EngineError::Poisoned)?;
+            guard.take()
+        };
+        match closed {
+            Some(replica) => {
+                drop(replica);
+                Ok(())
+            }
+            None => Err(EngineError::Closed),
+        }
+    }
+
+    /// Whether [`Engine::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.shared.replica.lock().map(|g| g.is_none()).unwrap_or(true)
     }
 
     /// Stops background sync (the app goes offline). Local calls keep working.

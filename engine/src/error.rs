@@ -19,6 +19,8 @@ pub enum EngineError {
     Scheduler(String),
     #[error("engine state lock poisoned")]
     Poisoned,
+    #[error("the engine is closed")]
+    Closed,
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -27,5 +27,5 @@ pub use engine::{Engine, EngineConfig};
 pub use error::{EngineError, Result};
 pub use model::*;
 pub use sync::client::ProtocolError;
-pub use sync::driver::RelayConfig;
+pub use sync::driver::{Credentials, RelayConfig, TokenProvider};
 pub use sync::session::{SyncFailure, SyncSession};

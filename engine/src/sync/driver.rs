@@ -12,13 +12,57 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest, http::HeaderValue};
 
+/// Gives the engine a device token. Asked before every connection attempt:
+/// tokens expire, and a relay that refused one is answered with a fresh one
+/// on the next attempt. May block (the app may fetch one from its backend);
+/// it runs on a blocking thread, never on the sync task.
+pub trait TokenProvider: Send + Sync {
+    /// The current token, or why there is none (the attempt is then retried
+    /// with backoff, and the reason shows in `SyncStatus::last_error`).
+    fn token(&self) -> Result<String, String>;
+}
+
+/// Where the device token comes from.
+#[derive(Clone)]
+pub enum Credentials {
+    /// One token for the life of this configuration (tests, tools).
+    Fixed(String),
+    /// Asked at every connection attempt.
+    Provider(Arc<dyn TokenProvider>),
+}
+
+impl std::fmt::Debug for Credentials {
+    /// Never prints the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::Fixed(_) => f.write_str("Fixed(..)"),
+            Credentials::Provider(_) => f.write_str("Provider(..)"),
+        }
+    }
+}
+
+impl Credentials {
+    async fn token(&self) -> Result<String, String> {
+        match self {
+            Credentials::Fixed(t) => Ok(t.clone()),
+            Credentials::Provider(p) => {
+                let p = p.clone();
+                tokio::task::spawn_blocking(move || p.token())
+                    .await
+                    .map_err(|e| format!("token provider failed: {e}"))?
+                    .map_err(|e| format!("token provider: {e}"))
+            }
+        }
+    }
+}
+
 /// Where and how to reach the relay.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
     /// e.g. `ws://127.0.0.1:8080/sync`
     pub url: String,
-    /// The signed device token.
-    pub token: String,
+    /// The signed device token, or who gives one.
+    pub credentials: Credentials,
     /// First reconnect delay; doubles up to `max_backoff`.
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
@@ -31,15 +75,28 @@ pub struct RelayConfig {
 }
 
 impl RelayConfig {
+    /// A relay reached with one fixed token.
     pub fn new(url: impl Into<String>, token: impl Into<String>) -> RelayConfig {
+        RelayConfig::with_credentials(url, Credentials::Fixed(token.into()))
+    }
+
+    /// A relay reached with tokens from `credentials`.
+    pub fn with_credentials(url: impl Into<String>, credentials: Credentials) -> RelayConfig {
         RelayConfig {
             url: url.into(),
-            token: token.into(),
+            credentials,
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(30),
             extra_ca_pem: None,
             allow_insecure: false,
         }
+    }
+
+    /// Refuses a configuration that cannot work or would send the token in
+    /// clear (what [`crate::Engine::start_sync`] would only find out on its
+    /// first connection attempt).
+    pub fn check(&self) -> Result<(), String> {
+        self.connector().map(|_| ())
     }
 
     /// Refuses configurations that would send the token in clear, and
@@ -135,7 +192,9 @@ async fn connect_and_sync(
 ) -> Result<Exit, String> {
     let connector = config.connector()?;
     let mut request = config.url.as_str().into_client_request().map_err(|e| e.to_string())?;
-    let bearer = HeaderValue::from_str(&format!("Bearer {}", config.token)).map_err(|e| e.to_string())?;
+    let token = config.credentials.token().await?;
+    let bearer = HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| "the device token holds characters an HTTP header cannot carry".to_string())?;
     request.headers_mut().insert("authorization", bearer);
     // TCP_NODELAY: a review is one small message that should leave now.
     let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector)
