@@ -26,6 +26,24 @@ pub enum ProgressError {
     /// The app's token provider could not give a token.
     #[error("no token: {reason}")]
     NoToken { reason: String },
+    /// A release check was cancelled (by its handle, or by cancelling the
+    /// coroutine or task). What was downloaded is kept for the next check.
+    #[error("cancelled")]
+    Cancelled,
+    /// The relay could not be reached or failed; the active release is
+    /// untouched. Retry later.
+    #[error("network: {reason}")]
+    Network { reason: String },
+    /// No release is offered to this app on this channel (yet: staged rollouts).
+    #[error("no release is offered on this channel")]
+    NothingOffered,
+    /// A manifest failed verification (signature, age, sequence, dataset).
+    /// The active release is untouched.
+    #[error("manifest refused: {reason}")]
+    ManifestRefused { reason: String },
+    /// The device's disk is full; the partial download was removed.
+    #[error("the disk is full")]
+    DiskFull,
     /// A bug inside the engine (a panic, a poisoned lock). Report it.
     #[error("internal error: {reason}")]
     Internal { reason: String },

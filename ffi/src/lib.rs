@@ -14,12 +14,19 @@
 mod engine;
 mod error;
 mod events;
+mod logging;
+mod releases;
 mod runtime;
 mod types;
 
 pub use engine::ProgressEngine;
 pub use error::ProgressError;
 pub use events::{ChangeListener, EngineEvent, Subscription};
+pub use logging::{LogLevel, LogListener, clear_log_listener, set_log_listener};
+pub use releases::{
+    ActiveRelease, CancelHandle, EmbeddedRelease, ReleaseFile, ReleaseFileInfo, ReleaseOptions, ReleaseUpdater,
+    UpdateListener, UpdateOutcome,
+};
 pub use types::*;
 
 uniffi::setup_scaffolding!();

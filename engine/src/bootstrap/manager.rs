@@ -403,6 +403,15 @@ impl ReleaseManager {
         Ok(to)
     }
 
+    /// The app gives up on the active downloaded release (it found it
+    /// unusable on its own): goes back as after too many failed launches,
+    /// and never picks it again. Returns the release now active (empty for
+    /// none), or `None` when the embedded release is already what runs.
+    pub fn roll_back_active(&self) -> Result<Option<String>, BootstrapError> {
+        let Some(active) = self.dir.active() else { return Ok(None) };
+        self.roll_back(&active.release_id).map(Some)
+    }
+
     /// The app says whether the active release launched fine. After
     /// `max_failed_launches` failures it is rolled back; returns the release
     /// now active if that happened.

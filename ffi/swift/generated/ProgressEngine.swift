@@ -606,6 +606,144 @@ fileprivate struct FfiConverterString: FfiConverter {
 
 
 /**
+ * Cancels a [`ReleaseUpdater::check_for_update`] in flight. What was
+ * downloaded stays on disk, and the next check resumes from it.
+ */
+public protocol CancelHandleProtocol: AnyObject, Sendable {
+    
+    /**
+     * Idempotent; a check started with a cancelled handle stops at once.
+     */
+    func cancel() 
+    
+}
+/**
+ * Cancels a [`ReleaseUpdater::check_for_update`] in flight. What was
+ * downloaded stays on disk, and the next check resumes from it.
+ */
+open class CancelHandle: CancelHandleProtocol, @unchecked Sendable {
+    fileprivate let handle: UInt64
+
+    /// Used to instantiate a [FFIObject] without an actual handle, for fakes in tests, mostly.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public struct NoHandle {
+        public init() {}
+    }
+
+    // TODO: We'd like this to be `private` but for Swifty reasons,
+    // we can't implement `FfiConverter` without making this `required` and we can't
+    // make it `required` without making it `public`.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    required public init(unsafeFromHandle handle: UInt64) {
+        self.handle = handle
+    }
+
+    // This constructor can be used to instantiate a fake object.
+    // - Parameter noHandle: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
+    //
+    // - Warning:
+    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing handle the FFI lower functions will crash.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public init(noHandle: NoHandle) {
+        self.handle = 0
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public func uniffiCloneHandle() -> UInt64 {
+        return try! rustCall { uniffi_progress_ffi_fn_clone_cancelhandle(self.handle, $0) }
+    }
+public convenience init() {
+    let handle =
+        try! rustCall() {
+        uniffiCallStatus in
+    uniffi_progress_ffi_fn_constructor_cancelhandle_new(uniffiCallStatus
+    )
+}
+    self.init(unsafeFromHandle: handle)
+}
+
+    deinit {
+        if handle == 0 {
+            // Mock objects have handle=0 don't try to free them
+            return
+        }
+
+        try! rustCall { uniffi_progress_ffi_fn_free_cancelhandle(handle, $0) }
+    }
+
+    
+
+    
+    /**
+     * Idempotent; a check started with a cancelled handle stops at once.
+     */
+open func cancel()  {try! rustCall() {
+        uniffiCallStatus in
+    uniffi_progress_ffi_fn_method_cancelhandle_cancel(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+}
+}
+    
+
+    
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeCancelHandle: FfiConverter {
+    typealias FfiType = UInt64
+    typealias SwiftType = CancelHandle
+
+    public static func lift(_ handle: UInt64) throws -> CancelHandle {
+        return CancelHandle(unsafeFromHandle: handle)
+    }
+
+    public static func lower(_ value: CancelHandle) -> UInt64 {
+        return value.uniffiCloneHandle()
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> CancelHandle {
+        let handle: UInt64 = try readInt(&buf)
+        return try lift(handle)
+    }
+
+    public static func write(_ value: CancelHandle, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeCancelHandle_lift(_ handle: UInt64) throws -> CancelHandle {
+    return try FfiConverterTypeCancelHandle.lift(handle)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeCancelHandle_lower(_ value: CancelHandle) -> UInt64 {
+    return FfiConverterTypeCancelHandle.lower(value)
+}
+
+
+
+
+
+
+/**
  * Implemented by the app. Called once per event, in order, never two at
  * once for one listener, on a background thread.
  */
@@ -804,6 +942,224 @@ public func FfiConverterTypeChangeListener_lift(_ handle: UInt64) throws -> Chan
 #endif
 public func FfiConverterTypeChangeListener_lower(_ value: ChangeListener) -> UInt64 {
     return FfiConverterTypeChangeListener.lower(value)
+}
+
+
+
+
+
+
+/**
+ * Implemented by the app. Called in order on the bridge's own thread.
+ */
+public protocol LogListener: AnyObject, Sendable {
+    
+    /**
+     * `target` is the Rust module (`engine::sync::driver`); `message`
+     * holds the event's text and its fields as `key=value`.
+     */
+    func onLog(level: LogLevel, target: String, message: String) 
+    
+}
+/**
+ * Implemented by the app. Called in order on the bridge's own thread.
+ */
+open class LogListenerImpl: LogListener, @unchecked Sendable {
+    fileprivate let handle: UInt64
+
+    /// Used to instantiate a [FFIObject] without an actual handle, for fakes in tests, mostly.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public struct NoHandle {
+        public init() {}
+    }
+
+    // TODO: We'd like this to be `private` but for Swifty reasons,
+    // we can't implement `FfiConverter` without making this `required` and we can't
+    // make it `required` without making it `public`.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    required public init(unsafeFromHandle handle: UInt64) {
+        self.handle = handle
+    }
+
+    // This constructor can be used to instantiate a fake object.
+    // - Parameter noHandle: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
+    //
+    // - Warning:
+    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing handle the FFI lower functions will crash.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public init(noHandle: NoHandle) {
+        self.handle = 0
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public func uniffiCloneHandle() -> UInt64 {
+        return try! rustCall { uniffi_progress_ffi_fn_clone_loglistener(self.handle, $0) }
+    }
+    // No primary constructor declared for this class.
+
+    deinit {
+        if handle == 0 {
+            // Mock objects have handle=0 don't try to free them
+            return
+        }
+
+        try! rustCall { uniffi_progress_ffi_fn_free_loglistener(handle, $0) }
+    }
+
+    
+
+    
+    /**
+     * `target` is the Rust module (`engine::sync::driver`); `message`
+     * holds the event's text and its fields as `key=value`.
+     */
+open func onLog(level: LogLevel, target: String, message: String)  {try! rustCall() {
+        uniffiCallStatus in
+    uniffi_progress_ffi_fn_method_loglistener_on_log(
+            self.uniffiCloneHandle(),
+        FfiConverterTypeLogLevel_lower(level),
+        FfiConverterString.lower(target),
+        FfiConverterString.lower(message),uniffiCallStatus
+    )
+}
+}
+    
+
+    
+}
+
+
+
+// Put the implementation in a struct so we don't pollute the top-level namespace
+fileprivate struct UniffiCallbackInterfaceLogListener {
+
+    // Create the VTable using a series of closures.
+    // Swift automatically converts these into C callback functions.
+    //
+    // Store the vtable directly.
+    static let vtable: UniffiVTableCallbackInterfaceLogListener = UniffiVTableCallbackInterfaceLogListener(
+        uniffiFree: { (uniffiHandle: UInt64) -> () in
+            do {
+                try FfiConverterTypeLogListener.handleMap.remove(handle: uniffiHandle)
+            } catch {
+                print("Uniffi callback interface LogListener: handle missing in uniffiFree")
+            }
+        },
+        uniffiClone: { (uniffiHandle: UInt64) -> UInt64 in
+            do {
+                return try FfiConverterTypeLogListener.handleMap.clone(handle: uniffiHandle)
+            } catch {
+                fatalError("Uniffi callback interface LogListener: handle missing in uniffiClone")
+            }
+        },
+        onLog: { (
+            uniffiHandle: UInt64,
+            level: RustBuffer,
+            target: RustBuffer,
+            message: RustBuffer,
+            uniffiOutReturn: UnsafeMutableRawPointer,
+            uniffiCallStatus: UnsafeMutablePointer<RustCallStatus>
+        ) in
+            let makeCall = {
+                () throws -> () in
+                guard let uniffiObj = try? FfiConverterTypeLogListener.handleMap.get(handle: uniffiHandle) else {
+                    throw UniffiInternalError.unexpectedStaleHandle
+                }
+                return uniffiObj.onLog(
+                     level: try FfiConverterTypeLogLevel_lift(level),
+                     target: try FfiConverterString.lift(target),
+                     message: try FfiConverterString.lift(message)
+                )
+            }
+
+            
+            let writeReturn = { () }
+            uniffiTraitInterfaceCall(
+                callStatus: uniffiCallStatus,
+                makeCall: makeCall,
+                writeReturn: writeReturn
+            )
+        }
+    )
+
+    // Rust stores this pointer for future callback invocations, so it must live
+    // for the process lifetime (not just for the init function call).
+    //
+    // `nonisolated(unsafe)` is needed under Swift 6 strict concurrency.
+    // This is safe because the pointee is initialized once during static init
+    // and never mutated by either side of the FFI.  Its fields are C function pointers.
+    nonisolated(unsafe) static let vtablePtr: UnsafePointer<UniffiVTableCallbackInterfaceLogListener> = {
+        let ptr = UnsafeMutablePointer<UniffiVTableCallbackInterfaceLogListener>.allocate(capacity: 1)
+        ptr.initialize(to: vtable)
+        return UnsafePointer(ptr)
+    }()
+}
+
+private func uniffiCallbackInitLogListener() {
+    uniffi_progress_ffi_fn_init_callback_vtable_loglistener(UniffiCallbackInterfaceLogListener.vtablePtr)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeLogListener: FfiConverter {
+    fileprivate static let handleMap = UniffiHandleMap<LogListener>()
+
+    typealias FfiType = UInt64
+    typealias SwiftType = LogListener
+
+    public static func lift(_ handle: UInt64) throws -> LogListener {
+        if ((handle & 1) == 0) {
+            // Rust-generated handle, construct a new class that uses the handle to implement the
+            // interface
+            return LogListenerImpl(unsafeFromHandle: handle)
+        } else {
+            // Swift-generated handle, get the object from the handle map
+            return try handleMap.remove(handle: handle)
+        }
+    }
+
+    public static func lower(_ value: LogListener) -> UInt64 {
+         if let rustImpl = value as? LogListenerImpl {
+             // Rust-implemented object.  Clone the handle and return it
+            return rustImpl.uniffiCloneHandle()
+         } else {
+            // Swift object, generate a new vtable handle and return that.
+            return handleMap.insert(obj: value)
+         }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> LogListener {
+        let handle: UInt64 = try readInt(&buf)
+        return try lift(handle)
+    }
+
+    public static func write(_ value: LogListener, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeLogListener_lift(_ handle: UInt64) throws -> LogListener {
+    return try FfiConverterTypeLogListener.lift(handle)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeLogListener_lower(_ value: LogListener) -> UInt64 {
+    return FfiConverterTypeLogListener.lower(value)
 }
 
 
@@ -1191,6 +1547,220 @@ public func FfiConverterTypeProgressEngine_lower(_ value: ProgressEngine) -> UIn
 
 
 /**
+ * The app's releases of one dataset and channel.
+ */
+public protocol ReleaseUpdaterProtocol: AnyObject, Sendable {
+    
+    /**
+     * The release to open now: the active download, else the embedded one;
+     * `null` only when there is neither.
+     */
+    func active() throws  -> ActiveRelease?
+    
+    /**
+     * Checks for a newer release and installs it (suspends; never blocks
+     * the caller's thread). Cancel with `cancel`, or by cancelling the
+     * coroutine or task; a later check resumes the download.
+     */
+    func checkForUpdate(listener: UpdateListener, cancel: CancelHandle) async throws  -> UpdateOutcome
+    
+    /**
+     * The app says whether the active release launched fine. After too
+     * many failures it goes back; returns the release now active then.
+     */
+    func reportLaunch(ok: Bool) throws  -> String?
+    
+    /**
+     * Gives up on the active downloaded release at once (the app found it
+     * unusable): goes back to the previous good one or the embedded one,
+     * and never picks it again. Returns the release now active, or `null`
+     * when the embedded release already runs.
+     */
+    func rollBack() throws  -> String?
+    
+}
+/**
+ * The app's releases of one dataset and channel.
+ */
+open class ReleaseUpdater: ReleaseUpdaterProtocol, @unchecked Sendable {
+    fileprivate let handle: UInt64
+
+    /// Used to instantiate a [FFIObject] without an actual handle, for fakes in tests, mostly.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public struct NoHandle {
+        public init() {}
+    }
+
+    // TODO: We'd like this to be `private` but for Swifty reasons,
+    // we can't implement `FfiConverter` without making this `required` and we can't
+    // make it `required` without making it `public`.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    required public init(unsafeFromHandle handle: UInt64) {
+        self.handle = handle
+    }
+
+    // This constructor can be used to instantiate a fake object.
+    // - Parameter noHandle: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
+    //
+    // - Warning:
+    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing handle the FFI lower functions will crash.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public init(noHandle: NoHandle) {
+        self.handle = 0
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public func uniffiCloneHandle() -> UInt64 {
+        return try! rustCall { uniffi_progress_ffi_fn_clone_releaseupdater(self.handle, $0) }
+    }
+    // No primary constructor declared for this class.
+
+    deinit {
+        if handle == 0 {
+            // Mock objects have handle=0 don't try to free them
+            return
+        }
+
+        try! rustCall { uniffi_progress_ffi_fn_free_releaseupdater(handle, $0) }
+    }
+
+    
+    /**
+     * Opens the device's release state. Never touches the network.
+     */
+public static func `open`(options: ReleaseOptions)throws  -> ReleaseUpdater  {
+    return try  FfiConverterTypeReleaseUpdater_lift(try rustCallWithError(FfiConverterTypeProgressError_lift) {
+        uniffiCallStatus in
+    uniffi_progress_ffi_fn_constructor_releaseupdater_open(
+        FfiConverterTypeReleaseOptions_lower(options),uniffiCallStatus
+    )
+})
+}
+    
+
+    
+    /**
+     * The release to open now: the active download, else the embedded one;
+     * `null` only when there is neither.
+     */
+open func active()throws  -> ActiveRelease?  {
+    return try  FfiConverterOptionTypeActiveRelease.lift(try rustCallWithError(FfiConverterTypeProgressError_lift) {
+        uniffiCallStatus in
+    uniffi_progress_ffi_fn_method_releaseupdater_active(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Checks for a newer release and installs it (suspends; never blocks
+     * the caller's thread). Cancel with `cancel`, or by cancelling the
+     * coroutine or task; a later check resumes the download.
+     */
+open func checkForUpdate(listener: UpdateListener, cancel: CancelHandle)async throws  -> UpdateOutcome  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_progress_ffi_fn_method_releaseupdater_check_for_update(
+                        self.uniffiCloneHandle(),FfiConverterTypeUpdateListener_lower(listener),FfiConverterTypeCancelHandle_lower(cancel)
+                )
+            },
+            pollFunc: ffi_progress_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_progress_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_progress_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeUpdateOutcome_lift,
+            errorHandler: FfiConverterTypeProgressError_lift
+        )
+}
+    
+    /**
+     * The app says whether the active release launched fine. After too
+     * many failures it goes back; returns the release now active then.
+     */
+open func reportLaunch(ok: Bool)throws  -> String?  {
+    return try  FfiConverterOptionString.lift(try rustCallWithError(FfiConverterTypeProgressError_lift) {
+        uniffiCallStatus in
+    uniffi_progress_ffi_fn_method_releaseupdater_report_launch(
+            self.uniffiCloneHandle(),
+        FfiConverterBool.lower(ok),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Gives up on the active downloaded release at once (the app found it
+     * unusable): goes back to the previous good one or the embedded one,
+     * and never picks it again. Returns the release now active, or `null`
+     * when the embedded release already runs.
+     */
+open func rollBack()throws  -> String?  {
+    return try  FfiConverterOptionString.lift(try rustCallWithError(FfiConverterTypeProgressError_lift) {
+        uniffiCallStatus in
+    uniffi_progress_ffi_fn_method_releaseupdater_roll_back(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+
+    
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeReleaseUpdater: FfiConverter {
+    typealias FfiType = UInt64
+    typealias SwiftType = ReleaseUpdater
+
+    public static func lift(_ handle: UInt64) throws -> ReleaseUpdater {
+        return ReleaseUpdater(unsafeFromHandle: handle)
+    }
+
+    public static func lower(_ value: ReleaseUpdater) -> UInt64 {
+        return value.uniffiCloneHandle()
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ReleaseUpdater {
+        let handle: UInt64 = try readInt(&buf)
+        return try lift(handle)
+    }
+
+    public static func write(_ value: ReleaseUpdater, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeReleaseUpdater_lift(_ handle: UInt64) throws -> ReleaseUpdater {
+    return try FfiConverterTypeReleaseUpdater.lift(handle)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeReleaseUpdater_lower(_ value: ReleaseUpdater) -> UInt64 {
+    return FfiConverterTypeReleaseUpdater.lower(value)
+}
+
+
+
+
+
+
+/**
  * A listener's registration. Events stop after [`Subscription::cancel`],
  * or when the engine closes.
  */
@@ -1533,6 +2103,358 @@ public func FfiConverterTypeTokenProvider_lower(_ value: TokenProvider) -> UInt6
 
 
 
+
+
+/**
+ * Told how a download goes. Called on a background thread, at most about
+ * once per percent: keep it short (post to the UI thread).
+ */
+public protocol UpdateListener: AnyObject, Sendable {
+    
+    func onProgress(doneBytes: UInt64, totalBytes: UInt64) 
+    
+}
+/**
+ * Told how a download goes. Called on a background thread, at most about
+ * once per percent: keep it short (post to the UI thread).
+ */
+open class UpdateListenerImpl: UpdateListener, @unchecked Sendable {
+    fileprivate let handle: UInt64
+
+    /// Used to instantiate a [FFIObject] without an actual handle, for fakes in tests, mostly.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public struct NoHandle {
+        public init() {}
+    }
+
+    // TODO: We'd like this to be `private` but for Swifty reasons,
+    // we can't implement `FfiConverter` without making this `required` and we can't
+    // make it `required` without making it `public`.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    required public init(unsafeFromHandle handle: UInt64) {
+        self.handle = handle
+    }
+
+    // This constructor can be used to instantiate a fake object.
+    // - Parameter noHandle: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
+    //
+    // - Warning:
+    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing handle the FFI lower functions will crash.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public init(noHandle: NoHandle) {
+        self.handle = 0
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public func uniffiCloneHandle() -> UInt64 {
+        return try! rustCall { uniffi_progress_ffi_fn_clone_updatelistener(self.handle, $0) }
+    }
+    // No primary constructor declared for this class.
+
+    deinit {
+        if handle == 0 {
+            // Mock objects have handle=0 don't try to free them
+            return
+        }
+
+        try! rustCall { uniffi_progress_ffi_fn_free_updatelistener(handle, $0) }
+    }
+
+    
+
+    
+open func onProgress(doneBytes: UInt64, totalBytes: UInt64)  {try! rustCall() {
+        uniffiCallStatus in
+    uniffi_progress_ffi_fn_method_updatelistener_on_progress(
+            self.uniffiCloneHandle(),
+        FfiConverterUInt64.lower(doneBytes),
+        FfiConverterUInt64.lower(totalBytes),uniffiCallStatus
+    )
+}
+}
+    
+
+    
+}
+
+
+
+// Put the implementation in a struct so we don't pollute the top-level namespace
+fileprivate struct UniffiCallbackInterfaceUpdateListener {
+
+    // Create the VTable using a series of closures.
+    // Swift automatically converts these into C callback functions.
+    //
+    // Store the vtable directly.
+    static let vtable: UniffiVTableCallbackInterfaceUpdateListener = UniffiVTableCallbackInterfaceUpdateListener(
+        uniffiFree: { (uniffiHandle: UInt64) -> () in
+            do {
+                try FfiConverterTypeUpdateListener.handleMap.remove(handle: uniffiHandle)
+            } catch {
+                print("Uniffi callback interface UpdateListener: handle missing in uniffiFree")
+            }
+        },
+        uniffiClone: { (uniffiHandle: UInt64) -> UInt64 in
+            do {
+                return try FfiConverterTypeUpdateListener.handleMap.clone(handle: uniffiHandle)
+            } catch {
+                fatalError("Uniffi callback interface UpdateListener: handle missing in uniffiClone")
+            }
+        },
+        onProgress: { (
+            uniffiHandle: UInt64,
+            doneBytes: UInt64,
+            totalBytes: UInt64,
+            uniffiOutReturn: UnsafeMutableRawPointer,
+            uniffiCallStatus: UnsafeMutablePointer<RustCallStatus>
+        ) in
+            let makeCall = {
+                () throws -> () in
+                guard let uniffiObj = try? FfiConverterTypeUpdateListener.handleMap.get(handle: uniffiHandle) else {
+                    throw UniffiInternalError.unexpectedStaleHandle
+                }
+                return uniffiObj.onProgress(
+                     doneBytes: try FfiConverterUInt64.lift(doneBytes),
+                     totalBytes: try FfiConverterUInt64.lift(totalBytes)
+                )
+            }
+
+            
+            let writeReturn = { () }
+            uniffiTraitInterfaceCall(
+                callStatus: uniffiCallStatus,
+                makeCall: makeCall,
+                writeReturn: writeReturn
+            )
+        }
+    )
+
+    // Rust stores this pointer for future callback invocations, so it must live
+    // for the process lifetime (not just for the init function call).
+    //
+    // `nonisolated(unsafe)` is needed under Swift 6 strict concurrency.
+    // This is safe because the pointee is initialized once during static init
+    // and never mutated by either side of the FFI.  Its fields are C function pointers.
+    nonisolated(unsafe) static let vtablePtr: UnsafePointer<UniffiVTableCallbackInterfaceUpdateListener> = {
+        let ptr = UnsafeMutablePointer<UniffiVTableCallbackInterfaceUpdateListener>.allocate(capacity: 1)
+        ptr.initialize(to: vtable)
+        return UnsafePointer(ptr)
+    }()
+}
+
+private func uniffiCallbackInitUpdateListener() {
+    uniffi_progress_ffi_fn_init_callback_vtable_updatelistener(UniffiCallbackInterfaceUpdateListener.vtablePtr)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeUpdateListener: FfiConverter {
+    fileprivate static let handleMap = UniffiHandleMap<UpdateListener>()
+
+    typealias FfiType = UInt64
+    typealias SwiftType = UpdateListener
+
+    public static func lift(_ handle: UInt64) throws -> UpdateListener {
+        if ((handle & 1) == 0) {
+            // Rust-generated handle, construct a new class that uses the handle to implement the
+            // interface
+            return UpdateListenerImpl(unsafeFromHandle: handle)
+        } else {
+            // Swift-generated handle, get the object from the handle map
+            return try handleMap.remove(handle: handle)
+        }
+    }
+
+    public static func lower(_ value: UpdateListener) -> UInt64 {
+         if let rustImpl = value as? UpdateListenerImpl {
+             // Rust-implemented object.  Clone the handle and return it
+            return rustImpl.uniffiCloneHandle()
+         } else {
+            // Swift object, generate a new vtable handle and return that.
+            return handleMap.insert(obj: value)
+         }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> UpdateListener {
+        let handle: UInt64 = try readInt(&buf)
+        return try lift(handle)
+    }
+
+    public static func write(_ value: UpdateListener, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeUpdateListener_lift(_ handle: UInt64) throws -> UpdateListener {
+    return try FfiConverterTypeUpdateListener.lift(handle)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeUpdateListener_lower(_ value: UpdateListener) -> UInt64 {
+    return FfiConverterTypeUpdateListener.lower(value)
+}
+
+
+
+
+/**
+ * The release the app should open now.
+ */
+public struct ActiveRelease: Equatable, Hashable {
+    public var releaseId: String
+    public var version: String
+    /**
+     * The one shipped inside the app.
+     */
+    public var embedded: Bool
+    public var files: [ReleaseFile]
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(releaseId: String, version: String, 
+        /**
+         * The one shipped inside the app.
+         */embedded: Bool, files: [ReleaseFile]) {
+        self.releaseId = releaseId
+        self.version = version
+        self.embedded = embedded
+        self.files = files
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension ActiveRelease: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeActiveRelease: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ActiveRelease {
+        return
+            try ActiveRelease(
+                releaseId: FfiConverterString.read(from: &buf), 
+                version: FfiConverterString.read(from: &buf), 
+                embedded: FfiConverterBool.read(from: &buf), 
+                files: FfiConverterSequenceTypeReleaseFile.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: ActiveRelease, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.releaseId, into: &buf)
+        FfiConverterString.write(value.version, into: &buf)
+        FfiConverterBool.write(value.embedded, into: &buf)
+        FfiConverterSequenceTypeReleaseFile.write(value.files, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeActiveRelease_lift(_ buf: RustBuffer) throws -> ActiveRelease {
+    return try FfiConverterTypeActiveRelease.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeActiveRelease_lower(_ value: ActiveRelease) -> RustBuffer {
+    return FfiConverterTypeActiveRelease.lower(value)
+}
+
+
+/**
+ * The release inside the app package: used until a download replaces it,
+ * and gone back to when nothing better is left.
+ */
+public struct EmbeddedRelease: Equatable, Hashable {
+    /**
+     * Directory holding the files (unpacked from the app's assets).
+     */
+    public var dir: String
+    public var releaseId: String
+    public var version: String
+    public var files: [ReleaseFileInfo]
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Directory holding the files (unpacked from the app's assets).
+         */dir: String, releaseId: String, version: String, files: [ReleaseFileInfo]) {
+        self.dir = dir
+        self.releaseId = releaseId
+        self.version = version
+        self.files = files
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension EmbeddedRelease: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeEmbeddedRelease: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> EmbeddedRelease {
+        return
+            try EmbeddedRelease(
+                dir: FfiConverterString.read(from: &buf), 
+                releaseId: FfiConverterString.read(from: &buf), 
+                version: FfiConverterString.read(from: &buf), 
+                files: FfiConverterSequenceTypeReleaseFileInfo.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: EmbeddedRelease, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.dir, into: &buf)
+        FfiConverterString.write(value.releaseId, into: &buf)
+        FfiConverterString.write(value.version, into: &buf)
+        FfiConverterSequenceTypeReleaseFileInfo.write(value.files, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeEmbeddedRelease_lift(_ buf: RustBuffer) throws -> EmbeddedRelease {
+    return try FfiConverterTypeEmbeddedRelease.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeEmbeddedRelease_lower(_ value: EmbeddedRelease) -> RustBuffer {
+    return FfiConverterTypeEmbeddedRelease.lower(value)
+}
+
+
 /**
  * Who this device is and where it keeps its data.
  */
@@ -1745,6 +2667,263 @@ public func FfiConverterTypeNewReview_lift(_ buf: RustBuffer) throws -> NewRevie
 #endif
 public func FfiConverterTypeNewReview_lower(_ value: NewReview) -> RustBuffer {
     return FfiConverterTypeNewReview.lower(value)
+}
+
+
+/**
+ * A file of the release to open.
+ */
+public struct ReleaseFile: Equatable, Hashable {
+    public var name: String
+    public var path: String
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(name: String, path: String) {
+        self.name = name
+        self.path = path
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension ReleaseFile: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeReleaseFile: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ReleaseFile {
+        return
+            try ReleaseFile(
+                name: FfiConverterString.read(from: &buf), 
+                path: FfiConverterString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: ReleaseFile, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.name, into: &buf)
+        FfiConverterString.write(value.path, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeReleaseFile_lift(_ buf: RustBuffer) throws -> ReleaseFile {
+    return try FfiConverterTypeReleaseFile.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeReleaseFile_lower(_ value: ReleaseFile) -> RustBuffer {
+    return FfiConverterTypeReleaseFile.lower(value)
+}
+
+
+/**
+ * One file of an embedded release, as the app ships it.
+ */
+public struct ReleaseFileInfo: Equatable, Hashable {
+    public var name: String
+    /**
+     * Lowercase hex SHA-256 of the file.
+     */
+    public var sha256: String
+    public var size: UInt64
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(name: String, 
+        /**
+         * Lowercase hex SHA-256 of the file.
+         */sha256: String, size: UInt64) {
+        self.name = name
+        self.sha256 = sha256
+        self.size = size
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension ReleaseFileInfo: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeReleaseFileInfo: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ReleaseFileInfo {
+        return
+            try ReleaseFileInfo(
+                name: FfiConverterString.read(from: &buf), 
+                sha256: FfiConverterString.read(from: &buf), 
+                size: FfiConverterUInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: ReleaseFileInfo, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.name, into: &buf)
+        FfiConverterString.write(value.sha256, into: &buf)
+        FfiConverterUInt64.write(value.size, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeReleaseFileInfo_lift(_ buf: RustBuffer) throws -> ReleaseFileInfo {
+    return try FfiConverterTypeReleaseFileInfo.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeReleaseFileInfo_lower(_ value: ReleaseFileInfo) -> RustBuffer {
+    return FfiConverterTypeReleaseFileInfo.lower(value)
+}
+
+
+/**
+ * Which dataset this app follows and whom it trusts.
+ */
+public struct ReleaseOptions: Equatable, Hashable {
+    /**
+     * A directory the app owns; releases live under `releases/` in it.
+     */
+    public var dataDir: String
+    public var dataset: String
+    public var channel: String
+    /**
+     * This app's version (`MAJOR.MINOR.PATCH`), for `min_app_version`.
+     */
+    public var appVersion: String
+    /**
+     * Stable per installation: staged rollouts bucket on it.
+     */
+    public var installId: String
+    /**
+     * The relay's base URL, `https://host` (`http://` only to loopback).
+     */
+    public var relayUrl: String
+    /**
+     * Manifest signing keys to trust, each `KEY_ID=BASE64_PUBLIC_KEY`
+     * (as `relay keygen` prints them).
+     */
+    public var trustedKeys: [String]
+    public var embedded: EmbeddedRelease?
+    /**
+     * Failed launches of a new release before going back.
+     */
+    public var maxFailedLaunches: UInt32
+    /**
+     * A CA certificate (PEM) to trust besides the system's web roots.
+     */
+    public var extraCaPem: String?
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * A directory the app owns; releases live under `releases/` in it.
+         */dataDir: String, dataset: String, channel: String, 
+        /**
+         * This app's version (`MAJOR.MINOR.PATCH`), for `min_app_version`.
+         */appVersion: String, 
+        /**
+         * Stable per installation: staged rollouts bucket on it.
+         */installId: String, 
+        /**
+         * The relay's base URL, `https://host` (`http://` only to loopback).
+         */relayUrl: String, 
+        /**
+         * Manifest signing keys to trust, each `KEY_ID=BASE64_PUBLIC_KEY`
+         * (as `relay keygen` prints them).
+         */trustedKeys: [String], embedded: EmbeddedRelease?, 
+        /**
+         * Failed launches of a new release before going back.
+         */maxFailedLaunches: UInt32, 
+        /**
+         * A CA certificate (PEM) to trust besides the system's web roots.
+         */extraCaPem: String?) {
+        self.dataDir = dataDir
+        self.dataset = dataset
+        self.channel = channel
+        self.appVersion = appVersion
+        self.installId = installId
+        self.relayUrl = relayUrl
+        self.trustedKeys = trustedKeys
+        self.embedded = embedded
+        self.maxFailedLaunches = maxFailedLaunches
+        self.extraCaPem = extraCaPem
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension ReleaseOptions: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeReleaseOptions: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ReleaseOptions {
+        return
+            try ReleaseOptions(
+                dataDir: FfiConverterString.read(from: &buf), 
+                dataset: FfiConverterString.read(from: &buf), 
+                channel: FfiConverterString.read(from: &buf), 
+                appVersion: FfiConverterString.read(from: &buf), 
+                installId: FfiConverterString.read(from: &buf), 
+                relayUrl: FfiConverterString.read(from: &buf), 
+                trustedKeys: FfiConverterSequenceString.read(from: &buf), 
+                embedded: FfiConverterOptionTypeEmbeddedRelease.read(from: &buf), 
+                maxFailedLaunches: FfiConverterUInt32.read(from: &buf), 
+                extraCaPem: FfiConverterOptionString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: ReleaseOptions, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.dataDir, into: &buf)
+        FfiConverterString.write(value.dataset, into: &buf)
+        FfiConverterString.write(value.channel, into: &buf)
+        FfiConverterString.write(value.appVersion, into: &buf)
+        FfiConverterString.write(value.installId, into: &buf)
+        FfiConverterString.write(value.relayUrl, into: &buf)
+        FfiConverterSequenceString.write(value.trustedKeys, into: &buf)
+        FfiConverterOptionTypeEmbeddedRelease.write(value.embedded, into: &buf)
+        FfiConverterUInt32.write(value.maxFailedLaunches, into: &buf)
+        FfiConverterOptionString.write(value.extraCaPem, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeReleaseOptions_lift(_ buf: RustBuffer) throws -> ReleaseOptions {
+    return try FfiConverterTypeReleaseOptions.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeReleaseOptions_lower(_ value: ReleaseOptions) -> RustBuffer {
+    return FfiConverterTypeReleaseOptions.lower(value)
 }
 
 
@@ -2240,6 +3419,96 @@ public func FfiConverterTypeEngineEvent_lower(_ value: EngineEvent) -> RustBuffe
 
 
 /**
+ * How severe a log line is.
+ */
+
+public enum LogLevel: Equatable, Hashable {
+    
+    case error
+    case warn
+    case info
+    case debug
+    case trace
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension LogLevel: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeLogLevel: FfiConverterRustBuffer {
+    typealias SwiftType = LogLevel
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> LogLevel {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .error
+        
+        case 2: return .warn
+        
+        case 3: return .info
+        
+        case 4: return .debug
+        
+        case 5: return .trace
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: LogLevel, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case .error:
+            writeInt(&buf, Int32(1))
+        
+        
+        case .warn:
+            writeInt(&buf, Int32(2))
+        
+        
+        case .info:
+            writeInt(&buf, Int32(3))
+        
+        
+        case .debug:
+            writeInt(&buf, Int32(4))
+        
+        
+        case .trace:
+            writeInt(&buf, Int32(5))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeLogLevel_lift(_ buf: RustBuffer) throws -> LogLevel {
+    return try FfiConverterTypeLogLevel.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeLogLevel_lower(_ value: LogLevel) -> RustBuffer {
+    return FfiConverterTypeLogLevel.lower(value)
+}
+
+
+
+/**
  * Everything an export can fail with. Each case says what the app can do
  * about it; the `reason` is for logs, not for branching.
  */
@@ -2278,6 +3547,31 @@ enum ProgressError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError 
      */
     case NoToken(reason: String
     )
+    /**
+     * A release check was cancelled (by its handle, or by cancelling the
+     * coroutine or task). What was downloaded is kept for the next check.
+     */
+    case Cancelled
+    /**
+     * The relay could not be reached or failed; the active release is
+     * untouched. Retry later.
+     */
+    case Network(reason: String
+    )
+    /**
+     * No release is offered to this app on this channel (yet: staged rollouts).
+     */
+    case NothingOffered
+    /**
+     * A manifest failed verification (signature, age, sequence, dataset).
+     * The active release is untouched.
+     */
+    case ManifestRefused(reason: String
+    )
+    /**
+     * The device's disk is full; the partial download was removed.
+     */
+    case DiskFull
     /**
      * A bug inside the engine (a panic, a poisoned lock). Report it.
      */
@@ -2329,7 +3623,16 @@ public struct FfiConverterTypeProgressError: FfiConverterRustBuffer {
         case 6: return .NoToken(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 7: return .Internal(
+        case 7: return .Cancelled
+        case 8: return .Network(
+            reason: try FfiConverterString.read(from: &buf)
+            )
+        case 9: return .NothingOffered
+        case 10: return .ManifestRefused(
+            reason: try FfiConverterString.read(from: &buf)
+            )
+        case 11: return .DiskFull
+        case 12: return .Internal(
             reason: try FfiConverterString.read(from: &buf)
             )
 
@@ -2374,8 +3677,30 @@ public struct FfiConverterTypeProgressError: FfiConverterRustBuffer {
             FfiConverterString.write(reason, into: &buf)
             
         
-        case let .Internal(reason):
+        case .Cancelled:
             writeInt(&buf, Int32(7))
+        
+        
+        case let .Network(reason):
+            writeInt(&buf, Int32(8))
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case .NothingOffered:
+            writeInt(&buf, Int32(9))
+        
+        
+        case let .ManifestRefused(reason):
+            writeInt(&buf, Int32(10))
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case .DiskFull:
+            writeInt(&buf, Int32(11))
+        
+        
+        case let .Internal(reason):
+            writeInt(&buf, Int32(12))
             FfiConverterString.write(reason, into: &buf)
             
         }
@@ -2480,6 +3805,134 @@ public func FfiConverterTypeRating_lower(_ value: Rating) -> RustBuffer {
 }
 
 
+
+/**
+ * What a check for an update did.
+ */
+
+public enum UpdateOutcome: Equatable, Hashable {
+    
+    /**
+     * Remote updates are off in this build.
+     */
+    case disabled
+    case upToDate
+    /**
+     * Downloaded, verified and active: open it at the next launch and report it.
+     */
+    case activated(releaseId: String, version: String
+    )
+    /**
+     * The newest offered release failed here before; it is not picked again.
+     */
+    case skippedBad(releaseId: String
+    )
+    /**
+     * The active release was withdrawn upstream; the previous one is active again.
+     */
+    case rolledBack(from: String, to: String
+    )
+    /**
+     * The relay offered an older release without the signed manifest allowing it.
+     */
+    case refusedDowngrade(releaseId: String, version: String, activeVersion: String
+    )
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension UpdateOutcome: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeUpdateOutcome: FfiConverterRustBuffer {
+    typealias SwiftType = UpdateOutcome
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> UpdateOutcome {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .disabled
+        
+        case 2: return .upToDate
+        
+        case 3: return .activated(releaseId: try FfiConverterString.read(from: &buf), version: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 4: return .skippedBad(releaseId: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 5: return .rolledBack(from: try FfiConverterString.read(from: &buf), to: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 6: return .refusedDowngrade(releaseId: try FfiConverterString.read(from: &buf), version: try FfiConverterString.read(from: &buf), activeVersion: try FfiConverterString.read(from: &buf)
+        )
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: UpdateOutcome, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case .disabled:
+            writeInt(&buf, Int32(1))
+        
+        
+        case .upToDate:
+            writeInt(&buf, Int32(2))
+        
+        
+        case let .activated(releaseId,version):
+            writeInt(&buf, Int32(3))
+            FfiConverterString.write(releaseId, into: &buf)
+            FfiConverterString.write(version, into: &buf)
+            
+        
+        case let .skippedBad(releaseId):
+            writeInt(&buf, Int32(4))
+            FfiConverterString.write(releaseId, into: &buf)
+            
+        
+        case let .rolledBack(from,to):
+            writeInt(&buf, Int32(5))
+            FfiConverterString.write(from, into: &buf)
+            FfiConverterString.write(to, into: &buf)
+            
+        
+        case let .refusedDowngrade(releaseId,version,activeVersion):
+            writeInt(&buf, Int32(6))
+            FfiConverterString.write(releaseId, into: &buf)
+            FfiConverterString.write(version, into: &buf)
+            FfiConverterString.write(activeVersion, into: &buf)
+            
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeUpdateOutcome_lift(_ buf: RustBuffer) throws -> UpdateOutcome {
+    return try FfiConverterTypeUpdateOutcome.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeUpdateOutcome_lower(_ value: UpdateOutcome) -> RustBuffer {
+    return FfiConverterTypeUpdateOutcome.lower(value)
+}
+
+
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
@@ -2523,6 +3976,54 @@ fileprivate struct FfiConverterOptionString: FfiConverterRustBuffer {
         switch try readInt(&buf) as Int8 {
         case 0: return nil
         case 1: return try FfiConverterString.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterOptionTypeActiveRelease: FfiConverterRustBuffer {
+    typealias SwiftType = ActiveRelease?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeActiveRelease.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeActiveRelease.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterOptionTypeEmbeddedRelease: FfiConverterRustBuffer {
+    typealias SwiftType = EmbeddedRelease?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeEmbeddedRelease.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeEmbeddedRelease.read(from: &buf)
         default: throw UniffiInternalError.unexpectedOptionalTag
         }
     }
@@ -2605,6 +4106,56 @@ fileprivate struct FfiConverterSequenceTypeMemoryState: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterSequenceTypeReleaseFile: FfiConverterRustBuffer {
+    typealias SwiftType = [ReleaseFile]
+
+    public static func write(_ value: [ReleaseFile], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeReleaseFile.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [ReleaseFile] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [ReleaseFile]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeReleaseFile.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeReleaseFileInfo: FfiConverterRustBuffer {
+    typealias SwiftType = [ReleaseFileInfo]
+
+    public static func write(_ value: [ReleaseFileInfo], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeReleaseFileInfo.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [ReleaseFileInfo] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [ReleaseFileInfo]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeReleaseFileInfo.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterSequenceTypeReview: FfiConverterRustBuffer {
     typealias SwiftType = [Review]
 
@@ -2651,6 +4202,76 @@ fileprivate struct FfiConverterSequenceTypeSession: FfiConverterRustBuffer {
         return seq
     }
 }
+private let UNIFFI_RUST_FUTURE_POLL_READY: Int8 = 0
+private let UNIFFI_RUST_FUTURE_POLL_WAKE: Int8 = 1
+
+fileprivate let uniffiContinuationHandleMap = UniffiHandleMap<UnsafeContinuation<Int8, Never>>()
+
+fileprivate func uniffiRustCallAsync<F, T>(
+    rustFutureFunc: () -> UInt64,
+    pollFunc: (UInt64, @escaping UniffiRustFutureContinuationCallback, UInt64) -> (),
+    completeFunc: (UInt64, UnsafeMutablePointer<RustCallStatus>) -> F,
+    freeFunc: (UInt64) -> (),
+    liftFunc: (F) throws -> T,
+    errorHandler: ((RustBuffer) throws -> Swift.Error)?
+) async throws -> T {
+    // Make sure to call the ensure init function since future creation doesn't have a
+    // RustCallStatus param, so doesn't use makeRustCall()
+    uniffiEnsureProgressFfiInitialized()
+    let rustFuture = rustFutureFunc()
+    defer {
+        freeFunc(rustFuture)
+    }
+    var pollResult: Int8;
+    repeat {
+        pollResult = await withUnsafeContinuation {
+            pollFunc(
+                rustFuture,
+                { handle, pollResult in
+                    uniffiFutureContinuationCallback(handle: handle, pollResult: pollResult)
+                },
+                uniffiContinuationHandleMap.insert(obj: $0)
+            )
+        }
+    } while pollResult != UNIFFI_RUST_FUTURE_POLL_READY
+
+    return try liftFunc(makeRustCall(
+        { completeFunc(rustFuture, $0) },
+        errorHandler: errorHandler
+    ))
+}
+
+// Callback handlers for an async calls.  These are invoked by Rust when the future is ready.  They
+// lift the return value or error and resume the suspended function.
+fileprivate func uniffiFutureContinuationCallback(handle: UInt64, pollResult: Int8) {
+    if let continuation = try? uniffiContinuationHandleMap.remove(handle: handle) {
+        continuation.resume(returning: pollResult)
+    } else {
+        print("uniffiFutureContinuationCallback invalid handle")
+    }
+}
+/**
+ * Stops delivering log lines.
+ */
+public func clearLogListener()throws   {try rustCallWithError(FfiConverterTypeProgressError_lift) {
+        uniffiCallStatus in
+    uniffi_progress_ffi_fn_func_clear_log_listener(uniffiCallStatus
+    )
+}
+}
+/**
+ * Sends the engine's log lines at `level` and more severe to `listener`
+ * (replacing any earlier one). Call it once, early (Application.onCreate,
+ * or the app delegate).
+ */
+public func setLogListener(listener: LogListener, level: LogLevel)throws   {try rustCallWithError(FfiConverterTypeProgressError_lift) {
+        uniffiCallStatus in
+    uniffi_progress_ffi_fn_func_set_log_listener(
+        FfiConverterTypeLogListener_lower(listener),
+        FfiConverterTypeLogLevel_lower(level),uniffiCallStatus
+    )
+}
+}
 
 private enum InitializationResult {
     case ok
@@ -2666,6 +4287,12 @@ private let initializationResult: InitializationResult = {
     let scaffolding_contract_version = ffi_progress_ffi_uniffi_contract_version()
     if bindings_contract_version != scaffolding_contract_version {
         return InitializationResult.contractVersionMismatch
+    }
+    if (uniffi_progress_ffi_checksum_func_clear_log_listener() != 47205) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_progress_ffi_checksum_func_set_log_listener() != 25457) {
+        return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_progress_ffi_checksum_method_progressengine_due_items() != 48302) {
         return InitializationResult.apiChecksumMismatch
@@ -2712,15 +4339,44 @@ private let initializationResult: InitializationResult = {
     if (uniffi_progress_ffi_checksum_method_subscription_cancel() != 23353) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_progress_ffi_checksum_method_loglistener_on_log() != 51142) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_progress_ffi_checksum_method_cancelhandle_cancel() != 2973) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_progress_ffi_checksum_method_releaseupdater_active() != 3406) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_progress_ffi_checksum_method_releaseupdater_check_for_update() != 55104) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_progress_ffi_checksum_method_releaseupdater_report_launch() != 51585) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_progress_ffi_checksum_method_releaseupdater_roll_back() != 40796) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_progress_ffi_checksum_method_updatelistener_on_progress() != 4529) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_progress_ffi_checksum_method_tokenprovider_token() != 18659) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_progress_ffi_checksum_constructor_progressengine_open() != 42065) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_progress_ffi_checksum_constructor_cancelhandle_new() != 24244) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_progress_ffi_checksum_constructor_releaseupdater_open() != 59448) {
+        return InitializationResult.apiChecksumMismatch
+    }
 
     uniffiCallbackInitChangeListener()
+    uniffiCallbackInitLogListener()
     uniffiCallbackInitTokenProvider()
+    uniffiCallbackInitUpdateListener()
     return InitializationResult.ok
 }()
 

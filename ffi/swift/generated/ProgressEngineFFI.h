@@ -250,6 +250,20 @@ typedef void (*UniffiCallbackInterfaceChangeListenerMethod0)(uint64_t, RustBuffe
     );
 
 #endif
+#ifndef UNIFFI_FFIDEF_CALLBACK_INTERFACE_LOG_LISTENER_METHOD0
+#define UNIFFI_FFIDEF_CALLBACK_INTERFACE_LOG_LISTENER_METHOD0
+typedef void (*UniffiCallbackInterfaceLogListenerMethod0)(uint64_t, RustBuffer, RustBuffer, RustBuffer, void* _Nonnull, 
+        RustCallStatus *_Nonnull uniffiCallStatus
+    );
+
+#endif
+#ifndef UNIFFI_FFIDEF_CALLBACK_INTERFACE_UPDATE_LISTENER_METHOD0
+#define UNIFFI_FFIDEF_CALLBACK_INTERFACE_UPDATE_LISTENER_METHOD0
+typedef void (*UniffiCallbackInterfaceUpdateListenerMethod0)(uint64_t, uint64_t, uint64_t, void* _Nonnull, 
+        RustCallStatus *_Nonnull uniffiCallStatus
+    );
+
+#endif
 #ifndef UNIFFI_FFIDEF_CALLBACK_INTERFACE_TOKEN_PROVIDER_METHOD0
 #define UNIFFI_FFIDEF_CALLBACK_INTERFACE_TOKEN_PROVIDER_METHOD0
 typedef void (*UniffiCallbackInterfaceTokenProviderMethod0)(uint64_t, RustBuffer* _Nonnull, 
@@ -264,6 +278,24 @@ typedef struct UniffiVTableCallbackInterfaceChangeListener {
     UniffiCallbackInterfaceClone _Nonnull uniffiClone;
     UniffiCallbackInterfaceChangeListenerMethod0 _Nonnull onEvent;
 } UniffiVTableCallbackInterfaceChangeListener;
+
+#endif
+#ifndef UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_LOG_LISTENER
+#define UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_LOG_LISTENER
+typedef struct UniffiVTableCallbackInterfaceLogListener {
+    UniffiCallbackInterfaceFree _Nonnull uniffiFree;
+    UniffiCallbackInterfaceClone _Nonnull uniffiClone;
+    UniffiCallbackInterfaceLogListenerMethod0 _Nonnull onLog;
+} UniffiVTableCallbackInterfaceLogListener;
+
+#endif
+#ifndef UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_UPDATE_LISTENER
+#define UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_UPDATE_LISTENER
+typedef struct UniffiVTableCallbackInterfaceUpdateListener {
+    UniffiCallbackInterfaceFree _Nonnull uniffiFree;
+    UniffiCallbackInterfaceClone _Nonnull uniffiClone;
+    UniffiCallbackInterfaceUpdateListenerMethod0 _Nonnull onProgress;
+} UniffiVTableCallbackInterfaceUpdateListener;
 
 #endif
 #ifndef UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_TOKEN_PROVIDER
@@ -390,6 +422,102 @@ void uniffi_progress_ffi_fn_free_subscription(uint64_t handle, RustCallStatus *_
 void uniffi_progress_ffi_fn_method_subscription_cancel(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_CLONE_LOGLISTENER
+#define UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_CLONE_LOGLISTENER
+uint64_t uniffi_progress_ffi_fn_clone_loglistener(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_FREE_LOGLISTENER
+#define UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_FREE_LOGLISTENER
+void uniffi_progress_ffi_fn_free_loglistener(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_INIT_CALLBACK_VTABLE_LOGLISTENER
+#define UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_INIT_CALLBACK_VTABLE_LOGLISTENER
+void uniffi_progress_ffi_fn_init_callback_vtable_loglistener(const UniffiVTableCallbackInterfaceLogListener* _Nonnull vtable
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_METHOD_LOGLISTENER_ON_LOG
+#define UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_METHOD_LOGLISTENER_ON_LOG
+void uniffi_progress_ffi_fn_method_loglistener_on_log(uint64_t ptr, RustBuffer level, RustBuffer target, RustBuffer message, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_CLONE_CANCELHANDLE
+#define UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_CLONE_CANCELHANDLE
+uint64_t uniffi_progress_ffi_fn_clone_cancelhandle(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_FREE_CANCELHANDLE
+#define UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_FREE_CANCELHANDLE
+void uniffi_progress_ffi_fn_free_cancelhandle(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_CONSTRUCTOR_CANCELHANDLE_NEW
+#define UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_CONSTRUCTOR_CANCELHANDLE_NEW
+uint64_t uniffi_progress_ffi_fn_constructor_cancelhandle_new(RustCallStatus *_Nonnull out_status
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_METHOD_CANCELHANDLE_CANCEL
+#define UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_METHOD_CANCELHANDLE_CANCEL
+void uniffi_progress_ffi_fn_method_cancelhandle_cancel(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_CLONE_RELEASEUPDATER
+#define UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_CLONE_RELEASEUPDATER
+uint64_t uniffi_progress_ffi_fn_clone_releaseupdater(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_FREE_RELEASEUPDATER
+#define UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_FREE_RELEASEUPDATER
+void uniffi_progress_ffi_fn_free_releaseupdater(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_CONSTRUCTOR_RELEASEUPDATER_OPEN
+#define UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_CONSTRUCTOR_RELEASEUPDATER_OPEN
+uint64_t uniffi_progress_ffi_fn_constructor_releaseupdater_open(RustBuffer options, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_METHOD_RELEASEUPDATER_ACTIVE
+#define UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_METHOD_RELEASEUPDATER_ACTIVE
+RustBuffer uniffi_progress_ffi_fn_method_releaseupdater_active(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_METHOD_RELEASEUPDATER_CHECK_FOR_UPDATE
+#define UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_METHOD_RELEASEUPDATER_CHECK_FOR_UPDATE
+uint64_t uniffi_progress_ffi_fn_method_releaseupdater_check_for_update(uint64_t ptr, uint64_t listener, uint64_t cancel
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_METHOD_RELEASEUPDATER_REPORT_LAUNCH
+#define UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_METHOD_RELEASEUPDATER_REPORT_LAUNCH
+RustBuffer uniffi_progress_ffi_fn_method_releaseupdater_report_launch(uint64_t ptr, int8_t ok, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_METHOD_RELEASEUPDATER_ROLL_BACK
+#define UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_METHOD_RELEASEUPDATER_ROLL_BACK
+RustBuffer uniffi_progress_ffi_fn_method_releaseupdater_roll_back(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_CLONE_UPDATELISTENER
+#define UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_CLONE_UPDATELISTENER
+uint64_t uniffi_progress_ffi_fn_clone_updatelistener(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_FREE_UPDATELISTENER
+#define UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_FREE_UPDATELISTENER
+void uniffi_progress_ffi_fn_free_updatelistener(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_INIT_CALLBACK_VTABLE_UPDATELISTENER
+#define UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_INIT_CALLBACK_VTABLE_UPDATELISTENER
+void uniffi_progress_ffi_fn_init_callback_vtable_updatelistener(const UniffiVTableCallbackInterfaceUpdateListener* _Nonnull vtable
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_METHOD_UPDATELISTENER_ON_PROGRESS
+#define UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_METHOD_UPDATELISTENER_ON_PROGRESS
+void uniffi_progress_ffi_fn_method_updatelistener_on_progress(uint64_t ptr, uint64_t done_bytes, uint64_t total_bytes, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_CLONE_TOKENPROVIDER
 #define UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_CLONE_TOKENPROVIDER
 uint64_t uniffi_progress_ffi_fn_clone_tokenprovider(uint64_t handle, RustCallStatus *_Nonnull out_status
@@ -408,6 +536,17 @@ void uniffi_progress_ffi_fn_init_callback_vtable_tokenprovider(const UniffiVTabl
 #ifndef UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_METHOD_TOKENPROVIDER_TOKEN
 #define UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_METHOD_TOKENPROVIDER_TOKEN
 RustBuffer uniffi_progress_ffi_fn_method_tokenprovider_token(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_FUNC_CLEAR_LOG_LISTENER
+#define UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_FUNC_CLEAR_LOG_LISTENER
+void uniffi_progress_ffi_fn_func_clear_log_listener(RustCallStatus *_Nonnull out_status
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_FUNC_SET_LOG_LISTENER
+#define UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_FN_FUNC_SET_LOG_LISTENER
+void uniffi_progress_ffi_fn_func_set_log_listener(uint64_t listener, RustBuffer level, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_FFI_PROGRESS_FFI_RUSTBUFFER_ALLOC
@@ -670,6 +809,18 @@ void ffi_progress_ffi_rust_future_free_void(uint64_t handle
 void ffi_progress_ffi_rust_future_complete_void(uint64_t handle, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_CHECKSUM_FUNC_CLEAR_LOG_LISTENER
+#define UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_CHECKSUM_FUNC_CLEAR_LOG_LISTENER
+uint16_t uniffi_progress_ffi_checksum_func_clear_log_listener(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_CHECKSUM_FUNC_SET_LOG_LISTENER
+#define UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_CHECKSUM_FUNC_SET_LOG_LISTENER
+uint16_t uniffi_progress_ffi_checksum_func_set_log_listener(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_CHECKSUM_METHOD_PROGRESSENGINE_DUE_ITEMS
 #define UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_CHECKSUM_METHOD_PROGRESSENGINE_DUE_ITEMS
 uint16_t uniffi_progress_ffi_checksum_method_progressengine_due_items(void
@@ -760,6 +911,48 @@ uint16_t uniffi_progress_ffi_checksum_method_subscription_cancel(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_CHECKSUM_METHOD_LOGLISTENER_ON_LOG
+#define UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_CHECKSUM_METHOD_LOGLISTENER_ON_LOG
+uint16_t uniffi_progress_ffi_checksum_method_loglistener_on_log(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_CHECKSUM_METHOD_CANCELHANDLE_CANCEL
+#define UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_CHECKSUM_METHOD_CANCELHANDLE_CANCEL
+uint16_t uniffi_progress_ffi_checksum_method_cancelhandle_cancel(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_CHECKSUM_METHOD_RELEASEUPDATER_ACTIVE
+#define UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_CHECKSUM_METHOD_RELEASEUPDATER_ACTIVE
+uint16_t uniffi_progress_ffi_checksum_method_releaseupdater_active(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_CHECKSUM_METHOD_RELEASEUPDATER_CHECK_FOR_UPDATE
+#define UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_CHECKSUM_METHOD_RELEASEUPDATER_CHECK_FOR_UPDATE
+uint16_t uniffi_progress_ffi_checksum_method_releaseupdater_check_for_update(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_CHECKSUM_METHOD_RELEASEUPDATER_REPORT_LAUNCH
+#define UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_CHECKSUM_METHOD_RELEASEUPDATER_REPORT_LAUNCH
+uint16_t uniffi_progress_ffi_checksum_method_releaseupdater_report_launch(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_CHECKSUM_METHOD_RELEASEUPDATER_ROLL_BACK
+#define UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_CHECKSUM_METHOD_RELEASEUPDATER_ROLL_BACK
+uint16_t uniffi_progress_ffi_checksum_method_releaseupdater_roll_back(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_CHECKSUM_METHOD_UPDATELISTENER_ON_PROGRESS
+#define UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_CHECKSUM_METHOD_UPDATELISTENER_ON_PROGRESS
+uint16_t uniffi_progress_ffi_checksum_method_updatelistener_on_progress(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_CHECKSUM_METHOD_TOKENPROVIDER_TOKEN
 #define UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_CHECKSUM_METHOD_TOKENPROVIDER_TOKEN
 uint16_t uniffi_progress_ffi_checksum_method_tokenprovider_token(void
@@ -769,6 +962,18 @@ uint16_t uniffi_progress_ffi_checksum_method_tokenprovider_token(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_CHECKSUM_CONSTRUCTOR_PROGRESSENGINE_OPEN
 #define UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_CHECKSUM_CONSTRUCTOR_PROGRESSENGINE_OPEN
 uint16_t uniffi_progress_ffi_checksum_constructor_progressengine_open(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_CHECKSUM_CONSTRUCTOR_CANCELHANDLE_NEW
+#define UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_CHECKSUM_CONSTRUCTOR_CANCELHANDLE_NEW
+uint16_t uniffi_progress_ffi_checksum_constructor_cancelhandle_new(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_CHECKSUM_CONSTRUCTOR_RELEASEUPDATER_OPEN
+#define UNIFFI_FFIDEF_UNIFFI_PROGRESS_FFI_CHECKSUM_CONSTRUCTOR_RELEASEUPDATER_OPEN
+uint16_t uniffi_progress_ffi_checksum_constructor_releaseupdater_open(void
     
 );
 #endif

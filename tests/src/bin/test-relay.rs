@@ -2,9 +2,15 @@
 //! prints its address on the first line of stdout, then serves until
 //! killed. `test-relay token USER DEVICE SECONDS` prints a device token
 //! signed with the development key, valid for SECONDS (negative: already
-//! expired).
+//! expired). `test-relay manifest-key` prints the public manifest key
+//! devices trust.
 
 use std::io::Write;
+
+/// Fixed manifest signing key: devices in tests trust its public half
+/// (`test-relay manifest-key` prints it as `KEY_ID=BASE64`).
+const MANIFEST_KEY_ID: &str = "test";
+const MANIFEST_SEED: [u8; 32] = [7; 32];
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -17,13 +23,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("{}", relay::config::dev_issuer().issue(user, device, exp)?);
         return Ok(());
     }
-    let data_dir = args.first().ok_or("usage: test-relay DATA_DIR | test-relay token USER DEVICE SECONDS")?;
+    if args.first().map(String::as_str) == Some("manifest-key") {
+        use base64::Engine;
+        let public = release::ManifestSigner::new(MANIFEST_KEY_ID, MANIFEST_SEED).public_key();
+        println!("{MANIFEST_KEY_ID}={}", base64::engine::general_purpose::STANDARD.encode(public));
+        return Ok(());
+    }
+    let data_dir = args.first().ok_or("usage: test-relay DATA_DIR | token USER DEVICE SECONDS | manifest-key")?;
     let mut config = relay::Config::local(data_dir.into(), "127.0.0.1:0".parse()?);
     // Fixed credentials: this binary only ever runs in tests and benches.
     config.admin_tokens = vec![relay::release::admin::AdminToken {
         name: "test".into(),
         token: integration_tests::TEST_ADMIN_TOKEN.into(),
     }];
+    config.manifest_key = Some((MANIFEST_KEY_ID.into(), MANIFEST_SEED));
     let relay = relay::start(config).await?;
     let mut out = std::io::stdout();
     writeln!(out, "{}", relay.ws_url())?;

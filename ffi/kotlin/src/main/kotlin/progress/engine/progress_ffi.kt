@@ -31,6 +31,13 @@ import java.nio.charset.CodingErrorAction
 import java.util.concurrent.atomic.AtomicLong
 import java.util.concurrent.ConcurrentHashMap
 import java.util.concurrent.atomic.AtomicBoolean
+import kotlin.coroutines.resume
+import kotlinx.coroutines.CancellableContinuation
+import kotlinx.coroutines.DelicateCoroutinesApi
+import kotlinx.coroutines.GlobalScope
+import kotlinx.coroutines.Job
+import kotlinx.coroutines.launch
+import kotlinx.coroutines.suspendCancellableCoroutine
 
 // This is a helper for safely working with byte buffers returned from the Rust code.
 // A rust-owned buffer is represented by its capacity, its current length, and a
@@ -653,6 +660,12 @@ internal interface UniffiForeignFutureCompleteVoid : com.sun.jna.Callback {
 internal interface UniffiCallbackInterfaceChangeListenerMethod0 : com.sun.jna.Callback {
     fun callback(`uniffiHandle`: Long,`event`: RustBuffer.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,)
 }
+internal interface UniffiCallbackInterfaceLogListenerMethod0 : com.sun.jna.Callback {
+    fun callback(`uniffiHandle`: Long,`level`: RustBuffer.ByValue,`target`: RustBuffer.ByValue,`message`: RustBuffer.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,)
+}
+internal interface UniffiCallbackInterfaceUpdateListenerMethod0 : com.sun.jna.Callback {
+    fun callback(`uniffiHandle`: Long,`doneBytes`: Long,`totalBytes`: Long,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,)
+}
 internal interface UniffiCallbackInterfaceTokenProviderMethod0 : com.sun.jna.Callback {
     fun callback(`uniffiHandle`: Long,`uniffiOutReturn`: RustBuffer,uniffiCallStatus: UniffiRustCallStatus,)
 }
@@ -672,6 +685,44 @@ internal open class UniffiVTableCallbackInterfaceChangeListener(
         `uniffiFree` = other.`uniffiFree`
         `uniffiClone` = other.`uniffiClone`
         `onEvent` = other.`onEvent`
+    }
+
+}
+@Structure.FieldOrder("uniffiFree", "uniffiClone", "onLog")
+internal open class UniffiVTableCallbackInterfaceLogListener(
+    @JvmField internal var `uniffiFree`: UniffiCallbackInterfaceFree? = null,
+    @JvmField internal var `uniffiClone`: UniffiCallbackInterfaceClone? = null,
+    @JvmField internal var `onLog`: UniffiCallbackInterfaceLogListenerMethod0? = null,
+) : Structure() {
+    class UniffiByValue(
+        `uniffiFree`: UniffiCallbackInterfaceFree? = null,
+        `uniffiClone`: UniffiCallbackInterfaceClone? = null,
+        `onLog`: UniffiCallbackInterfaceLogListenerMethod0? = null,
+    ): UniffiVTableCallbackInterfaceLogListener(`uniffiFree`,`uniffiClone`,`onLog`,), Structure.ByValue
+
+   internal fun uniffiSetValue(other: UniffiVTableCallbackInterfaceLogListener) {
+        `uniffiFree` = other.`uniffiFree`
+        `uniffiClone` = other.`uniffiClone`
+        `onLog` = other.`onLog`
+    }
+
+}
+@Structure.FieldOrder("uniffiFree", "uniffiClone", "onProgress")
+internal open class UniffiVTableCallbackInterfaceUpdateListener(
+    @JvmField internal var `uniffiFree`: UniffiCallbackInterfaceFree? = null,
+    @JvmField internal var `uniffiClone`: UniffiCallbackInterfaceClone? = null,
+    @JvmField internal var `onProgress`: UniffiCallbackInterfaceUpdateListenerMethod0? = null,
+) : Structure() {
+    class UniffiByValue(
+        `uniffiFree`: UniffiCallbackInterfaceFree? = null,
+        `uniffiClone`: UniffiCallbackInterfaceClone? = null,
+        `onProgress`: UniffiCallbackInterfaceUpdateListenerMethod0? = null,
+    ): UniffiVTableCallbackInterfaceUpdateListener(`uniffiFree`,`uniffiClone`,`onProgress`,), Structure.ByValue
+
+   internal fun uniffiSetValue(other: UniffiVTableCallbackInterfaceUpdateListener) {
+        `uniffiFree` = other.`uniffiFree`
+        `uniffiClone` = other.`uniffiClone`
+        `onProgress` = other.`onProgress`
     }
 
 }
@@ -719,6 +770,10 @@ internal object IntegrityCheckingUniffiLib {
     }
 
     internal fun ensureInitialized() = Unit
+    external fun uniffi_progress_ffi_checksum_func_clear_log_listener(
+    ): Int
+    external fun uniffi_progress_ffi_checksum_func_set_log_listener(
+    ): Int
     external fun uniffi_progress_ffi_checksum_method_progressengine_due_items(
     ): Int
     external fun uniffi_progress_ffi_checksum_method_progressengine_end_session(
@@ -749,9 +804,27 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_progress_ffi_checksum_method_subscription_cancel(
     ): Int
+    external fun uniffi_progress_ffi_checksum_method_loglistener_on_log(
+    ): Int
+    external fun uniffi_progress_ffi_checksum_method_cancelhandle_cancel(
+    ): Int
+    external fun uniffi_progress_ffi_checksum_method_releaseupdater_active(
+    ): Int
+    external fun uniffi_progress_ffi_checksum_method_releaseupdater_check_for_update(
+    ): Int
+    external fun uniffi_progress_ffi_checksum_method_releaseupdater_report_launch(
+    ): Int
+    external fun uniffi_progress_ffi_checksum_method_releaseupdater_roll_back(
+    ): Int
+    external fun uniffi_progress_ffi_checksum_method_updatelistener_on_progress(
+    ): Int
     external fun uniffi_progress_ffi_checksum_method_tokenprovider_token(
     ): Int
     external fun uniffi_progress_ffi_checksum_constructor_progressengine_open(
+    ): Int
+    external fun uniffi_progress_ffi_checksum_constructor_cancelhandle_new(
+    ): Int
+    external fun uniffi_progress_ffi_checksum_constructor_releaseupdater_open(
     ): Int
     external fun ffi_progress_ffi_uniffi_contract_version(
     ): Int
@@ -770,7 +843,9 @@ internal object UniffiLib {
     init {
         Native.register(UniffiLib::class.java, findLibraryName(componentName = "progress_ffi"))
         uniffiCallbackInterfaceChangeListener.register(this)
+        uniffiCallbackInterfaceLogListener.register(this)
         uniffiCallbackInterfaceTokenProvider.register(this)
+        uniffiCallbackInterfaceUpdateListener.register(this)
         
     }
 
@@ -821,6 +896,44 @@ internal object UniffiLib {
     ): Unit
     external fun uniffi_progress_ffi_fn_method_subscription_cancel(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
+    external fun uniffi_progress_ffi_fn_clone_loglistener(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_progress_ffi_fn_free_loglistener(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_progress_ffi_fn_init_callback_vtable_loglistener(`vtable`: UniffiVTableCallbackInterfaceLogListener,
+    ): Unit
+    external fun uniffi_progress_ffi_fn_method_loglistener_on_log(`ptr`: Long,`level`: RustBuffer.ByValue,`target`: RustBuffer.ByValue,`message`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_progress_ffi_fn_clone_cancelhandle(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_progress_ffi_fn_free_cancelhandle(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_progress_ffi_fn_constructor_cancelhandle_new(uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_progress_ffi_fn_method_cancelhandle_cancel(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_progress_ffi_fn_clone_releaseupdater(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_progress_ffi_fn_free_releaseupdater(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_progress_ffi_fn_constructor_releaseupdater_open(`options`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_progress_ffi_fn_method_releaseupdater_active(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_progress_ffi_fn_method_releaseupdater_check_for_update(`ptr`: Long,`listener`: Long,`cancel`: Long,
+    ): Long
+    external fun uniffi_progress_ffi_fn_method_releaseupdater_report_launch(`ptr`: Long,`ok`: Byte,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_progress_ffi_fn_method_releaseupdater_roll_back(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_progress_ffi_fn_clone_updatelistener(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_progress_ffi_fn_free_updatelistener(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_progress_ffi_fn_init_callback_vtable_updatelistener(`vtable`: UniffiVTableCallbackInterfaceUpdateListener,
+    ): Unit
+    external fun uniffi_progress_ffi_fn_method_updatelistener_on_progress(`ptr`: Long,`doneBytes`: Long,`totalBytes`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
     external fun uniffi_progress_ffi_fn_clone_tokenprovider(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
     external fun uniffi_progress_ffi_fn_free_tokenprovider(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
@@ -829,6 +942,10 @@ internal object UniffiLib {
     ): Unit
     external fun uniffi_progress_ffi_fn_method_tokenprovider_token(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
+    external fun uniffi_progress_ffi_fn_func_clear_log_listener(uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_progress_ffi_fn_func_set_log_listener(`listener`: Long,`level`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
     external fun ffi_progress_ffi_rustbuffer_alloc(`size`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun ffi_progress_ffi_rustbuffer_from_bytes(`bytes`: ForeignBytes.ByValue,uniffi_out_err: UniffiRustCallStatus, 
@@ -948,6 +1065,12 @@ private fun uniffiCheckContractApiVersion(lib: IntegrityCheckingUniffiLib) {
 }
 @Suppress("UNUSED_PARAMETER")
 private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
+    if ((lib.uniffi_progress_ffi_checksum_func_clear_log_listener() and 0xFFFF) != 47205) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_progress_ffi_checksum_func_set_log_listener() and 0xFFFF) != 25457) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_progress_ffi_checksum_method_progressengine_due_items() and 0xFFFF) != 48302) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -993,10 +1116,37 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_progress_ffi_checksum_method_subscription_cancel() and 0xFFFF) != 23353) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_progress_ffi_checksum_method_loglistener_on_log() and 0xFFFF) != 51142) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_progress_ffi_checksum_method_cancelhandle_cancel() and 0xFFFF) != 2973) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_progress_ffi_checksum_method_releaseupdater_active() and 0xFFFF) != 3406) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_progress_ffi_checksum_method_releaseupdater_check_for_update() and 0xFFFF) != 55104) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_progress_ffi_checksum_method_releaseupdater_report_launch() and 0xFFFF) != 51585) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_progress_ffi_checksum_method_releaseupdater_roll_back() and 0xFFFF) != 40796) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_progress_ffi_checksum_method_updatelistener_on_progress() and 0xFFFF) != 4529) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_progress_ffi_checksum_method_tokenprovider_token() and 0xFFFF) != 18659) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_progress_ffi_checksum_constructor_progressengine_open() and 0xFFFF) != 42065) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_progress_ffi_checksum_constructor_cancelhandle_new() and 0xFFFF) != 24244) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_progress_ffi_checksum_constructor_releaseupdater_open() and 0xFFFF) != 59448) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
 }
@@ -1012,6 +1162,46 @@ public fun uniffiEnsureInitialized() {
 }
 
 // Async support
+// Async return type handlers
+
+internal const val UNIFFI_RUST_FUTURE_POLL_READY = 0.toByte()
+internal const val UNIFFI_RUST_FUTURE_POLL_WAKE = 1.toByte()
+
+internal val uniffiContinuationHandleMap = UniffiHandleMap<CancellableContinuation<Byte>>()
+
+// FFI type for Rust future continuations
+internal object uniffiRustFutureContinuationCallbackImpl: UniffiRustFutureContinuationCallback {
+    override fun callback(data: Long, pollResult: Byte) {
+        uniffiContinuationHandleMap.remove(data).resume(pollResult)
+    }
+}
+
+internal suspend fun<T, F, E: kotlin.Exception> uniffiRustCallAsync(
+    rustFuture: Long,
+    pollFunc: (Long, UniffiRustFutureContinuationCallback, Long) -> Unit,
+    completeFunc: (Long, UniffiRustCallStatus) -> F,
+    freeFunc: (Long) -> Unit,
+    liftFunc: (F) -> T,
+    errorHandler: UniffiRustCallStatusErrorHandler<E>
+): T {
+    try {
+        do {
+            val pollResult = suspendCancellableCoroutine<Byte> { continuation ->
+                pollFunc(
+                    rustFuture,
+                    uniffiRustFutureContinuationCallbackImpl,
+                    uniffiContinuationHandleMap.insert(continuation)
+                )
+            }
+        } while (pollResult != UNIFFI_RUST_FUTURE_POLL_READY);
+
+        return liftFunc(
+            uniffiRustCallWithError(errorHandler, { status -> completeFunc(rustFuture, status) })
+        )
+    } finally {
+        freeFunc(rustFuture)
+    }
+}
 
 // Public interface members begin here.
 
@@ -1456,6 +1646,282 @@ public object FfiConverterString: FfiConverter<String, RustBuffer.ByValue> {
 
 
 /**
+ * Cancels a [`ReleaseUpdater::check_for_update`] in flight. What was
+ * downloaded stays on disk, and the next check resumes from it.
+ */
+public interface CancelHandleInterface {
+    
+    /**
+     * Idempotent; a check started with a cancelled handle stops at once.
+     */
+    fun `cancel`()
+    
+    companion object
+}
+
+/**
+ * Cancels a [`ReleaseUpdater::check_for_update`] in flight. What was
+ * downloaded stays on disk, and the next check resumes from it.
+ */
+open class CancelHandle: Disposable, AutoCloseable, CancelHandleInterface
+{
+
+    @Suppress("UNUSED_PARAMETER")
+    /**
+     * @suppress
+     */
+    constructor(withHandle: UniffiWithHandle, handle: Long) {
+        this.handle = handle
+        this.cleanable = UniffiLib.CLEANER.register(this, UniffiCleanAction(handle))
+    }
+
+    /**
+     * @suppress
+     *
+     * This constructor can be used to instantiate a fake object. Only used for tests. Any
+     * attempt to actually use an object constructed this way will fail as there is no
+     * connected Rust object.
+     */
+    @Suppress("UNUSED_PARAMETER")
+    constructor(noHandle: NoHandle) {
+        this.handle = 0
+        this.cleanable = null
+    }
+    constructor() :
+        this(UniffiWithHandle, 
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_progress_ffi_fn_constructor_cancelhandle_new(
+    
+        _status)
+}
+    )
+
+    protected val handle: Long
+    protected val cleanable: UniffiCleaner.Cleanable?
+
+    private val wasDestroyed = AtomicBoolean(false)
+    private val callCounter = AtomicLong(1)
+
+    /**
+     * Whether the current object has been destroyed and its reference is gone in the Rust side.
+     */
+    val uniffiIsDestroyed: Boolean get() = wasDestroyed.get()
+
+    override fun destroy() {
+        // Only allow a single call to this method.
+        // TODO: maybe we should log a warning if called more than once?
+        if (this.wasDestroyed.compareAndSet(false, true)) {
+            // This decrement always matches the initial count of 1 given at creation time.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    @Synchronized
+    override fun close() {
+        this.destroy()
+    }
+
+    internal inline fun <R> callWithHandle(block: (handle: Long) -> R): R {
+        // Check and increment the call counter, to keep the object alive.
+        // This needs a compare-and-set retry loop in case of concurrent updates.
+        do {
+            val c = this.callCounter.get()
+            if (c == 0L) {
+                throw IllegalStateException("${this.javaClass.simpleName} object has already been destroyed")
+            }
+            if (c == Long.MAX_VALUE) {
+                throw IllegalStateException("${this.javaClass.simpleName} call counter would overflow")
+            }
+        } while (! this.callCounter.compareAndSet(c, c + 1L))
+        // Now we can safely do the method call without the handle being freed concurrently.
+        try {
+            return block(this.uniffiCloneHandle())
+        } finally {
+            // This decrement always matches the increment we performed above.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    // Use a static inner class instead of a closure so as not to accidentally
+    // capture `this` as part of the cleanable's action.
+    private class UniffiCleanAction(private val handle: Long) : Runnable {
+        override fun run() {
+            if (handle == 0.toLong()) {
+                // Fake object created with `NoHandle`, don't try to free.
+                return;
+            }
+            uniffiRustCall { status ->
+                UniffiLib.uniffi_progress_ffi_fn_free_cancelhandle(handle, status)
+            }
+        }
+    }
+
+    /**
+     * @suppress
+     */
+    fun uniffiCloneHandle(): Long {
+        if (handle == 0.toLong()) {
+            throw InternalException("uniffiCloneHandle() called on NoHandle object");
+        }
+        return uniffiRustCall() { status ->
+            UniffiLib.uniffi_progress_ffi_fn_clone_cancelhandle(handle, status)
+        }
+    }
+
+    
+    /**
+     * Idempotent; a check started with a cancelled handle stops at once.
+     */override fun `cancel`()
+        = 
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_progress_ffi_fn_method_cancelhandle_cancel(
+        it,
+        _status)
+}
+    }
+    
+    
+
+    
+
+    
+
+
+    
+    
+    /**
+     * @suppress
+     */
+    companion object
+    
+}
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeCancelHandle: FfiConverter<CancelHandle, Long> {
+    override fun lower(value: CancelHandle): Long {
+        return value.uniffiCloneHandle()
+    }
+
+    override fun lift(value: Long): CancelHandle {
+        return CancelHandle(UniffiWithHandle, value)
+    }
+
+    override fun read(buf: ByteBuffer): CancelHandle {
+        return lift(buf.getLong())
+    }
+
+    override fun allocationSize(value: CancelHandle) = 8UL
+
+    override fun write(value: CancelHandle, buf: ByteBuffer) {
+        buf.putLong(lower(value))
+    }
+}
+
+
+// This template implements a class for working with a Rust struct via a handle
+// to the live Rust struct on the other side of the FFI.
+//
+// There's some subtlety here, because we have to be careful not to operate on a Rust
+// struct after it has been dropped, and because we must expose a public API for freeing
+// theq Kotlin wrapper object in lieu of reliable finalizers. The core requirements are:
+//
+//   * Each instance holds an opaque handle to the underlying Rust struct.
+//     Method calls need to read this handle from the object's state and pass it in to
+//     the Rust FFI.
+//
+//   * When an instance is no longer needed, its handle should be passed to a
+//     special destructor function provided by the Rust FFI, which will drop the
+//     underlying Rust struct.
+//
+//   * Given an instance, calling code is expected to call the special
+//     `destroy` method in order to free it after use, either by calling it explicitly
+//     or by using a higher-level helper like the `use` method. Failing to do so risks
+//     leaking the underlying Rust struct.
+//
+//   * We can't assume that calling code will do the right thing, and must be prepared
+//     to handle Kotlin method calls executing concurrently with or even after a call to
+//     `destroy`, and to handle multiple (possibly concurrent!) calls to `destroy`.
+//
+//   * We must never allow Rust code to operate on the underlying Rust struct after
+//     the destructor has been called, and must never call the destructor more than once.
+//     Doing so may trigger memory unsafety.
+//
+//   * To mitigate many of the risks of leaking memory and use-after-free unsafety, a `Cleaner`
+//     is implemented to call the destructor when the Kotlin object becomes unreachable.
+//     This is done in a background thread. This is not a panacea, and client code should be aware that
+//      1. the thread may starve if some there are objects that have poorly performing
+//     `drop` methods or do significant work in their `drop` methods.
+//      2. the thread is shared across the whole library. This can be tuned by using `android_cleaner = true`,
+//         or `android = true` in the [`kotlin` section of the `uniffi.toml` file](https://mozilla.github.io/uniffi-rs/kotlin/configuration.html).
+//
+// If we try to implement this with mutual exclusion on access to the handle, there is the
+// possibility of a race between a method call and a concurrent call to `destroy`:
+//
+//    * Thread A starts a method call, reads the value of the handle, but is interrupted
+//      before it can pass the handle over the FFI to Rust.
+//    * Thread B calls `destroy` and frees the underlying Rust struct.
+//    * Thread A resumes, passing the already-read handle value to Rust and triggering
+//      a use-after-free.
+//
+// One possible solution would be to use a `ReadWriteLock`, with each method call taking
+// a read lock (and thus allowed to run concurrently) and the special `destroy` method
+// taking a write lock (and thus blocking on live method calls). However, we aim not to
+// generate methods with any hidden blocking semantics, and a `destroy` method that might
+// block if called incorrectly seems to meet that bar.
+//
+// So, we achieve our goals by giving each instance an associated `AtomicLong` counter to track
+// the number of in-flight method calls, and an `AtomicBoolean` flag to indicate whether `destroy`
+// has been called. These are updated according to the following rules:
+//
+//    * The initial value of the counter is 1, indicating a live object with no in-flight calls.
+//      The initial value for the flag is false.
+//
+//    * At the start of each method call, we atomically check the counter.
+//      If it is 0 then the underlying Rust struct has already been destroyed and the call is aborted.
+//      If it is nonzero them we atomically increment it by 1 and proceed with the method call.
+//
+//    * At the end of each method call, we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+//    * When `destroy` is called, we atomically flip the flag from false to true.
+//      If the flag was already true we silently fail.
+//      Otherwise we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+// Astute readers may observe that this all sounds very similar to the way that Rust's `Arc<T>` works,
+// and indeed it is, with the addition of a flag to guard against multiple calls to `destroy`.
+//
+// The overall effect is that the underlying Rust struct is destroyed only when `destroy` has been
+// called *and* all in-flight method calls have completed, avoiding violating any of the expectations
+// of the underlying Rust code.
+//
+// This makes a cleaner a better alternative to _not_ calling `destroy()` as
+// and when the object is finished with, but the abstraction is not perfect: if the Rust object's `drop`
+// method is slow, and/or there are many objects to cleanup, and it's on a low end Android device, then the cleaner
+// thread may be starved, and the app will leak memory.
+//
+// In this case, `destroy`ing manually may be a better solution.
+//
+// The cleaner can live side by side with the manual calling of `destroy`. In the order of responsiveness, uniffi objects
+// with Rust peers are reclaimed:
+//
+// 1. By calling the `destroy` method of the object, which calls `rustObject.free()`. If that doesn't happen:
+// 2. When the object becomes unreachable, AND the Cleaner thread gets to call `rustObject.free()`. If the thread is starved then:
+// 3. The memory is reclaimed when the process terminates.
+//
+// [1] https://stackoverflow.com/questions/24376768/can-java-finalize-an-object-when-it-is-still-in-scope/24380219
+//
+
+
+/**
  * Implemented by the app. Called once per event, in order, never two at
  * once for one listener, on a background thread.
  */
@@ -1674,6 +2140,335 @@ public object FfiConverterTypeChangeListener: FfiConverter<ChangeListener, Long>
     override fun allocationSize(value: ChangeListener) = 8UL
 
     override fun write(value: ChangeListener, buf: ByteBuffer) {
+        buf.putLong(lower(value))
+    }
+}
+
+
+// This template implements a class for working with a Rust struct via a handle
+// to the live Rust struct on the other side of the FFI.
+//
+// There's some subtlety here, because we have to be careful not to operate on a Rust
+// struct after it has been dropped, and because we must expose a public API for freeing
+// theq Kotlin wrapper object in lieu of reliable finalizers. The core requirements are:
+//
+//   * Each instance holds an opaque handle to the underlying Rust struct.
+//     Method calls need to read this handle from the object's state and pass it in to
+//     the Rust FFI.
+//
+//   * When an instance is no longer needed, its handle should be passed to a
+//     special destructor function provided by the Rust FFI, which will drop the
+//     underlying Rust struct.
+//
+//   * Given an instance, calling code is expected to call the special
+//     `destroy` method in order to free it after use, either by calling it explicitly
+//     or by using a higher-level helper like the `use` method. Failing to do so risks
+//     leaking the underlying Rust struct.
+//
+//   * We can't assume that calling code will do the right thing, and must be prepared
+//     to handle Kotlin method calls executing concurrently with or even after a call to
+//     `destroy`, and to handle multiple (possibly concurrent!) calls to `destroy`.
+//
+//   * We must never allow Rust code to operate on the underlying Rust struct after
+//     the destructor has been called, and must never call the destructor more than once.
+//     Doing so may trigger memory unsafety.
+//
+//   * To mitigate many of the risks of leaking memory and use-after-free unsafety, a `Cleaner`
+//     is implemented to call the destructor when the Kotlin object becomes unreachable.
+//     This is done in a background thread. This is not a panacea, and client code should be aware that
+//      1. the thread may starve if some there are objects that have poorly performing
+//     `drop` methods or do significant work in their `drop` methods.
+//      2. the thread is shared across the whole library. This can be tuned by using `android_cleaner = true`,
+//         or `android = true` in the [`kotlin` section of the `uniffi.toml` file](https://mozilla.github.io/uniffi-rs/kotlin/configuration.html).
+//
+// If we try to implement this with mutual exclusion on access to the handle, there is the
+// possibility of a race between a method call and a concurrent call to `destroy`:
+//
+//    * Thread A starts a method call, reads the value of the handle, but is interrupted
+//      before it can pass the handle over the FFI to Rust.
+//    * Thread B calls `destroy` and frees the underlying Rust struct.
+//    * Thread A resumes, passing the already-read handle value to Rust and triggering
+//      a use-after-free.
+//
+// One possible solution would be to use a `ReadWriteLock`, with each method call taking
+// a read lock (and thus allowed to run concurrently) and the special `destroy` method
+// taking a write lock (and thus blocking on live method calls). However, we aim not to
+// generate methods with any hidden blocking semantics, and a `destroy` method that might
+// block if called incorrectly seems to meet that bar.
+//
+// So, we achieve our goals by giving each instance an associated `AtomicLong` counter to track
+// the number of in-flight method calls, and an `AtomicBoolean` flag to indicate whether `destroy`
+// has been called. These are updated according to the following rules:
+//
+//    * The initial value of the counter is 1, indicating a live object with no in-flight calls.
+//      The initial value for the flag is false.
+//
+//    * At the start of each method call, we atomically check the counter.
+//      If it is 0 then the underlying Rust struct has already been destroyed and the call is aborted.
+//      If it is nonzero them we atomically increment it by 1 and proceed with the method call.
+//
+//    * At the end of each method call, we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+//    * When `destroy` is called, we atomically flip the flag from false to true.
+//      If the flag was already true we silently fail.
+//      Otherwise we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+// Astute readers may observe that this all sounds very similar to the way that Rust's `Arc<T>` works,
+// and indeed it is, with the addition of a flag to guard against multiple calls to `destroy`.
+//
+// The overall effect is that the underlying Rust struct is destroyed only when `destroy` has been
+// called *and* all in-flight method calls have completed, avoiding violating any of the expectations
+// of the underlying Rust code.
+//
+// This makes a cleaner a better alternative to _not_ calling `destroy()` as
+// and when the object is finished with, but the abstraction is not perfect: if the Rust object's `drop`
+// method is slow, and/or there are many objects to cleanup, and it's on a low end Android device, then the cleaner
+// thread may be starved, and the app will leak memory.
+//
+// In this case, `destroy`ing manually may be a better solution.
+//
+// The cleaner can live side by side with the manual calling of `destroy`. In the order of responsiveness, uniffi objects
+// with Rust peers are reclaimed:
+//
+// 1. By calling the `destroy` method of the object, which calls `rustObject.free()`. If that doesn't happen:
+// 2. When the object becomes unreachable, AND the Cleaner thread gets to call `rustObject.free()`. If the thread is starved then:
+// 3. The memory is reclaimed when the process terminates.
+//
+// [1] https://stackoverflow.com/questions/24376768/can-java-finalize-an-object-when-it-is-still-in-scope/24380219
+//
+
+
+/**
+ * Implemented by the app. Called in order on the bridge's own thread.
+ */
+public interface LogListener {
+    
+    /**
+     * `target` is the Rust module (`engine::sync::driver`); `message`
+     * holds the event's text and its fields as `key=value`.
+     */
+    fun `onLog`(`level`: LogLevel, `target`: kotlin.String, `message`: kotlin.String)
+    
+    companion object
+}
+
+/**
+ * Implemented by the app. Called in order on the bridge's own thread.
+ */
+open class LogListenerImpl: Disposable, AutoCloseable, LogListener
+{
+
+    @Suppress("UNUSED_PARAMETER")
+    /**
+     * @suppress
+     */
+    constructor(withHandle: UniffiWithHandle, handle: Long) {
+        this.handle = handle
+        this.cleanable = UniffiLib.CLEANER.register(this, UniffiCleanAction(handle))
+    }
+
+    /**
+     * @suppress
+     *
+     * This constructor can be used to instantiate a fake object. Only used for tests. Any
+     * attempt to actually use an object constructed this way will fail as there is no
+     * connected Rust object.
+     */
+    @Suppress("UNUSED_PARAMETER")
+    constructor(noHandle: NoHandle) {
+        this.handle = 0
+        this.cleanable = null
+    }
+
+    protected val handle: Long
+    protected val cleanable: UniffiCleaner.Cleanable?
+
+    private val wasDestroyed = AtomicBoolean(false)
+    private val callCounter = AtomicLong(1)
+
+    /**
+     * Whether the current object has been destroyed and its reference is gone in the Rust side.
+     */
+    val uniffiIsDestroyed: Boolean get() = wasDestroyed.get()
+
+    override fun destroy() {
+        // Only allow a single call to this method.
+        // TODO: maybe we should log a warning if called more than once?
+        if (this.wasDestroyed.compareAndSet(false, true)) {
+            // This decrement always matches the initial count of 1 given at creation time.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    @Synchronized
+    override fun close() {
+        this.destroy()
+    }
+
+    internal inline fun <R> callWithHandle(block: (handle: Long) -> R): R {
+        // Check and increment the call counter, to keep the object alive.
+        // This needs a compare-and-set retry loop in case of concurrent updates.
+        do {
+            val c = this.callCounter.get()
+            if (c == 0L) {
+                throw IllegalStateException("${this.javaClass.simpleName} object has already been destroyed")
+            }
+            if (c == Long.MAX_VALUE) {
+                throw IllegalStateException("${this.javaClass.simpleName} call counter would overflow")
+            }
+        } while (! this.callCounter.compareAndSet(c, c + 1L))
+        // Now we can safely do the method call without the handle being freed concurrently.
+        try {
+            return block(this.uniffiCloneHandle())
+        } finally {
+            // This decrement always matches the increment we performed above.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    // Use a static inner class instead of a closure so as not to accidentally
+    // capture `this` as part of the cleanable's action.
+    private class UniffiCleanAction(private val handle: Long) : Runnable {
+        override fun run() {
+            if (handle == 0.toLong()) {
+                // Fake object created with `NoHandle`, don't try to free.
+                return;
+            }
+            uniffiRustCall { status ->
+                UniffiLib.uniffi_progress_ffi_fn_free_loglistener(handle, status)
+            }
+        }
+    }
+
+    /**
+     * @suppress
+     */
+    fun uniffiCloneHandle(): Long {
+        if (handle == 0.toLong()) {
+            throw InternalException("uniffiCloneHandle() called on NoHandle object");
+        }
+        return uniffiRustCall() { status ->
+            UniffiLib.uniffi_progress_ffi_fn_clone_loglistener(handle, status)
+        }
+    }
+
+    
+    /**
+     * `target` is the Rust module (`engine::sync::driver`); `message`
+     * holds the event's text and its fields as `key=value`.
+     */override fun `onLog`(`level`: LogLevel, `target`: kotlin.String, `message`: kotlin.String)
+        = 
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_progress_ffi_fn_method_loglistener_on_log(
+        it,
+        
+        FfiConverterTypeLogLevel.lower(`level`),
+        FfiConverterString.lower(`target`),
+        FfiConverterString.lower(`message`),_status)
+}
+    }
+    
+    
+
+    
+
+    
+
+
+    
+    
+    /**
+     * @suppress
+     */
+    companion object
+    
+}
+
+
+
+// Put the implementation in an object so we don't pollute the top-level namespace
+internal object uniffiCallbackInterfaceLogListener {
+    internal object `onLog`: UniffiCallbackInterfaceLogListenerMethod0 {
+        override fun callback(`uniffiHandle`: Long,`level`: RustBuffer.ByValue,`target`: RustBuffer.ByValue,`message`: RustBuffer.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,) {
+            val uniffiObj = FfiConverterTypeLogListener.handleMap.get(uniffiHandle)
+            val makeCall = { ->
+                uniffiObj.`onLog`(
+                    FfiConverterTypeLogLevel.lift(`level`),
+                    FfiConverterString.lift(`target`),
+                    FfiConverterString.lift(`message`),
+                )
+            }
+            val writeReturn = { _: Unit -> Unit }
+            uniffiTraitInterfaceCall(uniffiCallStatus, makeCall, writeReturn)
+        }
+    }
+
+    internal object uniffiFree: UniffiCallbackInterfaceFree {
+        override fun callback(handle: Long) {
+            FfiConverterTypeLogListener.handleMap.remove(handle)
+        }
+    }
+
+    internal object uniffiClone: UniffiCallbackInterfaceClone {
+        override fun callback(handle: Long): Long {
+            return FfiConverterTypeLogListener.handleMap.clone(handle)
+        }
+    }
+
+    internal var vtable = UniffiVTableCallbackInterfaceLogListener.UniffiByValue(
+        uniffiFree,
+        uniffiClone,
+        `onLog`,
+    )
+
+    // Registers the foreign callback with the Rust side.
+    // This method is generated for each callback interface.
+    internal fun register(lib: UniffiLib) {
+        lib.uniffi_progress_ffi_fn_init_callback_vtable_loglistener(vtable)
+    }
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeLogListener: FfiConverter<LogListener, Long> {
+    internal val handleMap = UniffiHandleMap<LogListener>()
+
+    override fun lower(value: LogListener): Long {
+        if (value is LogListenerImpl) {
+             // Rust-implemented object.  Clone the handle and return it
+            return value.uniffiCloneHandle()
+         } else {
+            // Kotlin object, generate a new vtable handle and return that.
+            return handleMap.insert(value)
+         }
+    }
+
+    override fun lift(value: Long): LogListener {
+        if ((value and 1.toLong()) == 0.toLong()) {
+            // Rust-generated handle, construct a new class that uses the handle to implement the
+            // interface
+            return LogListenerImpl(UniffiWithHandle, value)
+        } else {
+            // Kotlin-generated handle, get the object from the handle map
+            return handleMap.remove(value)
+        }
+    }
+
+    override fun read(buf: ByteBuffer): LogListener {
+        return lift(buf.getLong())
+    }
+
+    override fun allocationSize(value: LogListener) = 8UL
+
+    override fun write(value: LogListener, buf: ByteBuffer) {
         buf.putLong(lower(value))
     }
 }
@@ -2355,6 +3150,378 @@ public object FfiConverterTypeProgressEngine: FfiConverter<ProgressEngine, Long>
 
 
 /**
+ * The app's releases of one dataset and channel.
+ */
+public interface ReleaseUpdaterInterface {
+    
+    /**
+     * The release to open now: the active download, else the embedded one;
+     * `null` only when there is neither.
+     */
+    fun `active`(): ActiveRelease?
+    
+    /**
+     * Checks for a newer release and installs it (suspends; never blocks
+     * the caller's thread). Cancel with `cancel`, or by cancelling the
+     * coroutine or task; a later check resumes the download.
+     */
+    suspend fun `checkForUpdate`(`listener`: UpdateListener, `cancel`: CancelHandle): UpdateOutcome
+    
+    /**
+     * The app says whether the active release launched fine. After too
+     * many failures it goes back; returns the release now active then.
+     */
+    fun `reportLaunch`(`ok`: kotlin.Boolean): kotlin.String?
+    
+    /**
+     * Gives up on the active downloaded release at once (the app found it
+     * unusable): goes back to the previous good one or the embedded one,
+     * and never picks it again. Returns the release now active, or `null`
+     * when the embedded release already runs.
+     */
+    fun `rollBack`(): kotlin.String?
+    
+    companion object
+}
+
+/**
+ * The app's releases of one dataset and channel.
+ */
+open class ReleaseUpdater: Disposable, AutoCloseable, ReleaseUpdaterInterface
+{
+
+    @Suppress("UNUSED_PARAMETER")
+    /**
+     * @suppress
+     */
+    constructor(withHandle: UniffiWithHandle, handle: Long) {
+        this.handle = handle
+        this.cleanable = UniffiLib.CLEANER.register(this, UniffiCleanAction(handle))
+    }
+
+    /**
+     * @suppress
+     *
+     * This constructor can be used to instantiate a fake object. Only used for tests. Any
+     * attempt to actually use an object constructed this way will fail as there is no
+     * connected Rust object.
+     */
+    @Suppress("UNUSED_PARAMETER")
+    constructor(noHandle: NoHandle) {
+        this.handle = 0
+        this.cleanable = null
+    }
+
+    protected val handle: Long
+    protected val cleanable: UniffiCleaner.Cleanable?
+
+    private val wasDestroyed = AtomicBoolean(false)
+    private val callCounter = AtomicLong(1)
+
+    /**
+     * Whether the current object has been destroyed and its reference is gone in the Rust side.
+     */
+    val uniffiIsDestroyed: Boolean get() = wasDestroyed.get()
+
+    override fun destroy() {
+        // Only allow a single call to this method.
+        // TODO: maybe we should log a warning if called more than once?
+        if (this.wasDestroyed.compareAndSet(false, true)) {
+            // This decrement always matches the initial count of 1 given at creation time.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    @Synchronized
+    override fun close() {
+        this.destroy()
+    }
+
+    internal inline fun <R> callWithHandle(block: (handle: Long) -> R): R {
+        // Check and increment the call counter, to keep the object alive.
+        // This needs a compare-and-set retry loop in case of concurrent updates.
+        do {
+            val c = this.callCounter.get()
+            if (c == 0L) {
+                throw IllegalStateException("${this.javaClass.simpleName} object has already been destroyed")
+            }
+            if (c == Long.MAX_VALUE) {
+                throw IllegalStateException("${this.javaClass.simpleName} call counter would overflow")
+            }
+        } while (! this.callCounter.compareAndSet(c, c + 1L))
+        // Now we can safely do the method call without the handle being freed concurrently.
+        try {
+            return block(this.uniffiCloneHandle())
+        } finally {
+            // This decrement always matches the increment we performed above.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    // Use a static inner class instead of a closure so as not to accidentally
+    // capture `this` as part of the cleanable's action.
+    private class UniffiCleanAction(private val handle: Long) : Runnable {
+        override fun run() {
+            if (handle == 0.toLong()) {
+                // Fake object created with `NoHandle`, don't try to free.
+                return;
+            }
+            uniffiRustCall { status ->
+                UniffiLib.uniffi_progress_ffi_fn_free_releaseupdater(handle, status)
+            }
+        }
+    }
+
+    /**
+     * @suppress
+     */
+    fun uniffiCloneHandle(): Long {
+        if (handle == 0.toLong()) {
+            throw InternalException("uniffiCloneHandle() called on NoHandle object");
+        }
+        return uniffiRustCall() { status ->
+            UniffiLib.uniffi_progress_ffi_fn_clone_releaseupdater(handle, status)
+        }
+    }
+
+    
+    /**
+     * The release to open now: the active download, else the embedded one;
+     * `null` only when there is neither.
+     */
+    @Throws(ProgressException::class)override fun `active`(): ActiveRelease? {
+            return FfiConverterOptionalTypeActiveRelease.lift(
+    callWithHandle {
+    uniffiRustCallWithError(ProgressException) { _status ->
+    UniffiLib.uniffi_progress_ffi_fn_method_releaseupdater_active(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Checks for a newer release and installs it (suspends; never blocks
+     * the caller's thread). Cancel with `cancel`, or by cancelling the
+     * coroutine or task; a later check resumes the download.
+     */
+    @Throws(ProgressException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `checkForUpdate`(`listener`: UpdateListener, `cancel`: CancelHandle) : UpdateOutcome {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_progress_ffi_fn_method_releaseupdater_check_for_update(
+                uniffiHandle,
+                
+        FfiConverterTypeUpdateListener.lower(`listener`),
+        FfiConverterTypeCancelHandle.lower(`cancel`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_progress_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_progress_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_progress_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeUpdateOutcome.lift(it) },
+        // Error FFI converter
+        ProgressException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * The app says whether the active release launched fine. After too
+     * many failures it goes back; returns the release now active then.
+     */
+    @Throws(ProgressException::class)override fun `reportLaunch`(`ok`: kotlin.Boolean): kotlin.String? {
+            return FfiConverterOptionalString.lift(
+    callWithHandle {
+    uniffiRustCallWithError(ProgressException) { _status ->
+    UniffiLib.uniffi_progress_ffi_fn_method_releaseupdater_report_launch(
+        it,
+        
+        FfiConverterBoolean.lower(`ok`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Gives up on the active downloaded release at once (the app found it
+     * unusable): goes back to the previous good one or the embedded one,
+     * and never picks it again. Returns the release now active, or `null`
+     * when the embedded release already runs.
+     */
+    @Throws(ProgressException::class)override fun `rollBack`(): kotlin.String? {
+            return FfiConverterOptionalString.lift(
+    callWithHandle {
+    uniffiRustCallWithError(ProgressException) { _status ->
+    UniffiLib.uniffi_progress_ffi_fn_method_releaseupdater_roll_back(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+
+    
+
+
+    
+    companion object {
+        
+    /**
+     * Opens the device's release state. Never touches the network.
+     */
+    @Throws(ProgressException::class) fun `open`(`options`: ReleaseOptions): ReleaseUpdater {
+            return FfiConverterTypeReleaseUpdater.lift(
+    uniffiRustCallWithError(ProgressException) { _status ->
+    UniffiLib.uniffi_progress_ffi_fn_constructor_releaseupdater_open(
+    
+        
+        FfiConverterTypeReleaseOptions.lower(`options`),_status)
+}
+    )
+    }
+    
+
+        
+    }
+    
+}
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeReleaseUpdater: FfiConverter<ReleaseUpdater, Long> {
+    override fun lower(value: ReleaseUpdater): Long {
+        return value.uniffiCloneHandle()
+    }
+
+    override fun lift(value: Long): ReleaseUpdater {
+        return ReleaseUpdater(UniffiWithHandle, value)
+    }
+
+    override fun read(buf: ByteBuffer): ReleaseUpdater {
+        return lift(buf.getLong())
+    }
+
+    override fun allocationSize(value: ReleaseUpdater) = 8UL
+
+    override fun write(value: ReleaseUpdater, buf: ByteBuffer) {
+        buf.putLong(lower(value))
+    }
+}
+
+
+// This template implements a class for working with a Rust struct via a handle
+// to the live Rust struct on the other side of the FFI.
+//
+// There's some subtlety here, because we have to be careful not to operate on a Rust
+// struct after it has been dropped, and because we must expose a public API for freeing
+// theq Kotlin wrapper object in lieu of reliable finalizers. The core requirements are:
+//
+//   * Each instance holds an opaque handle to the underlying Rust struct.
+//     Method calls need to read this handle from the object's state and pass it in to
+//     the Rust FFI.
+//
+//   * When an instance is no longer needed, its handle should be passed to a
+//     special destructor function provided by the Rust FFI, which will drop the
+//     underlying Rust struct.
+//
+//   * Given an instance, calling code is expected to call the special
+//     `destroy` method in order to free it after use, either by calling it explicitly
+//     or by using a higher-level helper like the `use` method. Failing to do so risks
+//     leaking the underlying Rust struct.
+//
+//   * We can't assume that calling code will do the right thing, and must be prepared
+//     to handle Kotlin method calls executing concurrently with or even after a call to
+//     `destroy`, and to handle multiple (possibly concurrent!) calls to `destroy`.
+//
+//   * We must never allow Rust code to operate on the underlying Rust struct after
+//     the destructor has been called, and must never call the destructor more than once.
+//     Doing so may trigger memory unsafety.
+//
+//   * To mitigate many of the risks of leaking memory and use-after-free unsafety, a `Cleaner`
+//     is implemented to call the destructor when the Kotlin object becomes unreachable.
+//     This is done in a background thread. This is not a panacea, and client code should be aware that
+//      1. the thread may starve if some there are objects that have poorly performing
+//     `drop` methods or do significant work in their `drop` methods.
+//      2. the thread is shared across the whole library. This can be tuned by using `android_cleaner = true`,
+//         or `android = true` in the [`kotlin` section of the `uniffi.toml` file](https://mozilla.github.io/uniffi-rs/kotlin/configuration.html).
+//
+// If we try to implement this with mutual exclusion on access to the handle, there is the
+// possibility of a race between a method call and a concurrent call to `destroy`:
+//
+//    * Thread A starts a method call, reads the value of the handle, but is interrupted
+//      before it can pass the handle over the FFI to Rust.
+//    * Thread B calls `destroy` and frees the underlying Rust struct.
+//    * Thread A resumes, passing the already-read handle value to Rust and triggering
+//      a use-after-free.
+//
+// One possible solution would be to use a `ReadWriteLock`, with each method call taking
+// a read lock (and thus allowed to run concurrently) and the special `destroy` method
+// taking a write lock (and thus blocking on live method calls). However, we aim not to
+// generate methods with any hidden blocking semantics, and a `destroy` method that might
+// block if called incorrectly seems to meet that bar.
+//
+// So, we achieve our goals by giving each instance an associated `AtomicLong` counter to track
+// the number of in-flight method calls, and an `AtomicBoolean` flag to indicate whether `destroy`
+// has been called. These are updated according to the following rules:
+//
+//    * The initial value of the counter is 1, indicating a live object with no in-flight calls.
+//      The initial value for the flag is false.
+//
+//    * At the start of each method call, we atomically check the counter.
+//      If it is 0 then the underlying Rust struct has already been destroyed and the call is aborted.
+//      If it is nonzero them we atomically increment it by 1 and proceed with the method call.
+//
+//    * At the end of each method call, we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+//    * When `destroy` is called, we atomically flip the flag from false to true.
+//      If the flag was already true we silently fail.
+//      Otherwise we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+// Astute readers may observe that this all sounds very similar to the way that Rust's `Arc<T>` works,
+// and indeed it is, with the addition of a flag to guard against multiple calls to `destroy`.
+//
+// The overall effect is that the underlying Rust struct is destroyed only when `destroy` has been
+// called *and* all in-flight method calls have completed, avoiding violating any of the expectations
+// of the underlying Rust code.
+//
+// This makes a cleaner a better alternative to _not_ calling `destroy()` as
+// and when the object is finished with, but the abstraction is not perfect: if the Rust object's `drop`
+// method is slow, and/or there are many objects to cleanup, and it's on a low end Android device, then the cleaner
+// thread may be starved, and the app will leak memory.
+//
+// In this case, `destroy`ing manually may be a better solution.
+//
+// The cleaner can live side by side with the manual calling of `destroy`. In the order of responsiveness, uniffi objects
+// with Rust peers are reclaimed:
+//
+// 1. By calling the `destroy` method of the object, which calls `rustObject.free()`. If that doesn't happen:
+// 2. When the object becomes unreachable, AND the Cleaner thread gets to call `rustObject.free()`. If the thread is starved then:
+// 3. The memory is reclaimed when the process terminates.
+//
+// [1] https://stackoverflow.com/questions/24376768/can-java-finalize-an-object-when-it-is-still-in-scope/24380219
+//
+
+
+/**
  * A listener's registration. Events stop after [`Subscription::cancel`],
  * or when the engine closes.
  */
@@ -2862,6 +4029,436 @@ public object FfiConverterTypeTokenProvider: FfiConverter<TokenProvider, Long> {
 }
 
 
+// This template implements a class for working with a Rust struct via a handle
+// to the live Rust struct on the other side of the FFI.
+//
+// There's some subtlety here, because we have to be careful not to operate on a Rust
+// struct after it has been dropped, and because we must expose a public API for freeing
+// theq Kotlin wrapper object in lieu of reliable finalizers. The core requirements are:
+//
+//   * Each instance holds an opaque handle to the underlying Rust struct.
+//     Method calls need to read this handle from the object's state and pass it in to
+//     the Rust FFI.
+//
+//   * When an instance is no longer needed, its handle should be passed to a
+//     special destructor function provided by the Rust FFI, which will drop the
+//     underlying Rust struct.
+//
+//   * Given an instance, calling code is expected to call the special
+//     `destroy` method in order to free it after use, either by calling it explicitly
+//     or by using a higher-level helper like the `use` method. Failing to do so risks
+//     leaking the underlying Rust struct.
+//
+//   * We can't assume that calling code will do the right thing, and must be prepared
+//     to handle Kotlin method calls executing concurrently with or even after a call to
+//     `destroy`, and to handle multiple (possibly concurrent!) calls to `destroy`.
+//
+//   * We must never allow Rust code to operate on the underlying Rust struct after
+//     the destructor has been called, and must never call the destructor more than once.
+//     Doing so may trigger memory unsafety.
+//
+//   * To mitigate many of the risks of leaking memory and use-after-free unsafety, a `Cleaner`
+//     is implemented to call the destructor when the Kotlin object becomes unreachable.
+//     This is done in a background thread. This is not a panacea, and client code should be aware that
+//      1. the thread may starve if some there are objects that have poorly performing
+//     `drop` methods or do significant work in their `drop` methods.
+//      2. the thread is shared across the whole library. This can be tuned by using `android_cleaner = true`,
+//         or `android = true` in the [`kotlin` section of the `uniffi.toml` file](https://mozilla.github.io/uniffi-rs/kotlin/configuration.html).
+//
+// If we try to implement this with mutual exclusion on access to the handle, there is the
+// possibility of a race between a method call and a concurrent call to `destroy`:
+//
+//    * Thread A starts a method call, reads the value of the handle, but is interrupted
+//      before it can pass the handle over the FFI to Rust.
+//    * Thread B calls `destroy` and frees the underlying Rust struct.
+//    * Thread A resumes, passing the already-read handle value to Rust and triggering
+//      a use-after-free.
+//
+// One possible solution would be to use a `ReadWriteLock`, with each method call taking
+// a read lock (and thus allowed to run concurrently) and the special `destroy` method
+// taking a write lock (and thus blocking on live method calls). However, we aim not to
+// generate methods with any hidden blocking semantics, and a `destroy` method that might
+// block if called incorrectly seems to meet that bar.
+//
+// So, we achieve our goals by giving each instance an associated `AtomicLong` counter to track
+// the number of in-flight method calls, and an `AtomicBoolean` flag to indicate whether `destroy`
+// has been called. These are updated according to the following rules:
+//
+//    * The initial value of the counter is 1, indicating a live object with no in-flight calls.
+//      The initial value for the flag is false.
+//
+//    * At the start of each method call, we atomically check the counter.
+//      If it is 0 then the underlying Rust struct has already been destroyed and the call is aborted.
+//      If it is nonzero them we atomically increment it by 1 and proceed with the method call.
+//
+//    * At the end of each method call, we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+//    * When `destroy` is called, we atomically flip the flag from false to true.
+//      If the flag was already true we silently fail.
+//      Otherwise we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+// Astute readers may observe that this all sounds very similar to the way that Rust's `Arc<T>` works,
+// and indeed it is, with the addition of a flag to guard against multiple calls to `destroy`.
+//
+// The overall effect is that the underlying Rust struct is destroyed only when `destroy` has been
+// called *and* all in-flight method calls have completed, avoiding violating any of the expectations
+// of the underlying Rust code.
+//
+// This makes a cleaner a better alternative to _not_ calling `destroy()` as
+// and when the object is finished with, but the abstraction is not perfect: if the Rust object's `drop`
+// method is slow, and/or there are many objects to cleanup, and it's on a low end Android device, then the cleaner
+// thread may be starved, and the app will leak memory.
+//
+// In this case, `destroy`ing manually may be a better solution.
+//
+// The cleaner can live side by side with the manual calling of `destroy`. In the order of responsiveness, uniffi objects
+// with Rust peers are reclaimed:
+//
+// 1. By calling the `destroy` method of the object, which calls `rustObject.free()`. If that doesn't happen:
+// 2. When the object becomes unreachable, AND the Cleaner thread gets to call `rustObject.free()`. If the thread is starved then:
+// 3. The memory is reclaimed when the process terminates.
+//
+// [1] https://stackoverflow.com/questions/24376768/can-java-finalize-an-object-when-it-is-still-in-scope/24380219
+//
+
+
+/**
+ * Told how a download goes. Called on a background thread, at most about
+ * once per percent: keep it short (post to the UI thread).
+ */
+public interface UpdateListener {
+    
+    fun `onProgress`(`doneBytes`: kotlin.ULong, `totalBytes`: kotlin.ULong)
+    
+    companion object
+}
+
+/**
+ * Told how a download goes. Called on a background thread, at most about
+ * once per percent: keep it short (post to the UI thread).
+ */
+open class UpdateListenerImpl: Disposable, AutoCloseable, UpdateListener
+{
+
+    @Suppress("UNUSED_PARAMETER")
+    /**
+     * @suppress
+     */
+    constructor(withHandle: UniffiWithHandle, handle: Long) {
+        this.handle = handle
+        this.cleanable = UniffiLib.CLEANER.register(this, UniffiCleanAction(handle))
+    }
+
+    /**
+     * @suppress
+     *
+     * This constructor can be used to instantiate a fake object. Only used for tests. Any
+     * attempt to actually use an object constructed this way will fail as there is no
+     * connected Rust object.
+     */
+    @Suppress("UNUSED_PARAMETER")
+    constructor(noHandle: NoHandle) {
+        this.handle = 0
+        this.cleanable = null
+    }
+
+    protected val handle: Long
+    protected val cleanable: UniffiCleaner.Cleanable?
+
+    private val wasDestroyed = AtomicBoolean(false)
+    private val callCounter = AtomicLong(1)
+
+    /**
+     * Whether the current object has been destroyed and its reference is gone in the Rust side.
+     */
+    val uniffiIsDestroyed: Boolean get() = wasDestroyed.get()
+
+    override fun destroy() {
+        // Only allow a single call to this method.
+        // TODO: maybe we should log a warning if called more than once?
+        if (this.wasDestroyed.compareAndSet(false, true)) {
+            // This decrement always matches the initial count of 1 given at creation time.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    @Synchronized
+    override fun close() {
+        this.destroy()
+    }
+
+    internal inline fun <R> callWithHandle(block: (handle: Long) -> R): R {
+        // Check and increment the call counter, to keep the object alive.
+        // This needs a compare-and-set retry loop in case of concurrent updates.
+        do {
+            val c = this.callCounter.get()
+            if (c == 0L) {
+                throw IllegalStateException("${this.javaClass.simpleName} object has already been destroyed")
+            }
+            if (c == Long.MAX_VALUE) {
+                throw IllegalStateException("${this.javaClass.simpleName} call counter would overflow")
+            }
+        } while (! this.callCounter.compareAndSet(c, c + 1L))
+        // Now we can safely do the method call without the handle being freed concurrently.
+        try {
+            return block(this.uniffiCloneHandle())
+        } finally {
+            // This decrement always matches the increment we performed above.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    // Use a static inner class instead of a closure so as not to accidentally
+    // capture `this` as part of the cleanable's action.
+    private class UniffiCleanAction(private val handle: Long) : Runnable {
+        override fun run() {
+            if (handle == 0.toLong()) {
+                // Fake object created with `NoHandle`, don't try to free.
+                return;
+            }
+            uniffiRustCall { status ->
+                UniffiLib.uniffi_progress_ffi_fn_free_updatelistener(handle, status)
+            }
+        }
+    }
+
+    /**
+     * @suppress
+     */
+    fun uniffiCloneHandle(): Long {
+        if (handle == 0.toLong()) {
+            throw InternalException("uniffiCloneHandle() called on NoHandle object");
+        }
+        return uniffiRustCall() { status ->
+            UniffiLib.uniffi_progress_ffi_fn_clone_updatelistener(handle, status)
+        }
+    }
+
+    override fun `onProgress`(`doneBytes`: kotlin.ULong, `totalBytes`: kotlin.ULong)
+        = 
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_progress_ffi_fn_method_updatelistener_on_progress(
+        it,
+        
+        FfiConverterULong.lower(`doneBytes`),
+        FfiConverterULong.lower(`totalBytes`),_status)
+}
+    }
+    
+    
+
+    
+
+    
+
+
+    
+    
+    /**
+     * @suppress
+     */
+    companion object
+    
+}
+
+
+
+// Put the implementation in an object so we don't pollute the top-level namespace
+internal object uniffiCallbackInterfaceUpdateListener {
+    internal object `onProgress`: UniffiCallbackInterfaceUpdateListenerMethod0 {
+        override fun callback(`uniffiHandle`: Long,`doneBytes`: Long,`totalBytes`: Long,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,) {
+            val uniffiObj = FfiConverterTypeUpdateListener.handleMap.get(uniffiHandle)
+            val makeCall = { ->
+                uniffiObj.`onProgress`(
+                    FfiConverterULong.lift(`doneBytes`),
+                    FfiConverterULong.lift(`totalBytes`),
+                )
+            }
+            val writeReturn = { _: Unit -> Unit }
+            uniffiTraitInterfaceCall(uniffiCallStatus, makeCall, writeReturn)
+        }
+    }
+
+    internal object uniffiFree: UniffiCallbackInterfaceFree {
+        override fun callback(handle: Long) {
+            FfiConverterTypeUpdateListener.handleMap.remove(handle)
+        }
+    }
+
+    internal object uniffiClone: UniffiCallbackInterfaceClone {
+        override fun callback(handle: Long): Long {
+            return FfiConverterTypeUpdateListener.handleMap.clone(handle)
+        }
+    }
+
+    internal var vtable = UniffiVTableCallbackInterfaceUpdateListener.UniffiByValue(
+        uniffiFree,
+        uniffiClone,
+        `onProgress`,
+    )
+
+    // Registers the foreign callback with the Rust side.
+    // This method is generated for each callback interface.
+    internal fun register(lib: UniffiLib) {
+        lib.uniffi_progress_ffi_fn_init_callback_vtable_updatelistener(vtable)
+    }
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeUpdateListener: FfiConverter<UpdateListener, Long> {
+    internal val handleMap = UniffiHandleMap<UpdateListener>()
+
+    override fun lower(value: UpdateListener): Long {
+        if (value is UpdateListenerImpl) {
+             // Rust-implemented object.  Clone the handle and return it
+            return value.uniffiCloneHandle()
+         } else {
+            // Kotlin object, generate a new vtable handle and return that.
+            return handleMap.insert(value)
+         }
+    }
+
+    override fun lift(value: Long): UpdateListener {
+        if ((value and 1.toLong()) == 0.toLong()) {
+            // Rust-generated handle, construct a new class that uses the handle to implement the
+            // interface
+            return UpdateListenerImpl(UniffiWithHandle, value)
+        } else {
+            // Kotlin-generated handle, get the object from the handle map
+            return handleMap.remove(value)
+        }
+    }
+
+    override fun read(buf: ByteBuffer): UpdateListener {
+        return lift(buf.getLong())
+    }
+
+    override fun allocationSize(value: UpdateListener) = 8UL
+
+    override fun write(value: UpdateListener, buf: ByteBuffer) {
+        buf.putLong(lower(value))
+    }
+}
+
+
+
+/**
+ * The release the app should open now.
+ */
+data class ActiveRelease (
+    var `releaseId`: kotlin.String
+    , 
+    var `version`: kotlin.String
+    , 
+    /**
+     * The one shipped inside the app.
+     */
+    var `embedded`: kotlin.Boolean
+    , 
+    var `files`: List<ReleaseFile>
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeActiveRelease: FfiConverterRustBuffer<ActiveRelease> {
+    override fun read(buf: ByteBuffer): ActiveRelease {
+        return ActiveRelease(
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterSequenceTypeReleaseFile.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: ActiveRelease) = (
+            FfiConverterString.allocationSize(value.`releaseId`) +
+            FfiConverterString.allocationSize(value.`version`) +
+            FfiConverterBoolean.allocationSize(value.`embedded`) +
+            FfiConverterSequenceTypeReleaseFile.allocationSize(value.`files`)
+    )
+
+    override fun write(value: ActiveRelease, buf: ByteBuffer) {
+            FfiConverterString.write(value.`releaseId`, buf)
+            FfiConverterString.write(value.`version`, buf)
+            FfiConverterBoolean.write(value.`embedded`, buf)
+            FfiConverterSequenceTypeReleaseFile.write(value.`files`, buf)
+    }
+}
+
+
+
+/**
+ * The release inside the app package: used until a download replaces it,
+ * and gone back to when nothing better is left.
+ */
+data class EmbeddedRelease (
+    /**
+     * Directory holding the files (unpacked from the app's assets).
+     */
+    var `dir`: kotlin.String
+    , 
+    var `releaseId`: kotlin.String
+    , 
+    var `version`: kotlin.String
+    , 
+    var `files`: List<ReleaseFileInfo>
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeEmbeddedRelease: FfiConverterRustBuffer<EmbeddedRelease> {
+    override fun read(buf: ByteBuffer): EmbeddedRelease {
+        return EmbeddedRelease(
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterSequenceTypeReleaseFileInfo.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: EmbeddedRelease) = (
+            FfiConverterString.allocationSize(value.`dir`) +
+            FfiConverterString.allocationSize(value.`releaseId`) +
+            FfiConverterString.allocationSize(value.`version`) +
+            FfiConverterSequenceTypeReleaseFileInfo.allocationSize(value.`files`)
+    )
+
+    override fun write(value: EmbeddedRelease, buf: ByteBuffer) {
+            FfiConverterString.write(value.`dir`, buf)
+            FfiConverterString.write(value.`releaseId`, buf)
+            FfiConverterString.write(value.`version`, buf)
+            FfiConverterSequenceTypeReleaseFileInfo.write(value.`files`, buf)
+    }
+}
+
+
 
 /**
  * Who this device is and where it keeps its data.
@@ -3027,6 +4624,199 @@ public object FfiConverterTypeNewReview: FfiConverterRustBuffer<NewReview> {
             FfiConverterLong.write(value.`reviewedAtMs`, buf)
             FfiConverterLong.write(value.`durationMs`, buf)
             FfiConverterOptionalString.write(value.`sessionId`, buf)
+    }
+}
+
+
+
+/**
+ * A file of the release to open.
+ */
+data class ReleaseFile (
+    var `name`: kotlin.String
+    , 
+    var `path`: kotlin.String
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeReleaseFile: FfiConverterRustBuffer<ReleaseFile> {
+    override fun read(buf: ByteBuffer): ReleaseFile {
+        return ReleaseFile(
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: ReleaseFile) = (
+            FfiConverterString.allocationSize(value.`name`) +
+            FfiConverterString.allocationSize(value.`path`)
+    )
+
+    override fun write(value: ReleaseFile, buf: ByteBuffer) {
+            FfiConverterString.write(value.`name`, buf)
+            FfiConverterString.write(value.`path`, buf)
+    }
+}
+
+
+
+/**
+ * One file of an embedded release, as the app ships it.
+ */
+data class ReleaseFileInfo (
+    var `name`: kotlin.String
+    , 
+    /**
+     * Lowercase hex SHA-256 of the file.
+     */
+    var `sha256`: kotlin.String
+    , 
+    var `size`: kotlin.ULong
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeReleaseFileInfo: FfiConverterRustBuffer<ReleaseFileInfo> {
+    override fun read(buf: ByteBuffer): ReleaseFileInfo {
+        return ReleaseFileInfo(
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterULong.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: ReleaseFileInfo) = (
+            FfiConverterString.allocationSize(value.`name`) +
+            FfiConverterString.allocationSize(value.`sha256`) +
+            FfiConverterULong.allocationSize(value.`size`)
+    )
+
+    override fun write(value: ReleaseFileInfo, buf: ByteBuffer) {
+            FfiConverterString.write(value.`name`, buf)
+            FfiConverterString.write(value.`sha256`, buf)
+            FfiConverterULong.write(value.`size`, buf)
+    }
+}
+
+
+
+/**
+ * Which dataset this app follows and whom it trusts.
+ */
+data class ReleaseOptions (
+    /**
+     * A directory the app owns; releases live under `releases/` in it.
+     */
+    var `dataDir`: kotlin.String
+    , 
+    var `dataset`: kotlin.String
+    , 
+    var `channel`: kotlin.String
+    , 
+    /**
+     * This app's version (`MAJOR.MINOR.PATCH`), for `min_app_version`.
+     */
+    var `appVersion`: kotlin.String
+    , 
+    /**
+     * Stable per installation: staged rollouts bucket on it.
+     */
+    var `installId`: kotlin.String
+    , 
+    /**
+     * The relay's base URL, `https://host` (`http://` only to loopback).
+     */
+    var `relayUrl`: kotlin.String
+    , 
+    /**
+     * Manifest signing keys to trust, each `KEY_ID=BASE64_PUBLIC_KEY`
+     * (as `relay keygen` prints them).
+     */
+    var `trustedKeys`: List<kotlin.String>
+    , 
+    var `embedded`: EmbeddedRelease?
+    , 
+    /**
+     * Failed launches of a new release before going back.
+     */
+    var `maxFailedLaunches`: kotlin.UInt
+    , 
+    /**
+     * A CA certificate (PEM) to trust besides the system's web roots.
+     */
+    var `extraCaPem`: kotlin.String?
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeReleaseOptions: FfiConverterRustBuffer<ReleaseOptions> {
+    override fun read(buf: ByteBuffer): ReleaseOptions {
+        return ReleaseOptions(
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterSequenceString.read(buf),
+            FfiConverterOptionalTypeEmbeddedRelease.read(buf),
+            FfiConverterUInt.read(buf),
+            FfiConverterOptionalString.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: ReleaseOptions) = (
+            FfiConverterString.allocationSize(value.`dataDir`) +
+            FfiConverterString.allocationSize(value.`dataset`) +
+            FfiConverterString.allocationSize(value.`channel`) +
+            FfiConverterString.allocationSize(value.`appVersion`) +
+            FfiConverterString.allocationSize(value.`installId`) +
+            FfiConverterString.allocationSize(value.`relayUrl`) +
+            FfiConverterSequenceString.allocationSize(value.`trustedKeys`) +
+            FfiConverterOptionalTypeEmbeddedRelease.allocationSize(value.`embedded`) +
+            FfiConverterUInt.allocationSize(value.`maxFailedLaunches`) +
+            FfiConverterOptionalString.allocationSize(value.`extraCaPem`)
+    )
+
+    override fun write(value: ReleaseOptions, buf: ByteBuffer) {
+            FfiConverterString.write(value.`dataDir`, buf)
+            FfiConverterString.write(value.`dataset`, buf)
+            FfiConverterString.write(value.`channel`, buf)
+            FfiConverterString.write(value.`appVersion`, buf)
+            FfiConverterString.write(value.`installId`, buf)
+            FfiConverterString.write(value.`relayUrl`, buf)
+            FfiConverterSequenceString.write(value.`trustedKeys`, buf)
+            FfiConverterOptionalTypeEmbeddedRelease.write(value.`embedded`, buf)
+            FfiConverterUInt.write(value.`maxFailedLaunches`, buf)
+            FfiConverterOptionalString.write(value.`extraCaPem`, buf)
     }
 }
 
@@ -3478,6 +5268,46 @@ public object FfiConverterTypeEngineEvent : FfiConverterRustBuffer<EngineEvent>{
 
 
 
+/**
+ * How severe a log line is.
+ */
+
+enum class LogLevel {
+    
+    ERROR,
+    WARN,
+    INFO,
+    DEBUG,
+    TRACE;
+
+    
+
+
+    companion object
+}
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeLogLevel: FfiConverterRustBuffer<LogLevel> {
+    override fun read(buf: ByteBuffer) = try {
+        LogLevel.values()[buf.getInt() - 1]
+    } catch (e: IndexOutOfBoundsException) {
+        throw RuntimeException("invalid enum value, something is very wrong!!", e)
+    }
+
+    override fun allocationSize(value: LogLevel) = 4UL
+
+    override fun write(value: LogLevel, buf: ByteBuffer) {
+        buf.putInt(value.ordinal + 1)
+    }
+}
+
+
+
+
+
 
 
 /**
@@ -3554,6 +5384,58 @@ sealed class ProgressException: kotlin.Exception() {
     }
     
     /**
+     * A release check was cancelled (by its handle, or by cancelling the
+     * coroutine or task). What was downloaded is kept for the next check.
+     */
+    class Cancelled(
+        ) : ProgressException() {
+        override val message
+            get() = ""
+    }
+    
+    /**
+     * The relay could not be reached or failed; the active release is
+     * untouched. Retry later.
+     */
+    class Network(
+        
+        val `reason`: kotlin.String
+        ) : ProgressException() {
+        override val message
+            get() = "reason=${ `reason` }"
+    }
+    
+    /**
+     * No release is offered to this app on this channel (yet: staged rollouts).
+     */
+    class NothingOffered(
+        ) : ProgressException() {
+        override val message
+            get() = ""
+    }
+    
+    /**
+     * A manifest failed verification (signature, age, sequence, dataset).
+     * The active release is untouched.
+     */
+    class ManifestRefused(
+        
+        val `reason`: kotlin.String
+        ) : ProgressException() {
+        override val message
+            get() = "reason=${ `reason` }"
+    }
+    
+    /**
+     * The device's disk is full; the partial download was removed.
+     */
+    class DiskFull(
+        ) : ProgressException() {
+        override val message
+            get() = ""
+    }
+    
+    /**
      * A bug inside the engine (a panic, a poisoned lock). Report it.
      */
     class Internal(
@@ -3600,7 +5482,16 @@ public object FfiConverterTypeProgressError : FfiConverterRustBuffer<ProgressExc
             6 -> ProgressException.NoToken(
                 FfiConverterString.read(buf),
                 )
-            7 -> ProgressException.Internal(
+            7 -> ProgressException.Cancelled()
+            8 -> ProgressException.Network(
+                FfiConverterString.read(buf),
+                )
+            9 -> ProgressException.NothingOffered()
+            10 -> ProgressException.ManifestRefused(
+                FfiConverterString.read(buf),
+                )
+            11 -> ProgressException.DiskFull()
+            12 -> ProgressException.Internal(
                 FfiConverterString.read(buf),
                 )
             else -> throw RuntimeException("invalid error enum value, something is very wrong!!")
@@ -3638,6 +5529,28 @@ public object FfiConverterTypeProgressError : FfiConverterRustBuffer<ProgressExc
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
                 4UL
                 + FfiConverterString.allocationSize(value.`reason`)
+            )
+            is ProgressException.Cancelled -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+            )
+            is ProgressException.Network -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+                + FfiConverterString.allocationSize(value.`reason`)
+            )
+            is ProgressException.NothingOffered -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+            )
+            is ProgressException.ManifestRefused -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+                + FfiConverterString.allocationSize(value.`reason`)
+            )
+            is ProgressException.DiskFull -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
             )
             is ProgressException.Internal -> (
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
@@ -3679,8 +5592,30 @@ public object FfiConverterTypeProgressError : FfiConverterRustBuffer<ProgressExc
                 FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
-            is ProgressException.Internal -> {
+            is ProgressException.Cancelled -> {
                 buf.putInt(7)
+                Unit
+            }
+            is ProgressException.Network -> {
+                buf.putInt(8)
+                FfiConverterString.write(value.`reason`, buf)
+                Unit
+            }
+            is ProgressException.NothingOffered -> {
+                buf.putInt(9)
+                Unit
+            }
+            is ProgressException.ManifestRefused -> {
+                buf.putInt(10)
+                FfiConverterString.write(value.`reason`, buf)
+                Unit
+            }
+            is ProgressException.DiskFull -> {
+                buf.putInt(11)
+                Unit
+            }
+            is ProgressException.Internal -> {
+                buf.putInt(12)
                 FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
@@ -3723,6 +5658,199 @@ public object FfiConverterTypeRating: FfiConverterRustBuffer<Rating> {
 
     override fun write(value: Rating, buf: ByteBuffer) {
         buf.putInt(value.ordinal + 1)
+    }
+}
+
+
+
+
+
+/**
+ * What a check for an update did.
+ */
+sealed class UpdateOutcome {
+    
+    /**
+     * Remote updates are off in this build.
+     */
+    object Disabled : UpdateOutcome()
+    
+    
+    object UpToDate : UpdateOutcome()
+    
+    
+    /**
+     * Downloaded, verified and active: open it at the next launch and report it.
+     */
+    data class Activated(
+        val `releaseId`: kotlin.String, 
+        val `version`: kotlin.String) : UpdateOutcome()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * The newest offered release failed here before; it is not picked again.
+     */
+    data class SkippedBad(
+        val `releaseId`: kotlin.String) : UpdateOutcome()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * The active release was withdrawn upstream; the previous one is active again.
+     */
+    data class RolledBack(
+        val `from`: kotlin.String, 
+        val `to`: kotlin.String) : UpdateOutcome()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * The relay offered an older release without the signed manifest allowing it.
+     */
+    data class RefusedDowngrade(
+        val `releaseId`: kotlin.String, 
+        val `version`: kotlin.String, 
+        val `activeVersion`: kotlin.String) : UpdateOutcome()
+        
+    {
+        
+
+        companion object
+    }
+    
+
+    
+
+    
+    
+
+
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeUpdateOutcome : FfiConverterRustBuffer<UpdateOutcome>{
+    override fun read(buf: ByteBuffer): UpdateOutcome {
+        return when(buf.getInt()) {
+            1 -> UpdateOutcome.Disabled
+            2 -> UpdateOutcome.UpToDate
+            3 -> UpdateOutcome.Activated(
+                FfiConverterString.read(buf),
+                FfiConverterString.read(buf),
+                )
+            4 -> UpdateOutcome.SkippedBad(
+                FfiConverterString.read(buf),
+                )
+            5 -> UpdateOutcome.RolledBack(
+                FfiConverterString.read(buf),
+                FfiConverterString.read(buf),
+                )
+            6 -> UpdateOutcome.RefusedDowngrade(
+                FfiConverterString.read(buf),
+                FfiConverterString.read(buf),
+                FfiConverterString.read(buf),
+                )
+            else -> throw RuntimeException("invalid enum value, something is very wrong!!")
+        }
+    }
+
+    override fun allocationSize(value: UpdateOutcome): ULong = when(value) {
+        is UpdateOutcome.Disabled -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+            )
+        }
+        is UpdateOutcome.UpToDate -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+            )
+        }
+        is UpdateOutcome.Activated -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterString.allocationSize(value.`releaseId`)
+                + FfiConverterString.allocationSize(value.`version`)
+            )
+        }
+        is UpdateOutcome.SkippedBad -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterString.allocationSize(value.`releaseId`)
+            )
+        }
+        is UpdateOutcome.RolledBack -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterString.allocationSize(value.`from`)
+                + FfiConverterString.allocationSize(value.`to`)
+            )
+        }
+        is UpdateOutcome.RefusedDowngrade -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterString.allocationSize(value.`releaseId`)
+                + FfiConverterString.allocationSize(value.`version`)
+                + FfiConverterString.allocationSize(value.`activeVersion`)
+            )
+        }
+    }
+
+    override fun write(value: UpdateOutcome, buf: ByteBuffer) {
+        when(value) {
+            is UpdateOutcome.Disabled -> {
+                buf.putInt(1)
+                Unit
+            }
+            is UpdateOutcome.UpToDate -> {
+                buf.putInt(2)
+                Unit
+            }
+            is UpdateOutcome.Activated -> {
+                buf.putInt(3)
+                FfiConverterString.write(value.`releaseId`, buf)
+                FfiConverterString.write(value.`version`, buf)
+                Unit
+            }
+            is UpdateOutcome.SkippedBad -> {
+                buf.putInt(4)
+                FfiConverterString.write(value.`releaseId`, buf)
+                Unit
+            }
+            is UpdateOutcome.RolledBack -> {
+                buf.putInt(5)
+                FfiConverterString.write(value.`from`, buf)
+                FfiConverterString.write(value.`to`, buf)
+                Unit
+            }
+            is UpdateOutcome.RefusedDowngrade -> {
+                buf.putInt(6)
+                FfiConverterString.write(value.`releaseId`, buf)
+                FfiConverterString.write(value.`version`, buf)
+                FfiConverterString.write(value.`activeVersion`, buf)
+                Unit
+            }
+        }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
     }
 }
 
@@ -3788,6 +5916,70 @@ public object FfiConverterOptionalString: FfiConverterRustBuffer<kotlin.String?>
         } else {
             buf.put(1)
             FfiConverterString.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterOptionalTypeActiveRelease: FfiConverterRustBuffer<ActiveRelease?> {
+    override fun read(buf: ByteBuffer): ActiveRelease? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterTypeActiveRelease.read(buf)
+    }
+
+    override fun allocationSize(value: ActiveRelease?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterTypeActiveRelease.allocationSize(value)
+        }
+    }
+
+    override fun write(value: ActiveRelease?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterTypeActiveRelease.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterOptionalTypeEmbeddedRelease: FfiConverterRustBuffer<EmbeddedRelease?> {
+    override fun read(buf: ByteBuffer): EmbeddedRelease? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterTypeEmbeddedRelease.read(buf)
+    }
+
+    override fun allocationSize(value: EmbeddedRelease?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterTypeEmbeddedRelease.allocationSize(value)
+        }
+    }
+
+    override fun write(value: EmbeddedRelease?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterTypeEmbeddedRelease.write(value, buf)
         }
     }
 }
@@ -3886,6 +6078,62 @@ public object FfiConverterSequenceTypeMemoryState: FfiConverterRustBuffer<List<M
 /**
  * @suppress
  */
+public object FfiConverterSequenceTypeReleaseFile: FfiConverterRustBuffer<List<ReleaseFile>> {
+    override fun read(buf: ByteBuffer): List<ReleaseFile> {
+        val len = buf.getInt()
+        return List<ReleaseFile>(len) {
+            FfiConverterTypeReleaseFile.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<ReleaseFile>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeReleaseFile.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<ReleaseFile>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeReleaseFile.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeReleaseFileInfo: FfiConverterRustBuffer<List<ReleaseFileInfo>> {
+    override fun read(buf: ByteBuffer): List<ReleaseFileInfo> {
+        val len = buf.getInt()
+        return List<ReleaseFileInfo>(len) {
+            FfiConverterTypeReleaseFileInfo.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<ReleaseFileInfo>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeReleaseFileInfo.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<ReleaseFileInfo>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeReleaseFileInfo.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterSequenceTypeReview: FfiConverterRustBuffer<List<Review>> {
     override fun read(buf: ByteBuffer): List<Review> {
         val len = buf.getInt()
@@ -3935,4 +6183,42 @@ public object FfiConverterSequenceTypeSession: FfiConverterRustBuffer<List<Sessi
         }
     }
 }
+
+
+
+
+
+
+
+
+        /**
+         * Stops delivering log lines.
+         */
+    @Throws(ProgressException::class) fun `clearLogListener`()
+        = 
+    uniffiRustCallWithError(ProgressException) { _status ->
+    UniffiLib.uniffi_progress_ffi_fn_func_clear_log_listener(
+    
+        _status)
+}
+    
+    
+
+        /**
+         * Sends the engine's log lines at `level` and more severe to `listener`
+         * (replacing any earlier one). Call it once, early (Application.onCreate,
+         * or the app delegate).
+         */
+    @Throws(ProgressException::class) fun `setLogListener`(`listener`: LogListener, `level`: LogLevel)
+        = 
+    uniffiRustCallWithError(ProgressException) { _status ->
+    UniffiLib.uniffi_progress_ffi_fn_func_set_log_listener(
+    
+        
+        FfiConverterTypeLogListener.lower(`listener`),
+        FfiConverterTypeLogLevel.lower(`level`),_status)
+}
+    
+    
+
 

@@ -112,6 +112,22 @@ class EngineTest {
     }
 
     @Test
+    fun `the engine's log lines reach the app's listener, filtered by level`() {
+        val lines = java.util.concurrent.ConcurrentLinkedQueue<Triple<LogLevel, String, String>>()
+        setLogListener(object : LogListener {
+            override fun onLog(level: LogLevel, target: String, message: String) {
+                lines.add(Triple(level, target, message))
+            }
+        }, LogLevel.INFO)
+        val engine = open("gina", "phone")
+        engine.startSync(syncOptions(relay), tokenProvider { "garbage" })
+        eventually("a line from the sync driver") { lines.any { it.second.startsWith("engine::sync") } }
+        assertTrue(lines.none { it.first == LogLevel.DEBUG || it.first == LogLevel.TRACE }, "filtered by level")
+        clearLogListener()
+        engine.close()
+    }
+
+    @Test
     fun `an expired token is replaced by asking the provider again`() {
         val engine = open("dave", "phone")
         engine.recordReview(review("word", 1_700_000_000_000))
