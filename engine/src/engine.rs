@@ -86,6 +86,18 @@ impl Shared {
             if error.is_some() || connected {
                 s.last_error = error;
             }
+            if connected {
+                s.problem = None;
+            }
+        });
+    }
+
+    /// Records why the last connection attempt or session failed.
+    pub(crate) fn set_failed(&self, problem: SyncProblem, error: String) {
+        self.update_status(|s| {
+            s.connected = false;
+            s.last_error = Some(error);
+            s.problem = Some(problem);
         });
     }
 

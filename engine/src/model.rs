@@ -94,9 +94,31 @@ pub struct SyncStatus {
     pub last_sync_at: Option<TimestampMs>,
     /// The last connection error, if the engine is not connected.
     pub last_error: Option<String>,
+    /// What kind of failure `last_error` is, for the app to act on.
+    #[serde(default)]
+    pub problem: Option<SyncProblem>,
     /// Protocol traffic since the engine opened (payload bytes, without
     /// WebSocket framing), for observability and the bench.
     pub traffic: Traffic,
+}
+
+/// Why sync is not connected, as far as the app can act on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SyncProblem {
+    /// The relay refused the device token (unknown, badly signed or
+    /// expired): get a new one from the account backend.
+    Unauthorized,
+    /// The app's token provider gave no token.
+    NoToken,
+    /// The relay could not be reached (no network, DNS, TLS, refused
+    /// connection, dropped connection): the engine retries with backoff.
+    Unreachable,
+    /// The relay ended the session (a policy such as a document limit, its
+    /// own failure, or a message it refused).
+    Refused,
+    /// This device failed: its configuration, its database, or a message
+    /// from the relay it could not use.
+    Local,
 }
 
 /// Cumulative protocol traffic with the relay.

@@ -174,8 +174,37 @@ pub struct SyncStatus {
     /// Documents with local changes the relay has not acknowledged yet.
     pub pending_documents: u32,
     pub last_sync_at_ms: Option<i64>,
-    /// Why the engine is not connected, if it tried.
+    /// Why the engine is not connected, if it tried (for logs).
     pub last_error: Option<String>,
+    /// What kind of failure that is (to act on).
+    pub problem: Option<SyncProblem>,
+}
+
+/// Why sync is not connected, as far as the app can act on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum SyncProblem {
+    /// The relay refused the device token: get a new one (sign in again).
+    Unauthorized,
+    /// The token provider gave no token.
+    NoToken,
+    /// The relay could not be reached; the engine retries with backoff.
+    Unreachable,
+    /// The relay ended the session (a policy, its own failure).
+    Refused,
+    /// This device failed (configuration, database).
+    Local,
+}
+
+impl From<engine::SyncProblem> for SyncProblem {
+    fn from(p: engine::SyncProblem) -> SyncProblem {
+        match p {
+            engine::SyncProblem::Unauthorized => SyncProblem::Unauthorized,
+            engine::SyncProblem::NoToken => SyncProblem::NoToken,
+            engine::SyncProblem::Unreachable => SyncProblem::Unreachable,
+            engine::SyncProblem::Refused => SyncProblem::Refused,
+            engine::SyncProblem::Local => SyncProblem::Local,
+        }
+    }
 }
 
 impl From<engine::SyncStatus> for SyncStatus {
@@ -185,6 +214,7 @@ impl From<engine::SyncStatus> for SyncStatus {
             pending_documents: s.pending_documents,
             last_sync_at_ms: s.last_sync_at,
             last_error: s.last_error,
+            problem: s.problem.map(Into::into),
         }
     }
 }

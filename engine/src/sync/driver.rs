@@ -4,7 +4,7 @@
 
 use super::session::SyncSession;
 use crate::engine::Shared;
-use crate::model::{ChangeEvent, TimestampMs};
+use crate::model::{ChangeEvent, SyncProblem, TimestampMs};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use rand::Rng;
 use std::sync::Arc;
@@ -142,14 +142,14 @@ pub(crate) async fn run(shared: Arc<Shared>, config: RelayConfig, mut shutdown: 
         }
         nonce = nonce.wrapping_add(1);
         let outcome = connect_and_sync(&shared, &config, nonce, &mut shutdown).await;
-        if let Err(e) = &outcome {
+        if let Err(f) = &outcome {
             // A failed connect never reached the session; record why here.
-            shared.set_connected(false, Some(e.clone()));
+            shared.set_failed(f.problem, f.text.clone());
         }
         match outcome {
             Ok(Exit::Shutdown) => return,
             Ok(Exit::Synced) => backoff = config.initial_backoff,
-            Err(e) => tracing::info!(error = %e, "sync connection ended"),
+            Err(f) => tracing::info!(error = %f.text, problem = ?f.problem, "sync connection ended"),
         }
         // Full jitter: sleep a random duration in [0, backoff).
         let delay = Duration::from_millis(rand::rng().random_range(0..=backoff.as_millis().max(1) as u64));
@@ -178,6 +178,60 @@ where
 /// How long the relay must be quiet before deferred work runs (`SyncSession::idle`).
 const SETTLE_AFTER_QUIET: Duration = Duration::from_millis(300);
 
+/// Why a connection attempt or session ended badly.
+struct Failure {
+    problem: SyncProblem,
+    text: String,
+}
+
+impl Failure {
+    fn new(problem: SyncProblem, text: impl Into<String>) -> Failure {
+        Failure { problem, text: text.into() }
+    }
+}
+
+/// Failures the session reports: the relay's own `error` message (it
+/// ends the session, a refused token included), else the device's (its
+/// database, a message it could not use).
+impl From<super::session::SyncFailure> for Failure {
+    fn from(e: super::session::SyncFailure) -> Failure {
+        use super::client::ProtocolError;
+        use super::session::SyncFailure;
+        let problem = match &e {
+            SyncFailure::Protocol(ProtocolError::Remote(text)) if text.contains("token") => SyncProblem::Unauthorized,
+            SyncFailure::Protocol(ProtocolError::Remote(_)) => SyncProblem::Refused,
+            _ => SyncProblem::Local,
+        };
+        Failure::new(problem, e.to_string())
+    }
+}
+
+/// A failed socket operation: the connection is gone.
+impl From<tungstenite::Error> for Failure {
+    fn from(e: tungstenite::Error) -> Failure {
+        Failure::new(SyncProblem::Unreachable, e.to_string())
+    }
+}
+
+/// What the relay's refusal of the WebSocket handshake means.
+fn handshake_failure(e: tungstenite::Error) -> Failure {
+    match &e {
+        tungstenite::Error::Http(response) if matches!(response.status().as_u16(), 401 | 403) => {
+            Failure::new(SyncProblem::Unauthorized, format!("the relay refused the device token: {e}"))
+        }
+        tungstenite::Error::Http(_) => Failure::new(SyncProblem::Refused, e.to_string()),
+        _ => Failure::new(SyncProblem::Unreachable, e.to_string()),
+    }
+}
+
+/// What a close frame from the relay means (its codes: `relay::conn::close_code`).
+fn closed_by_relay(frame: Option<tungstenite::protocol::CloseFrame>) -> Failure {
+    let (code, reason) = frame.map(|c| (u16::from(c.code), c.reason.to_string())).unwrap_or((1005, String::new()));
+    let problem =
+        if code == 1008 && reason.contains("token") { SyncProblem::Unauthorized } else { SyncProblem::Refused };
+    Failure::new(problem, format!("relay closed ({code}): {reason}"))
+}
+
 enum Exit {
     Shutdown,
     /// The connection closed after at least one complete exchange.
@@ -189,17 +243,19 @@ async fn connect_and_sync(
     config: &RelayConfig,
     nonce: u32,
     shutdown: &mut watch::Receiver<bool>,
-) -> Result<Exit, String> {
-    let connector = config.connector()?;
-    let mut request = config.url.as_str().into_client_request().map_err(|e| e.to_string())?;
-    let token = config.credentials.token().await?;
-    let bearer = HeaderValue::from_str(&format!("Bearer {token}"))
-        .map_err(|_| "the device token holds characters an HTTP header cannot carry".to_string())?;
+) -> Result<Exit, Failure> {
+    let local = |e: String| Failure::new(SyncProblem::Local, e);
+    let connector = config.connector().map_err(local)?;
+    let mut request = config.url.as_str().into_client_request().map_err(|e| local(e.to_string()))?;
+    let token = config.credentials.token().await.map_err(|e| Failure::new(SyncProblem::NoToken, e))?;
+    let bearer = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+        Failure::new(SyncProblem::Unauthorized, "the device token holds characters an HTTP header cannot carry")
+    })?;
     request.headers_mut().insert("authorization", bearer);
     // TCP_NODELAY: a review is one small message that should leave now.
     let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(handshake_failure)?;
     let (mut sink, mut stream) = ws.split();
 
     let mut session = SyncSession::new(shared.clone(), nonce);
@@ -216,21 +272,19 @@ async fn connect_and_sync(
                 _ = shutdown.changed() => return Ok(Exit::Shutdown),
                 _ = tokio::time::sleep_until(settle_at.unwrap_or_else(tokio::time::Instant::now)), if settle_at.is_some() => {
                     settle_at = None;
-                    session.idle().map_err(|e| e.to_string())?;
+                    session.idle()?;
                 }
                 _ = shared.local_changes.notified() => {
-                    let frames = session.local_changes().map_err(|e| e.to_string())?;
+                    let frames = session.local_changes()?;
                     send_all(&mut sink, frames).await?;
                 }
                 frame = next_frame(&mut held, &mut stream) => {
                     let bytes = match frame {
                         None if session.has_exchanged() => return Ok(Exit::Synced),
-                        None => return Err("relay closed the connection".to_string()),
-                        Some(Err(e)) => return Err(e.to_string()),
+                        None => return Err(Failure::new(SyncProblem::Unreachable, "relay closed the connection")),
+                        Some(Err(e)) => return Err(e.into()),
                         Some(Ok(tungstenite::Message::Binary(b))) => b,
-                        Some(Ok(tungstenite::Message::Close(c))) => {
-                            return Err(format!("relay closed: {}", c.map(|c| c.reason.to_string()).unwrap_or_default()));
-                        }
+                        Some(Ok(tungstenite::Message::Close(c))) => return Err(closed_by_relay(c)),
                         Some(Ok(_)) => continue,
                     };
                     // Frames that have already arrived join this one in one
@@ -248,7 +302,7 @@ async fn connect_and_sync(
                         }
                     }
                     let frames: Vec<&[u8]> = batch.iter().map(|b| b.as_ref()).collect();
-                    let replies = session.receive_batch(&frames, now_ms()).map_err(|e| e.to_string())?;
+                    let replies = session.receive_batch(&frames, now_ms())?;
                     settle_at = Some(tokio::time::Instant::now() + SETTLE_AFTER_QUIET);
                     send_all(&mut sink, replies).await?;
                 }
@@ -256,17 +310,17 @@ async fn connect_and_sync(
         }
     }
     .await;
-    session.close(result.as_ref().err().cloned());
+    session.close(result.as_ref().err().map(|f| f.text.clone()));
     let _ = sink.close().await;
     result
 }
 
-async fn send_all<S>(sink: &mut S, frames: Vec<Vec<u8>>) -> Result<(), String>
+async fn send_all<S>(sink: &mut S, frames: Vec<Vec<u8>>) -> Result<(), Failure>
 where
     S: futures_util::Sink<tungstenite::Message, Error = tungstenite::Error> + Unpin,
 {
     for frame in frames {
-        sink.send(tungstenite::Message::Binary(frame.into())).await.map_err(|e| e.to_string())?;
+        sink.send(tungstenite::Message::Binary(frame.into())).await?;
     }
     Ok(())
 }

@@ -3244,9 +3244,13 @@ public struct SyncStatus: Equatable, Hashable {
     public var pendingDocuments: UInt32
     public var lastSyncAtMs: Int64?
     /**
-     * Why the engine is not connected, if it tried.
+     * Why the engine is not connected, if it tried (for logs).
      */
     public var lastError: String?
+    /**
+     * What kind of failure that is (to act on).
+     */
+    public var problem: SyncProblem?
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -3255,12 +3259,16 @@ public struct SyncStatus: Equatable, Hashable {
          * Documents with local changes the relay has not acknowledged yet.
          */pendingDocuments: UInt32, lastSyncAtMs: Int64?, 
         /**
-         * Why the engine is not connected, if it tried.
-         */lastError: String?) {
+         * Why the engine is not connected, if it tried (for logs).
+         */lastError: String?, 
+        /**
+         * What kind of failure that is (to act on).
+         */problem: SyncProblem?) {
         self.connected = connected
         self.pendingDocuments = pendingDocuments
         self.lastSyncAtMs = lastSyncAtMs
         self.lastError = lastError
+        self.problem = problem
     }
 
     
@@ -3282,7 +3290,8 @@ public struct FfiConverterTypeSyncStatus: FfiConverterRustBuffer {
                 connected: FfiConverterBool.read(from: &buf), 
                 pendingDocuments: FfiConverterUInt32.read(from: &buf), 
                 lastSyncAtMs: FfiConverterOptionInt64.read(from: &buf), 
-                lastError: FfiConverterOptionString.read(from: &buf)
+                lastError: FfiConverterOptionString.read(from: &buf), 
+                problem: FfiConverterOptionTypeSyncProblem.read(from: &buf)
         )
     }
 
@@ -3291,6 +3300,7 @@ public struct FfiConverterTypeSyncStatus: FfiConverterRustBuffer {
         FfiConverterUInt32.write(value.pendingDocuments, into: &buf)
         FfiConverterOptionInt64.write(value.lastSyncAtMs, into: &buf)
         FfiConverterOptionString.write(value.lastError, into: &buf)
+        FfiConverterOptionTypeSyncProblem.write(value.problem, into: &buf)
     }
 }
 
@@ -3807,6 +3817,111 @@ public func FfiConverterTypeRating_lower(_ value: Rating) -> RustBuffer {
 
 
 /**
+ * Why sync is not connected, as far as the app can act on it.
+ */
+
+public enum SyncProblem: Equatable, Hashable {
+    
+    /**
+     * The relay refused the device token: get a new one (sign in again).
+     */
+    case unauthorized
+    /**
+     * The token provider gave no token.
+     */
+    case noToken
+    /**
+     * The relay could not be reached; the engine retries with backoff.
+     */
+    case unreachable
+    /**
+     * The relay ended the session (a policy, its own failure).
+     */
+    case refused
+    /**
+     * This device failed (configuration, database).
+     */
+    case local
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension SyncProblem: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeSyncProblem: FfiConverterRustBuffer {
+    typealias SwiftType = SyncProblem
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SyncProblem {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .unauthorized
+        
+        case 2: return .noToken
+        
+        case 3: return .unreachable
+        
+        case 4: return .refused
+        
+        case 5: return .local
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: SyncProblem, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case .unauthorized:
+            writeInt(&buf, Int32(1))
+        
+        
+        case .noToken:
+            writeInt(&buf, Int32(2))
+        
+        
+        case .unreachable:
+            writeInt(&buf, Int32(3))
+        
+        
+        case .refused:
+            writeInt(&buf, Int32(4))
+        
+        
+        case .local:
+            writeInt(&buf, Int32(5))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSyncProblem_lift(_ buf: RustBuffer) throws -> SyncProblem {
+    return try FfiConverterTypeSyncProblem.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSyncProblem_lower(_ value: SyncProblem) -> RustBuffer {
+    return FfiConverterTypeSyncProblem.lower(value)
+}
+
+
+
+/**
  * What a check for an update did.
  */
 
@@ -4048,6 +4163,30 @@ fileprivate struct FfiConverterOptionTypeMemoryState: FfiConverterRustBuffer {
         switch try readInt(&buf) as Int8 {
         case 0: return nil
         case 1: return try FfiConverterTypeMemoryState.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterOptionTypeSyncProblem: FfiConverterRustBuffer {
+    typealias SwiftType = SyncProblem?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeSyncProblem.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeSyncProblem.read(from: &buf)
         default: throw UniffiInternalError.unexpectedOptionalTag
         }
     }

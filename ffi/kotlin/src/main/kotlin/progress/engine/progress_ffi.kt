@@ -5078,9 +5078,14 @@ data class SyncStatus (
     var `lastSyncAtMs`: kotlin.Long?
     , 
     /**
-     * Why the engine is not connected, if it tried.
+     * Why the engine is not connected, if it tried (for logs).
      */
     var `lastError`: kotlin.String?
+    , 
+    /**
+     * What kind of failure that is (to act on).
+     */
+    var `problem`: SyncProblem?
     
 ){
     
@@ -5101,6 +5106,7 @@ public object FfiConverterTypeSyncStatus: FfiConverterRustBuffer<SyncStatus> {
             FfiConverterUInt.read(buf),
             FfiConverterOptionalLong.read(buf),
             FfiConverterOptionalString.read(buf),
+            FfiConverterOptionalTypeSyncProblem.read(buf),
         )
     }
 
@@ -5108,7 +5114,8 @@ public object FfiConverterTypeSyncStatus: FfiConverterRustBuffer<SyncStatus> {
             FfiConverterBoolean.allocationSize(value.`connected`) +
             FfiConverterUInt.allocationSize(value.`pendingDocuments`) +
             FfiConverterOptionalLong.allocationSize(value.`lastSyncAtMs`) +
-            FfiConverterOptionalString.allocationSize(value.`lastError`)
+            FfiConverterOptionalString.allocationSize(value.`lastError`) +
+            FfiConverterOptionalTypeSyncProblem.allocationSize(value.`problem`)
     )
 
     override fun write(value: SyncStatus, buf: ByteBuffer) {
@@ -5116,6 +5123,7 @@ public object FfiConverterTypeSyncStatus: FfiConverterRustBuffer<SyncStatus> {
             FfiConverterUInt.write(value.`pendingDocuments`, buf)
             FfiConverterOptionalLong.write(value.`lastSyncAtMs`, buf)
             FfiConverterOptionalString.write(value.`lastError`, buf)
+            FfiConverterOptionalTypeSyncProblem.write(value.`problem`, buf)
     }
 }
 
@@ -5666,6 +5674,61 @@ public object FfiConverterTypeRating: FfiConverterRustBuffer<Rating> {
 
 
 /**
+ * Why sync is not connected, as far as the app can act on it.
+ */
+
+enum class SyncProblem {
+    
+    /**
+     * The relay refused the device token: get a new one (sign in again).
+     */
+    UNAUTHORIZED,
+    /**
+     * The token provider gave no token.
+     */
+    NO_TOKEN,
+    /**
+     * The relay could not be reached; the engine retries with backoff.
+     */
+    UNREACHABLE,
+    /**
+     * The relay ended the session (a policy, its own failure).
+     */
+    REFUSED,
+    /**
+     * This device failed (configuration, database).
+     */
+    LOCAL;
+
+    
+
+
+    companion object
+}
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeSyncProblem: FfiConverterRustBuffer<SyncProblem> {
+    override fun read(buf: ByteBuffer) = try {
+        SyncProblem.values()[buf.getInt() - 1]
+    } catch (e: IndexOutOfBoundsException) {
+        throw RuntimeException("invalid enum value, something is very wrong!!", e)
+    }
+
+    override fun allocationSize(value: SyncProblem) = 4UL
+
+    override fun write(value: SyncProblem, buf: ByteBuffer) {
+        buf.putInt(value.ordinal + 1)
+    }
+}
+
+
+
+
+
+/**
  * What a check for an update did.
  */
 sealed class UpdateOutcome {
@@ -6012,6 +6075,38 @@ public object FfiConverterOptionalTypeMemoryState: FfiConverterRustBuffer<Memory
         } else {
             buf.put(1)
             FfiConverterTypeMemoryState.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterOptionalTypeSyncProblem: FfiConverterRustBuffer<SyncProblem?> {
+    override fun read(buf: ByteBuffer): SyncProblem? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterTypeSyncProblem.read(buf)
+    }
+
+    override fun allocationSize(value: SyncProblem?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterTypeSyncProblem.allocationSize(value)
+        }
+    }
+
+    override fun write(value: SyncProblem?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterTypeSyncProblem.write(value, buf)
         }
     }
 }

@@ -101,11 +101,14 @@ class EngineTest {
         val engine = open("carol", "phone")
         engine.recordReview(review("kept", 1_700_000_000_000))
         engine.startSync(syncOptions(relay), tokenProvider { "garbage" })
-        eventually("the refusal shows") { engine.syncStatus().lastError != null }
+        eventually("the refusal shows, typed") { engine.syncStatus().problem == SyncProblem.UNAUTHORIZED }
         assertEquals(false, engine.syncStatus().connected)
 
         engine.startSync(syncOptions(relay), tokenProvider { throw ProgressException.NoToken("signed out") })
-        eventually("the provider's reason shows") { engine.syncStatus().lastError?.contains("signed out") == true }
+        eventually("the provider's reason shows") {
+            val s = engine.syncStatus()
+            s.problem == SyncProblem.NO_TOKEN && s.lastError?.contains("signed out") == true
+        }
         assertEquals(1uL, engine.reviewCount())
         assertEquals(1u, engine.syncStatus().pendingDocuments)
         engine.close()
