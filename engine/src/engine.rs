@@ -18,6 +18,7 @@ use tokio::sync::{Notify, broadcast, watch};
 const MAX_TEXT: usize = 4096;
 const MAX_ID: usize = 256;
 const DATABASE_FILE: &str = "progress.sqlite3";
+const LOCK_FILE: &str = "engine.lock";
 
 /// Who this device is and where it keeps its data.
 #[derive(Debug, Clone)]
@@ -32,6 +33,9 @@ pub(crate) struct Shared {
     /// `None` once the engine is closed: the database is shut and every
     /// call answers [`EngineError::Closed`].
     replica: Mutex<Option<Replica>>,
+    /// This engine's hold on its data directory (see [`lock_data_dir`]),
+    /// released with the database.
+    dir_lock: Mutex<Option<std::fs::File>>,
     pub(crate) device_id: String,
     pub(crate) events: broadcast::Sender<ChangeEvent>,
     /// Wakes the sync driver when the app wrote something.
@@ -147,11 +151,13 @@ impl Engine {
         check_id("device_id", &config.device_id)?;
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| EngineError::InvalidInput(format!("data_dir {}: {e}", config.data_dir.display())))?;
+        let dir_lock = lock_data_dir(&config.data_dir)?;
         let replica = Replica::open(&config.data_dir.join(DATABASE_FILE), &config.user_id, ids)?;
         let (events, _) = broadcast::channel(256);
         Ok(Engine {
             shared: Arc::new(Shared {
                 replica: Mutex::new(Some(replica)),
+                dir_lock: Mutex::new(Some(dir_lock)),
                 device_id: config.device_id,
                 events,
                 local_changes: Notify::new(),
@@ -413,6 +419,10 @@ impl Engine {
         match closed {
             Some(replica) => {
                 drop(replica);
+                // The database is shut: another engine may open the directory.
+                if let Ok(mut lock) = self.shared.dir_lock.lock() {
+                    lock.take();
+                }
                 Ok(())
             }
             None => Err(EngineError::Closed),
@@ -439,6 +449,30 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.stop_sync();
+    }
+}
+
+/// Takes an exclusive lock on `engine.lock` in the data directory, held
+/// until the engine closes or is dropped. Two engines on one directory
+/// (an app and its extension, a second process, or a second `open` in this
+/// one) would each keep documents in memory and overwrite the other's
+/// saves; the second is refused instead. The kernel drops the lock when the
+/// holder exits, however it exits.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File> {
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| EngineError::InvalidInput(format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(EngineError::InUse(dir.display().to_string())),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(EngineError::InvalidInput(format!("cannot lock {}: {e}", path.display())))
+        }
     }
 }
 

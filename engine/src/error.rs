@@ -21,6 +21,8 @@ pub enum EngineError {
     Poisoned,
     #[error("the engine is closed")]
     Closed,
+    #[error("the data directory {0} is in use by another engine (this process or another); close it first")]
+    InUse(String),
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;

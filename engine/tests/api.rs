@@ -141,3 +141,23 @@ fn a_sync_session_is_driven_by_frames_alone() {
     assert_eq!(status.traffic.messages_sent, 2);
     assert_eq!(status.traffic.messages_received, 2);
 }
+
+#[test]
+fn a_second_engine_on_one_directory_is_refused_until_the_first_closes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let first = open(dir.path());
+    first.record_review(review("w", 1)).expect("review");
+    // In this process (a second `open`) as in another one: the lock is per open file.
+    match Engine::open(EngineConfig { data_dir: dir.path().into(), user_id: "u".into(), device_id: "d2".into() }) {
+        Err(EngineError::InUse(d)) => assert!(d.contains(&dir.path().display().to_string()), "{d}"),
+        other => panic!("expected InUse, got {:?}", other.map(|_| ())),
+    }
+    first.close().expect("closes");
+    assert!(matches!(first.review_count(), Err(EngineError::Closed)));
+    let second = open(dir.path());
+    assert_eq!(second.review_count().expect("count"), 1);
+    drop(second);
+    // Dropping (not closing) lets go as well.
+    let third = open(dir.path());
+    assert_eq!(third.review_count().expect("count"), 1);
+}

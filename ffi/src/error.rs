@@ -17,6 +17,10 @@ pub enum ProgressError {
     /// The engine was closed; open a new one.
     #[error("the engine is closed")]
     Closed,
+    /// Another engine (in this process or another, e.g. an app extension)
+    /// has this data directory open: shut that one first.
+    #[error("the data directory {dir} is in use by another engine")]
+    InUse { dir: String },
     /// The device database failed (disk full, I/O error): retry later.
     #[error("storage: {reason}")]
     Storage { reason: String },
@@ -55,6 +59,7 @@ impl From<EngineError> for ProgressError {
             EngineError::InvalidInput(reason) => ProgressError::InvalidInput { reason },
             EngineError::UnknownSession(id) => ProgressError::UnknownSession { id },
             EngineError::Closed => ProgressError::Closed,
+            EngineError::InUse(dir) => ProgressError::InUse { dir },
             EngineError::SchemaTooNew { found, supported } => ProgressError::SchemaTooNew { found, supported },
             e @ (EngineError::Storage(_) | EngineError::Document { .. } | EngineError::Migration(_)) => {
                 ProgressError::Storage { reason: e.to_string() }

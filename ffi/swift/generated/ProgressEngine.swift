@@ -3543,6 +3543,12 @@ enum ProgressError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError 
      */
     case Closed
     /**
+     * Another engine (in this process or another, e.g. an app extension)
+     * has this data directory open: shut that one first.
+     */
+    case InUse(dir: String
+    )
+    /**
      * The device database failed (disk full, I/O error): retry later.
      */
     case Storage(reason: String
@@ -3623,26 +3629,29 @@ public struct FfiConverterTypeProgressError: FfiConverterRustBuffer {
             id: try FfiConverterString.read(from: &buf)
             )
         case 3: return .Closed
-        case 4: return .Storage(
+        case 4: return .InUse(
+            dir: try FfiConverterString.read(from: &buf)
+            )
+        case 5: return .Storage(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 5: return .SchemaTooNew(
+        case 6: return .SchemaTooNew(
             found: try FfiConverterInt64.read(from: &buf), 
             supported: try FfiConverterInt64.read(from: &buf)
             )
-        case 6: return .NoToken(
+        case 7: return .NoToken(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 7: return .Cancelled
-        case 8: return .Network(
+        case 8: return .Cancelled
+        case 9: return .Network(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 9: return .NothingOffered
-        case 10: return .ManifestRefused(
+        case 10: return .NothingOffered
+        case 11: return .ManifestRefused(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 11: return .DiskFull
-        case 12: return .Internal(
+        case 12: return .DiskFull
+        case 13: return .Internal(
             reason: try FfiConverterString.read(from: &buf)
             )
 
@@ -3671,46 +3680,51 @@ public struct FfiConverterTypeProgressError: FfiConverterRustBuffer {
             writeInt(&buf, Int32(3))
         
         
-        case let .Storage(reason):
+        case let .InUse(dir):
             writeInt(&buf, Int32(4))
+            FfiConverterString.write(dir, into: &buf)
+            
+        
+        case let .Storage(reason):
+            writeInt(&buf, Int32(5))
             FfiConverterString.write(reason, into: &buf)
             
         
         case let .SchemaTooNew(found,supported):
-            writeInt(&buf, Int32(5))
+            writeInt(&buf, Int32(6))
             FfiConverterInt64.write(found, into: &buf)
             FfiConverterInt64.write(supported, into: &buf)
             
         
         case let .NoToken(reason):
-            writeInt(&buf, Int32(6))
+            writeInt(&buf, Int32(7))
             FfiConverterString.write(reason, into: &buf)
             
         
         case .Cancelled:
-            writeInt(&buf, Int32(7))
+            writeInt(&buf, Int32(8))
         
         
         case let .Network(reason):
-            writeInt(&buf, Int32(8))
+            writeInt(&buf, Int32(9))
             FfiConverterString.write(reason, into: &buf)
             
         
         case .NothingOffered:
-            writeInt(&buf, Int32(9))
+            writeInt(&buf, Int32(10))
         
         
         case let .ManifestRefused(reason):
-            writeInt(&buf, Int32(10))
+            writeInt(&buf, Int32(11))
             FfiConverterString.write(reason, into: &buf)
             
         
         case .DiskFull:
-            writeInt(&buf, Int32(11))
+            writeInt(&buf, Int32(12))
         
         
         case let .Internal(reason):
-            writeInt(&buf, Int32(12))
+            writeInt(&buf, Int32(13))
             FfiConverterString.write(reason, into: &buf)
             
         }

@@ -5357,6 +5357,18 @@ sealed class ProgressException: kotlin.Exception() {
     }
     
     /**
+     * Another engine (in this process or another, e.g. an app extension)
+     * has this data directory open: shut that one first.
+     */
+    class InUse(
+        
+        val `dir`: kotlin.String
+        ) : ProgressException() {
+        override val message
+            get() = "dir=${ `dir` }"
+    }
+    
+    /**
      * The device database failed (disk full, I/O error): retry later.
      */
     class Storage(
@@ -5480,26 +5492,29 @@ public object FfiConverterTypeProgressError : FfiConverterRustBuffer<ProgressExc
                 FfiConverterString.read(buf),
                 )
             3 -> ProgressException.Closed()
-            4 -> ProgressException.Storage(
+            4 -> ProgressException.InUse(
                 FfiConverterString.read(buf),
                 )
-            5 -> ProgressException.SchemaTooNew(
+            5 -> ProgressException.Storage(
+                FfiConverterString.read(buf),
+                )
+            6 -> ProgressException.SchemaTooNew(
                 FfiConverterLong.read(buf),
                 FfiConverterLong.read(buf),
                 )
-            6 -> ProgressException.NoToken(
+            7 -> ProgressException.NoToken(
                 FfiConverterString.read(buf),
                 )
-            7 -> ProgressException.Cancelled()
-            8 -> ProgressException.Network(
+            8 -> ProgressException.Cancelled()
+            9 -> ProgressException.Network(
                 FfiConverterString.read(buf),
                 )
-            9 -> ProgressException.NothingOffered()
-            10 -> ProgressException.ManifestRefused(
+            10 -> ProgressException.NothingOffered()
+            11 -> ProgressException.ManifestRefused(
                 FfiConverterString.read(buf),
                 )
-            11 -> ProgressException.DiskFull()
-            12 -> ProgressException.Internal(
+            12 -> ProgressException.DiskFull()
+            13 -> ProgressException.Internal(
                 FfiConverterString.read(buf),
                 )
             else -> throw RuntimeException("invalid error enum value, something is very wrong!!")
@@ -5521,6 +5536,11 @@ public object FfiConverterTypeProgressError : FfiConverterRustBuffer<ProgressExc
             is ProgressException.Closed -> (
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
                 4UL
+            )
+            is ProgressException.InUse -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+                + FfiConverterString.allocationSize(value.`dir`)
             )
             is ProgressException.Storage -> (
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
@@ -5584,46 +5604,51 @@ public object FfiConverterTypeProgressError : FfiConverterRustBuffer<ProgressExc
                 buf.putInt(3)
                 Unit
             }
-            is ProgressException.Storage -> {
+            is ProgressException.InUse -> {
                 buf.putInt(4)
+                FfiConverterString.write(value.`dir`, buf)
+                Unit
+            }
+            is ProgressException.Storage -> {
+                buf.putInt(5)
                 FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
             is ProgressException.SchemaTooNew -> {
-                buf.putInt(5)
+                buf.putInt(6)
                 FfiConverterLong.write(value.`found`, buf)
                 FfiConverterLong.write(value.`supported`, buf)
                 Unit
             }
             is ProgressException.NoToken -> {
-                buf.putInt(6)
+                buf.putInt(7)
                 FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
             is ProgressException.Cancelled -> {
-                buf.putInt(7)
+                buf.putInt(8)
                 Unit
             }
             is ProgressException.Network -> {
-                buf.putInt(8)
+                buf.putInt(9)
                 FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
             is ProgressException.NothingOffered -> {
-                buf.putInt(9)
+                buf.putInt(10)
                 Unit
             }
             is ProgressException.ManifestRefused -> {
-                buf.putInt(10)
+                buf.putInt(11)
                 FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
             is ProgressException.DiskFull -> {
-                buf.putInt(11)
+                buf.putInt(12)
                 Unit
             }
             is ProgressException.Internal -> {
-                buf.putInt(12)
+                buf.putInt(13)
                 FfiConverterString.write(value.`reason`, buf)
                 Unit
             }

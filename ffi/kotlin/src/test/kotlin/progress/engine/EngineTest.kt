@@ -178,6 +178,19 @@ class EngineTest {
     }
 
     @Test
+    fun `a second engine on the same directory is refused until the first shuts down`() {
+        val dir = tempDir()
+        val first = open("hana", "phone", dir)
+        first.recordReview(review("w", 1_700_000_000_000))
+        assertFailsWith<ProgressException.InUse> { open("hana", "phone", dir) }
+        first.shutdown()
+        val second = open("hana", "phone", dir)
+        assertEquals(1uL, second.reviewCount())
+        second.close()
+        first.close()
+    }
+
+    @Test
     fun `calls from many threads at once`() {
         val engine = open("frank", "phone")
         val threads = 8
