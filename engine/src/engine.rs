@@ -446,9 +446,12 @@ impl Engine {
     }
 }
 
+/// Dropping the engine closes it at once: the sync task (aborted) may hold
+/// the shared state a little longer, but not the database or the
+/// directory's lock, so the directory can be opened again right away.
 impl Drop for Engine {
     fn drop(&mut self) {
-        self.stop_sync();
+        let _ = self.close();
     }
 }
 

@@ -70,7 +70,9 @@ struct Bridge {
     queue: Mutex<Option<SyncSender<Line>>>,
 }
 
-static BRIDGE: OnceLock<Arc<Bridge>> = OnceLock::new();
+/// The bridge, installed once as the process's subscriber; the error says
+/// why it could not be (another subscriber was there first), every time.
+static BRIDGE: OnceLock<Result<Arc<Bridge>, String>> = OnceLock::new();
 
 struct BridgeLayer(Arc<Bridge>);
 
@@ -123,21 +125,17 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for BridgeLayer {
 
 /// Installs the bridge as the process's `tracing` subscriber (once).
 fn bridge() -> Result<&'static Arc<Bridge>, ProgressError> {
-    let mut installed_now = false;
-    let bridge = BRIDGE.get_or_init(|| {
-        installed_now = true;
-        Arc::new(Bridge { max_rank: AtomicU8::new(0), dropped: AtomicU64::new(0), queue: Mutex::new(None) })
-    });
-    if installed_now {
-        let subscriber = tracing_subscriber::registry().with(BridgeLayer(bridge.clone()));
-        if tracing::subscriber::set_global_default(subscriber).is_err() {
-            return Err(ProgressError::Internal {
-                reason: "another tracing subscriber is already installed in this process".into(),
-            });
-        }
-        tracing::callsite::rebuild_interest_cache();
-    }
-    Ok(bridge)
+    BRIDGE
+        .get_or_init(|| {
+            let bridge =
+                Arc::new(Bridge { max_rank: AtomicU8::new(0), dropped: AtomicU64::new(0), queue: Mutex::new(None) });
+            let subscriber = tracing_subscriber::registry().with(BridgeLayer(bridge.clone()));
+            tracing::subscriber::set_global_default(subscriber)
+                .map_err(|_| "another tracing subscriber is already installed in this process".to_string())?;
+            Ok(bridge)
+        })
+        .as_ref()
+        .map_err(|reason| ProgressError::Internal { reason: reason.clone() })
 }
 
 /// Sends the engine's log lines at `level` and more severe to `listener`
@@ -172,7 +170,7 @@ pub fn set_log_listener(listener: Arc<dyn LogListener>, level: LogLevel) -> Resu
 #[uniffi::export]
 pub fn clear_log_listener() -> Result<(), ProgressError> {
     guard(|| {
-        if let Some(bridge) = BRIDGE.get() {
+        if let Some(Ok(bridge)) = BRIDGE.get() {
             bridge.max_rank.store(0, Ordering::Relaxed);
             if let Ok(mut queue) = bridge.queue.lock() {
                 *queue = None;

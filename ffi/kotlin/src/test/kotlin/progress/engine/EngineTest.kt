@@ -7,10 +7,7 @@ import kotlinx.coroutines.flow.filterIsInstance
 import kotlinx.coroutines.flow.first
 import kotlinx.coroutines.runBlocking
 import kotlinx.coroutines.withTimeout
-import org.junit.jupiter.api.AfterAll
-import org.junit.jupiter.api.BeforeAll
 import org.junit.jupiter.api.Test
-import org.junit.jupiter.api.TestInstance
 import java.util.concurrent.CountDownLatch
 import java.util.concurrent.Executors
 import java.util.concurrent.TimeUnit
@@ -22,19 +19,7 @@ import kotlin.test.assertNull
 import kotlin.test.assertTrue
 
 /** The engine through its generated Kotlin binding, against a real relay on loopback. */
-@TestInstance(TestInstance.Lifecycle.PER_CLASS)
-class EngineTest {
-    private lateinit var relay: TestRelay
-
-    @BeforeAll
-    fun startRelay() {
-        relay = TestRelay()
-    }
-
-    @AfterAll
-    fun stopRelay() {
-        relay.close()
-    }
+class EngineTest : WithRelay() {
 
     private fun open(user: String, device: String, dir: java.io.File = tempDir()) =
         ProgressEngine.open(EngineOptions(dataDir = dir.path, userId = user, deviceId = device))

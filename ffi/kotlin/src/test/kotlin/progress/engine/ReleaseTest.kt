@@ -5,10 +5,7 @@ import kotlinx.coroutines.Dispatchers
 import kotlinx.coroutines.launch
 import kotlinx.coroutines.runBlocking
 import kotlinx.coroutines.withTimeout
-import org.junit.jupiter.api.AfterAll
-import org.junit.jupiter.api.BeforeAll
 import org.junit.jupiter.api.Test
-import org.junit.jupiter.api.TestInstance
 import java.io.File
 import kotlin.random.Random
 import kotlin.test.assertContentEquals
@@ -20,19 +17,7 @@ import kotlin.test.assertNull
 import kotlin.test.assertTrue
 
 /** Dataset releases through the Kotlin binding, from a real relay on loopback. */
-@TestInstance(TestInstance.Lifecycle.PER_CLASS)
-class ReleaseTest {
-    private lateinit var relay: TestRelay
-
-    @BeforeAll
-    fun startRelay() {
-        relay = TestRelay()
-    }
-
-    @AfterAll
-    fun stopRelay() {
-        relay.close()
-    }
+class ReleaseTest : WithRelay() {
 
     private val mib = 1024 * 1024
 

@@ -1,5 +1,8 @@
 package progress.engine
 
+import org.junit.jupiter.api.AfterAll
+import org.junit.jupiter.api.BeforeAll
+import org.junit.jupiter.api.TestInstance
 import java.io.File
 import java.net.URI
 import java.net.http.HttpClient
@@ -73,6 +76,22 @@ class TestRelay : AutoCloseable {
         process.destroyForcibly()
         process.waitFor(30, TimeUnit.SECONDS)
         dir.toFile().deleteRecursively()
+    }
+}
+
+/** One relay process for all the tests of a class. */
+@TestInstance(TestInstance.Lifecycle.PER_CLASS)
+abstract class WithRelay {
+    protected lateinit var relay: TestRelay
+
+    @BeforeAll
+    fun startRelay() {
+        relay = TestRelay()
+    }
+
+    @AfterAll
+    fun stopRelay() {
+        relay.close()
     }
 }
 
