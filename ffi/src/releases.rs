@@ -158,18 +158,23 @@ pub struct CancelHandle {
 #[uniffi::export]
 impl CancelHandle {
     #[uniffi::constructor]
-    pub fn new() -> Arc<CancelHandle> {
-        Arc::new(CancelHandle { state: Mutex::new((false, Vec::new())) })
+    pub fn new() -> Result<Arc<CancelHandle>, ProgressError> {
+        guard(|| Ok(Arc::new(CancelHandle { state: Mutex::new((false, Vec::new())) })))
     }
 
     /// Idempotent; a check started with a cancelled handle stops at once.
-    pub fn cancel(&self) {
-        if let Ok(mut state) = self.state.lock() {
+    pub fn cancel(&self) -> Result<(), ProgressError> {
+        guard(|| {
+            let mut state = self
+                .state
+                .lock()
+                .map_err(|_| ProgressError::Internal { reason: "cancel handle lock poisoned".into() })?;
             state.0 = true;
             for check in state.1.drain(..).filter_map(|w| w.upgrade()) {
                 check.send_replace(true);
             }
-        }
+            Ok(())
+        })
     }
 }
 

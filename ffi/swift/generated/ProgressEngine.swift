@@ -614,7 +614,7 @@ public protocol CancelHandleProtocol: AnyObject, Sendable {
     /**
      * Idempotent; a check started with a cancelled handle stops at once.
      */
-    func cancel() 
+    func cancel() throws 
     
 }
 /**
@@ -660,9 +660,9 @@ open class CancelHandle: CancelHandleProtocol, @unchecked Sendable {
     public func uniffiCloneHandle() -> UInt64 {
         return try! rustCall { uniffi_progress_ffi_fn_clone_cancelhandle(self.handle, $0) }
     }
-public convenience init() {
+public convenience init()throws  {
     let handle =
-        try! rustCall() {
+        try rustCallWithError(FfiConverterTypeProgressError_lift) {
         uniffiCallStatus in
     uniffi_progress_ffi_fn_constructor_cancelhandle_new(uniffiCallStatus
     )
@@ -685,7 +685,7 @@ public convenience init() {
     /**
      * Idempotent; a check started with a cancelled handle stops at once.
      */
-open func cancel()  {try! rustCall() {
+open func cancel()throws   {try rustCallWithError(FfiConverterTypeProgressError_lift) {
         uniffiCallStatus in
     uniffi_progress_ffi_fn_method_cancelhandle_cancel(
             self.uniffiCloneHandle(),uniffiCallStatus
@@ -4495,7 +4495,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_progress_ffi_checksum_method_loglistener_on_log() != 51142) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_progress_ffi_checksum_method_cancelhandle_cancel() != 2973) {
+    if (uniffi_progress_ffi_checksum_method_cancelhandle_cancel() != 14372) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_progress_ffi_checksum_method_releaseupdater_active() != 3406) {
@@ -4519,7 +4519,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_progress_ffi_checksum_constructor_progressengine_open() != 42065) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_progress_ffi_checksum_constructor_cancelhandle_new() != 24244) {
+    if (uniffi_progress_ffi_checksum_constructor_cancelhandle_new() != 18924) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_progress_ffi_checksum_constructor_releaseupdater_open() != 59448) {

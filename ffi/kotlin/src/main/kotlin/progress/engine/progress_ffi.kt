@@ -1119,7 +1119,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_progress_ffi_checksum_method_loglistener_on_log() and 0xFFFF) != 51142) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_progress_ffi_checksum_method_cancelhandle_cancel() and 0xFFFF) != 2973) {
+    if ((lib.uniffi_progress_ffi_checksum_method_cancelhandle_cancel() and 0xFFFF) != 14372) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_progress_ffi_checksum_method_releaseupdater_active() and 0xFFFF) != 3406) {
@@ -1143,7 +1143,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_progress_ffi_checksum_constructor_progressengine_open() and 0xFFFF) != 42065) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_progress_ffi_checksum_constructor_cancelhandle_new() and 0xFFFF) != 24244) {
+    if ((lib.uniffi_progress_ffi_checksum_constructor_cancelhandle_new() and 0xFFFF) != 18924) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_progress_ffi_checksum_constructor_releaseupdater_open() and 0xFFFF) != 59448) {
@@ -1689,7 +1689,7 @@ open class CancelHandle: Disposable, AutoCloseable, CancelHandleInterface
     }
     constructor() :
         this(UniffiWithHandle, 
-    uniffiRustCall() { _status ->
+    uniffiRustCallWithError(ProgressException) { _status ->
     UniffiLib.uniffi_progress_ffi_fn_constructor_cancelhandle_new(
     
         _status)
@@ -1775,10 +1775,11 @@ open class CancelHandle: Disposable, AutoCloseable, CancelHandleInterface
     
     /**
      * Idempotent; a check started with a cancelled handle stops at once.
-     */override fun `cancel`()
+     */
+    @Throws(ProgressException::class)override fun `cancel`()
         = 
     callWithHandle {
-    uniffiRustCall() { _status ->
+    uniffiRustCallWithError(ProgressException) { _status ->
     UniffiLib.uniffi_progress_ffi_fn_method_cancelhandle_cancel(
         it,
         _status)
