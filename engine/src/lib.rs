@@ -8,6 +8,7 @@
 //! API of [`Engine`]; no Automerge type leaks.
 
 pub mod bootstrap;
+mod change_events;
 mod decode;
 mod engine;
 pub mod error;

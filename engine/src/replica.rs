@@ -7,6 +7,7 @@
 //! one SQLite transaction. The replica holds no socket and no clock: the
 //! engine API and the sync client call it, and so can the simulator.
 
+use crate::change_events;
 use crate::decode::WholeDoc;
 use crate::error::{EngineError, Result};
 use crate::ids::IdSource;
@@ -374,16 +375,19 @@ impl Replica {
 
     /// Change events for the app: the items whose memory states a peer's
     /// reviews changed, and the sessions a peer wrote.
+    /// Each event lists at most [`change_events::EVENT_BYTES`] of ids (a bootstrap changes
+    /// thousands of items at once), so the subscribers' channel, which
+    /// holds a number of events, holds a bounded number of bytes.
     fn note_changes(&mut self, mut changed_items: Vec<String>, sessions: &[Session]) {
-        if !changed_items.is_empty() {
-            changed_items.sort();
-            changed_items.dedup();
-            self.pending_events.push(ChangeEvent::ItemsChanged { item_ids: changed_items });
+        changed_items.sort();
+        changed_items.dedup();
+        for item_ids in change_events::split_by_bytes(changed_items, change_events::EVENT_BYTES) {
+            self.pending_events.push(ChangeEvent::ItemsChanged { item_ids });
         }
-        if !sessions.is_empty() {
-            let mut session_ids: Vec<String> = sessions.iter().map(|s| s.id.clone()).collect();
-            session_ids.sort();
-            session_ids.dedup();
+        let mut session_ids: Vec<String> = sessions.iter().map(|s| s.id.clone()).collect();
+        session_ids.sort();
+        session_ids.dedup();
+        for session_ids in change_events::split_by_bytes(session_ids, change_events::EVENT_BYTES) {
             self.pending_events.push(ChangeEvent::SessionsChanged { session_ids });
         }
     }
@@ -472,6 +476,7 @@ impl Replica {
 
 #[cfg(test)]
 mod tests {
+
     use super::*;
     use crate::model::{Rating, Review};
 
