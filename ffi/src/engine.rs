@@ -160,13 +160,7 @@ impl ProgressEngine {
 /// engine as [`ProgressEngine::shutdown`] does.
 impl Drop for ProgressEngine {
     fn drop(&mut self) {
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            if let Ok(mut subscriptions) = self.subscriptions.lock() {
-                for s in subscriptions.drain(..).filter_map(|w| w.upgrade()) {
-                    let _ = s.cancel();
-                }
-            }
-            let _ = self.engine.close();
-        }));
+        // `shutdown` runs inside `guard`, so a panic cannot escape a drop.
+        let _ = self.shutdown();
     }
 }
