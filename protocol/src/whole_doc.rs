@@ -131,6 +131,79 @@ pub fn reply_with_saved(doc: &Automerge, state: &mut sync::State, saved: Vec<u8>
     Some(message)
 }
 
+/// The first message to a peer that announced
+/// [`takes_whole_offers`](crate::PeerMetadata::takes_whole_offers) and has
+/// no sync state for this document (a new install bootstrapping): the
+/// stored chunks themselves, with their heads, so the sender needs neither
+/// the document loaded nor the peer's answer to a summary first. Returns
+/// the message and the sender's sync state after it.
+///
+/// `heads` must be exactly the heads of `chunks` (read together with them).
+/// The message says "I have everything up to `heads`" (`have` with those as
+/// `last_sync` and an empty bloom filter), which is true, and which lets the
+/// peer answer with only what it has beyond them: nothing for a new device,
+/// its own offline changes otherwise. Automerge's first message would
+/// instead carry a bloom filter of every change, computed from the loaded
+/// document. The state is the one automerge keeps after sending heads: in
+/// flight, nothing shared yet, nothing recorded as sent (the peer's answer
+/// tells what it has, see [`take_plain_ack`]).
+pub fn offer_stored(mut heads: Vec<ChangeHash>, chunks: Vec<Vec<u8>>) -> (sync::Message, sync::State) {
+    heads.sort_unstable();
+    let mut flags = sync::MessageFlags::new();
+    flags.set(sync::MessageFlags::SUPPORTS_SYNC_RESET);
+    let message = sync::Message {
+        heads: heads.clone(),
+        need: Vec::new(),
+        have: vec![sync::Have { last_sync: heads.clone(), bloom: sync::BloomFilter::default() }],
+        changes: sync::ChunkList::from(chunks),
+        flags: Some(flags),
+        version: sync::MessageVersion::V2,
+    };
+    let state = sync::State { last_sent_heads: heads, have_responded: true, in_flight: true, ..sync::State::new() };
+    (message, state)
+}
+
+/// Receives the peer's answer to [`offer_stored`] without the document,
+/// when it is a plain acknowledgement: exactly the offered heads, no
+/// changes, nothing needed, and a summary built on those heads. Then
+/// `state` ends as `receive_sync_message` would leave it, and automerge
+/// would have nothing to reply while the document is still at those heads
+/// (if it moved on since, the relay's change signal pushes the news as for
+/// any document). Returns `false` and leaves `state` alone otherwise: the
+/// caller loads the document and receives the message the usual way.
+pub fn take_plain_ack(state: &mut sync::State, message: &sync::Message) -> bool {
+    let mut heads = message.heads.clone();
+    heads.sort_unstable();
+    let offered = &state.last_sent_heads;
+    let plain = !heads.is_empty()
+        && &heads == offered
+        && message.changes.is_empty()
+        && message.need.is_empty()
+        && message.have.iter().all(|h| h.last_sync.iter().all(|hash| offered.contains(hash)))
+        && state.in_flight
+        && state.shared_heads.is_empty()
+        && state.their_heads.is_none()
+        && state.sent_hashes.is_empty()
+        && !state.read_only;
+    if !plain {
+        return false;
+    }
+    state.in_flight = false;
+    if let Some(flags) = message.flags {
+        let mut capabilities = vec![sync::Capability::MessageV2];
+        if flags.contains(sync::MessageFlags::SUPPORTS_SYNC_RESET) {
+            capabilities.push(sync::Capability::SyncReset);
+        }
+        state.their_capabilities = Some(capabilities);
+        state.peer_read_only = flags.contains(sync::MessageFlags::READ_ONLY);
+    }
+    state.shared_heads.clone_from(&message.heads);
+    state.their_have = Some(message.have.clone());
+    state.their_heads = Some(message.heads.clone());
+    state.their_need = Some(Vec::new());
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,5 +280,106 @@ mod tests {
         let mut state = sync::State::new();
         assert!(reply_with_saved(&relay_doc, &mut state, older).is_none());
         assert_eq!(state, sync::State::new(), "nothing changed");
+    }
+
+    /// Runs the usual exchange until neither side has anything to say.
+    fn sync_until_quiet(a: &mut Automerge, sa: &mut sync::State, b: &mut Automerge, sb: &mut sync::State) {
+        for _ in 0..20 {
+            let ab = a.generate_sync_message(sa);
+            if let Some(m) = ab.clone() {
+                b.receive_sync_message(sb, sync::Message::decode(&m.encode()).unwrap()).unwrap();
+            }
+            let ba = b.generate_sync_message(sb);
+            if let Some(m) = ba.clone() {
+                a.receive_sync_message(sa, sync::Message::decode(&m.encode()).unwrap()).unwrap();
+            }
+            if ab.is_none() && ba.is_none() {
+                return;
+            }
+        }
+        panic!("the exchange did not go quiet");
+    }
+
+    /// A new device bootstrapping: the stored chunks (a snapshot and a
+    /// change chunk after it) go out first, the device's answer is a plain
+    /// acknowledgement, and taking it without the document leaves the state
+    /// automerge's own `receive_sync_message` leaves; after it neither side
+    /// has anything more to say.
+    #[test]
+    fn a_stored_offer_brings_a_new_peer_level_and_its_ack_is_taken_as_automerge_would() {
+        let mut relay_doc = month(40);
+        let snapshot = relay_doc.save();
+        let before = relay_doc.get_heads();
+        let _ = relay_doc.transact(|tx| tx.put(ROOT, "late", 1));
+        let chunk = relay_doc.save_after(&before);
+        let (offer, relay_state) = offer_stored(relay_doc.get_heads(), vec![snapshot, chunk]);
+
+        let mut device = Automerge::new();
+        let mut device_state = sync::State::new();
+        device.receive_sync_message(&mut device_state, sync::Message::decode(&offer.encode()).unwrap()).unwrap();
+        assert_eq!(device.get_heads(), relay_doc.get_heads(), "one message brings everything");
+        let ack = device.generate_sync_message(&mut device_state).expect("the device says what it has");
+        assert!(ack.changes.is_empty(), "the device sends nothing back");
+        let ack = sync::Message::decode(&ack.encode()).unwrap();
+
+        let mut automerge_state = relay_state.clone();
+        relay_doc.clone().receive_sync_message(&mut automerge_state, ack.clone()).unwrap();
+        let mut ours = relay_state;
+        assert!(take_plain_ack(&mut ours, &ack));
+        assert_eq!(ours, automerge_state);
+        assert!(relay_doc.generate_sync_message(&mut ours).is_none(), "the relay has nothing more to send");
+        assert!(device.generate_sync_message(&mut device_state).is_none(), "nor has the device");
+    }
+
+    /// A device with offline changes of its own in that document answers
+    /// with them: not a plain acknowledgement, so the state is left alone,
+    /// and the usual exchange from there brings both sides level.
+    #[test]
+    fn a_peer_with_changes_of_its_own_is_answered_the_usual_way() {
+        let mut relay_doc = month(30);
+        let (offer, relay_state) = offer_stored(relay_doc.get_heads(), vec![relay_doc.save()]);
+        let mut device = Automerge::new();
+        let _ = device.transact(|tx| tx.put(ROOT, "offline", 7));
+        let mut device_state = sync::State::new();
+        device.receive_sync_message(&mut device_state, offer).unwrap();
+        let answer = device.generate_sync_message(&mut device_state).expect("the device answers");
+        assert!(!answer.changes.is_empty(), "with its offline change");
+
+        let mut state = relay_state.clone();
+        assert!(!take_plain_ack(&mut state, &answer));
+        assert_eq!(state, relay_state, "left alone");
+        relay_doc.receive_sync_message(&mut state, answer).unwrap();
+        sync_until_quiet(&mut relay_doc, &mut state, &mut device, &mut device_state);
+        assert_eq!(relay_doc.get_heads(), device.get_heads());
+        assert_eq!(relay_doc.get_heads().len(), 2, "both histories kept");
+    }
+
+    /// An answer that is not about the offered heads (another version, an
+    /// empty one, a need) is not taken as an acknowledgement.
+    #[test]
+    fn only_the_offered_heads_acknowledge_an_offer() {
+        let relay_doc = month(5);
+        let (_, state) = offer_stored(relay_doc.get_heads(), vec![relay_doc.save()]);
+        let other = month(6);
+        let ack_of = |heads: Vec<ChangeHash>, need: Vec<ChangeHash>| sync::Message {
+            heads: heads.clone(),
+            need,
+            have: vec![sync::Have { last_sync: heads, bloom: sync::BloomFilter::default() }],
+            changes: sync::ChunkList::empty(),
+            flags: None,
+            version: sync::MessageVersion::V1,
+        };
+        for message in [
+            ack_of(other.get_heads(), vec![]),
+            ack_of(vec![], vec![]),
+            ack_of(relay_doc.get_heads(), relay_doc.get_heads()),
+        ] {
+            let mut s = state.clone();
+            assert!(!take_plain_ack(&mut s, &message));
+            assert_eq!(s, state);
+        }
+        let mut taken = state.clone();
+        assert!(take_plain_ack(&mut taken, &ack_of(relay_doc.get_heads(), vec![])));
+        assert!(!take_plain_ack(&mut taken, &ack_of(relay_doc.get_heads(), vec![])), "only once");
     }
 }

@@ -22,6 +22,13 @@ pub struct PeerMetadata {
     pub storage_id: Option<String>,
     /// Whether the peer will forget everything when it disconnects.
     pub is_ephemeral: bool,
+    /// The peer speaks V2 sync messages and takes a document it has none
+    /// of as the first message about it: the sender may offer the whole
+    /// stored document at once instead of starting with a summary and
+    /// waiting to be asked (see [`crate::whole_doc::offer_stored`]). Our
+    /// own key (`syncV2Offers`); automerge-repo peers neither send nor
+    /// read it, and get the standard exchange.
+    pub takes_whole_offers: bool,
 }
 
 /// One protocol message.
@@ -256,11 +263,14 @@ fn encode_metadata<W: minicbor::encode::Write>(
     e: &mut Encoder<W>,
     m: &PeerMetadata,
 ) -> Result<(), minicbor::encode::Error<W::Error>> {
-    e.map(1 + u64::from(m.storage_id.is_some()))?;
+    e.map(1 + u64::from(m.storage_id.is_some()) + u64::from(m.takes_whole_offers))?;
     if let Some(id) = &m.storage_id {
         e.str("storageId")?.str(id)?;
     }
     e.str("isEphemeral")?.bool(m.is_ephemeral)?;
+    if m.takes_whole_offers {
+        e.str(WHOLE_OFFERS_KEY)?.bool(true)?;
+    }
     Ok(())
 }
 
@@ -391,6 +401,20 @@ fn read_number(d: &mut Decoder<'_>, field: &str) -> Result<u64, DecodeError> {
     }
 }
 
+/// `peerMetadata` key of [`PeerMetadata::takes_whole_offers`].
+const WHOLE_OFFERS_KEY: &str = "syncV2Offers";
+
+/// A boolean field; anything else reads as `false`.
+fn read_flag(d: &mut Decoder<'_>) -> Result<bool, DecodeError> {
+    match d.datatype()? {
+        Type::Bool => Ok(d.bool()?),
+        _ => {
+            d.skip()?;
+            Ok(false)
+        }
+    }
+}
+
 fn read_metadata(d: &mut Decoder<'_>) -> Result<Option<PeerMetadata>, DecodeError> {
     if d.datatype()? != Type::Map {
         d.skip()?;
@@ -409,15 +433,8 @@ fn read_metadata(d: &mut Decoder<'_>) -> Result<Option<PeerMetadata>, DecodeErro
         }
         match d.str()? {
             "storageId" => m.storage_id = read_optional_str(d)?,
-            "isEphemeral" => {
-                m.is_ephemeral = match d.datatype()? {
-                    Type::Bool => d.bool()?,
-                    _ => {
-                        d.skip()?;
-                        false
-                    }
-                }
-            }
+            "isEphemeral" => m.is_ephemeral = read_flag(d)?,
+            WHOLE_OFFERS_KEY => m.takes_whole_offers = read_flag(d)?,
             _ => d.skip()?,
         }
     }
@@ -439,7 +456,11 @@ mod tests {
             Message::Join {
                 sender_id: "a".into(),
                 supported_protocol_versions: vec!["1".into()],
-                metadata: Some(PeerMetadata { storage_id: Some("s".into()), is_ephemeral: false }),
+                metadata: Some(PeerMetadata {
+                    storage_id: Some("s".into()),
+                    is_ephemeral: false,
+                    takes_whole_offers: true,
+                }),
             },
             Message::Peer {
                 sender_id: "b".into(),

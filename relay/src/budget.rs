@@ -97,6 +97,11 @@ impl DropBudget {
             .is_ok()
     }
 
+    /// Takes `bytes` whether or not they fit (the caller bounds the excess).
+    pub fn take(&self, bytes: usize) {
+        self.used.fetch_add(bytes, Ordering::AcqRel);
+    }
+
     pub fn give_back(&self, bytes: usize) {
         let _ = self.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| Some(u.saturating_sub(bytes)));
     }

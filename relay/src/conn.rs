@@ -27,13 +27,41 @@ use std::time::Instant;
 
 /// Chunks appended since the last snapshot before the relay compacts.
 const COMPACT_AFTER_CHUNKS: u64 = 64;
-/// Documents offered after a join that may be in flight at once. A device
-/// bootstrapping 61 months gets them a few at a time, so the relay holds a
-/// few loaded (not all 61: megabytes each), and each is loaded once.
+/// Loaded documents offered after a join that may be in flight at once. A
+/// device catching up on 61 months gets them a few at a time, so the relay
+/// holds a few loaded (not all 61: megabytes each), and each is loaded once.
 const OFFER_WINDOW: usize = 4;
+/// Bytes of whole offers (stored chunks sent to a new install, see
+/// [`ConnCore::offer_stored`]) that may be in flight at once, plus the one
+/// that crosses the line. They hold no document on the relay, only the
+/// frames; a deep window lets the device decode the next months while it
+/// writes the last ones, and write many months per transaction (4 in flight:
+/// 8.1 s for a 400k bootstrap; 16: 5.0 s; all 61: 4.1 s).
+const WHOLE_OFFER_BYTES: usize = 8 << 20;
+/// Bytes of whole offers in flight on all connections together, so a crowd
+/// of new installs arriving at once (a relay restarted, a new release of the
+/// app) waits for frames to drain instead of growing the relay: past it, a
+/// connection keeps one offer in flight. The relay holds at most this plus
+/// one document per bootstrapping connection.
+pub const WHOLE_OFFERS_IN_FLIGHT: usize = 64 << 20;
 /// An offered document the peer has not brought in sync for this long
 /// gives its place in the window to the next one.
 const OFFER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A document offered after the join and not yet in sync with the peer.
+struct Offer {
+    at: Instant,
+    /// The message's size for a whole offer; 0 for a loaded document.
+    whole_bytes: usize,
+}
+
+impl Drop for ConnCore {
+    /// Whole offers still in flight give their bytes back to the relay's budget.
+    fn drop(&mut self) {
+        let held: usize = self.offering.values().map(|o| o.whole_bytes).sum();
+        self.hub.whole_offer_bytes.give_back(held);
+    }
+}
 
 /// Close codes the relay uses (RFC 6455 section 7.4.1).
 pub mod close_code {
@@ -95,8 +123,15 @@ pub struct ConnCore {
     compact_due: std::collections::BTreeSet<DocumentId>,
     /// Documents to offer after the join, waiting for a place in the window.
     offer_queue: std::collections::VecDeque<DocumentId>,
-    /// Documents offered and not yet in sync with the peer, with when.
-    offering: std::collections::BTreeMap<DocumentId, Instant>,
+    /// Documents offered and not yet in sync with the peer.
+    offering: std::collections::BTreeMap<DocumentId, Offer>,
+    /// The peer takes whole documents as a first message (said at join).
+    takes_whole_offers: bool,
+    /// Queued documents this install has no sync state for: offered whole,
+    /// from storage, when their turn comes.
+    never_synced: std::collections::HashSet<DocumentId>,
+    /// Documents offered whole whose answer has not come yet.
+    offered_whole: std::collections::HashSet<DocumentId>,
 }
 
 impl ConnCore {
@@ -113,6 +148,9 @@ impl ConnCore {
             compact_due: Default::default(),
             offer_queue: Default::default(),
             offering: Default::default(),
+            takes_whole_offers: false,
+            never_synced: Default::default(),
+            offered_whole: Default::default(),
         }
     }
 
@@ -123,7 +161,8 @@ impl ConnCore {
     /// Handles one message from the device; returns the replies.
     pub fn handle(&mut self, msg: Message, now: Instant) -> Result<Vec<Message>, CloseReason> {
         match self.session.on_message(msg) {
-            Action::Joined { reply, storage_id } => {
+            Action::Joined { reply, storage_id, takes_whole_offers } => {
+                self.takes_whole_offers = takes_whole_offers;
                 if let Some(storage_id) = storage_id.as_deref().filter(|s| crate::storage::valid_storage_id(s)) {
                     // A new install of this device starts from no sync state;
                     // the previous installs' states are dropped.
@@ -195,6 +234,9 @@ impl ConnCore {
         let mut changed: Vec<DocumentId> =
             heads.into_iter().filter(|(doc, h)| shared.get(doc) != Some(h)).map(|(doc, _)| doc).collect();
         changed.sort();
+        if self.takes_whole_offers {
+            self.never_synced.extend(changed.iter().filter(|doc| !shared.contains_key(doc)).copied());
+        }
         for (doc, h) in shared {
             self.persisted.insert(doc, h);
         }
@@ -204,25 +246,103 @@ impl ConnCore {
         Ok(out)
     }
 
-    /// Offers queued documents while the window has room.
+    /// Offers queued documents while the window has room: at most
+    /// [`OFFER_WINDOW`] loaded ones, and whole ones up to [`WHOLE_OFFER_BYTES`].
     fn fill_offer_window(&mut self, now: Instant, out: &mut Vec<Message>) -> Result<(), CloseReason> {
         let stalled: Vec<DocumentId> = self
             .offering
             .iter()
-            .filter(|(_, at)| now.saturating_duration_since(**at) >= OFFER_TIMEOUT)
+            .filter(|(_, offer)| now.saturating_duration_since(offer.at) >= OFFER_TIMEOUT)
             .map(|(doc, _)| *doc)
             .collect();
         for doc in stalled {
-            self.offering.remove(&doc);
+            self.end_offer(&doc);
         }
-        while self.offering.len() < OFFER_WINDOW {
-            let Some(doc) = self.offer_queue.pop_front() else { break };
-            if let Some(m) = self.push(doc, now)? {
+        while let Some(&doc) = self.offer_queue.front() {
+            let whole = self.never_synced.contains(&doc) && !self.states.contains_key(&doc);
+            let room = if whole {
+                let mine: usize = self.offering.values().map(|o| o.whole_bytes).sum();
+                mine == 0
+                    || (mine < WHOLE_OFFER_BYTES && self.hub.whole_offer_bytes.in_use() < WHOLE_OFFERS_IN_FLIGHT)
+            } else {
+                self.offering.values().filter(|o| o.whole_bytes == 0).count() < OFFER_WINDOW
+            };
+            if !room {
+                break;
+            }
+            self.offer_queue.pop_front();
+            self.never_synced.remove(&doc);
+            let offer = if whole { self.offer_stored(doc, now)? } else { self.push(doc, now)? };
+            if let Some(m) = offer {
+                let whole_bytes = match &m {
+                    Message::Sync { data, .. } if self.offered_whole.contains(&doc) => data.len().max(1),
+                    _ => 0,
+                };
+                self.hub.whole_offer_bytes.take(whole_bytes);
                 out.push(m);
-                self.offering.insert(doc, now);
+                if let Some(replaced) = self.offering.insert(doc, Offer { at: now, whole_bytes }) {
+                    self.hub.whole_offer_bytes.give_back(replaced.whole_bytes);
+                }
             }
         }
         Ok(())
+    }
+
+    /// Ends an offer (in sync, or given up on); returns whether it was one.
+    fn end_offer(&mut self, doc: &DocumentId) -> bool {
+        match self.offering.remove(doc) {
+            Some(offer) => {
+                self.hub.whole_offer_bytes.give_back(offer.whole_bytes);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Offers a document this install never synced as its stored chunks,
+    /// without loading it (see [`whole_doc::offer_stored`]): a new device
+    /// gets each month in one message, and the relay holds none of them
+    /// in memory meanwhile. A document whose stored heads do not read
+    /// (never expected) is offered the usual way.
+    fn offer_stored(&mut self, doc_id: DocumentId, now: Instant) -> Result<Option<Message>, CloseReason> {
+        let Some(stored) = self.hub.storage.load(&self.reg.user, &doc_id).map_err(|e| self.storage_failed(e))? else {
+            return Ok(None);
+        };
+        let heads = crate::storage::decode_heads(&stored.heads).filter(|h| !h.is_empty());
+        let Some(heads) = heads else { return self.push(doc_id, now) };
+        let chunks: Vec<Vec<u8>> = stored.snapshot.into_iter().chain(stored.chunks).collect();
+        let (message, state) = whole_doc::offer_stored(heads, chunks);
+        self.states.insert(doc_id, state);
+        self.offered_whole.insert(doc_id);
+        Metrics::inc(&self.hub.metrics.whole_docs_from_storage);
+        Ok(Some(self.session.sync(doc_id, message.encode())))
+    }
+
+    /// The answer to a whole offer, when it is a plain acknowledgement:
+    /// taken without loading the document (see [`whole_doc::take_plain_ack`]).
+    /// Returns the messages to send, or `None` when the answer needs the
+    /// document (the peer had changes of its own, or asked for something).
+    fn take_offer_ack(
+        &mut self,
+        doc_id: DocumentId,
+        message: &sync::Message,
+        now: Instant,
+    ) -> Result<Option<Vec<Message>>, CloseReason> {
+        if !self.offered_whole.remove(&doc_id) {
+            return Ok(None);
+        }
+        let Some(mut state) = self.states.remove(&doc_id) else { return Ok(None) };
+        if !whole_doc::take_plain_ack(&mut state, message) {
+            self.states.insert(doc_id, state);
+            return Ok(None);
+        }
+        Metrics::inc(&self.hub.metrics.acks_without_doc);
+        self.finish(doc_id, state)?;
+        let mut out = Vec::new();
+        if self.end_offer(&doc_id) || !self.offer_queue.is_empty() {
+            self.fill_offer_window(now, &mut out)?;
+        }
+        Ok(Some(out))
     }
 
     fn storage_failed(&self, e: impl std::fmt::Display) -> CloseReason {
@@ -293,6 +413,9 @@ impl ConnCore {
     ) -> Result<Vec<Message>, CloseReason> {
         let message = sync::Message::decode(data)
             .map_err(|e| CloseReason::from(format!("malformed sync message for {doc_id}: {e}")))?;
+        if !request && let Some(out) = self.take_offer_ack(doc_id, &message, now)? {
+            return Ok(out);
+        }
         let slot = self.hub.slot(&self.reg.user, doc_id);
         let mut guard = lock(&slot);
         if !self.ensure_loaded(&mut guard, doc_id, now)? {
@@ -358,7 +481,7 @@ impl ConnCore {
         drop(guard);
         self.finish(doc_id, state)?;
         let mut out: Vec<Message> = reply.map(|m| self.session.sync(doc_id, m.encode())).into_iter().collect();
-        if (in_sync && self.offering.remove(&doc_id).is_some()) || !self.offer_queue.is_empty() {
+        if (in_sync && self.end_offer(&doc_id)) || !self.offer_queue.is_empty() {
             self.fill_offer_window(now, &mut out)?;
         }
         Ok(out)

@@ -96,6 +96,9 @@ pub struct Hub {
     pub outbound: ByteBudget,
     /// Bytes of presence messages queued for all connections.
     ephemeral_bytes: DropBudget,
+    /// Bytes of whole offers in flight on all connections (see
+    /// `conn::WHOLE_OFFERS_IN_FLIGHT`).
+    pub whole_offer_bytes: DropBudget,
     docs: Mutex<HashMap<DocKey, Arc<Mutex<DocSlot>>>>,
     users: Mutex<HashMap<Arc<str>, UserEntry>>,
     open_connections: AtomicU64,
@@ -142,6 +145,7 @@ impl Hub {
             metrics: Metrics::default(),
             peer_id,
             ephemeral_bytes: DropBudget::default(),
+            whole_offer_bytes: DropBudget::default(),
             docs: Mutex::new(HashMap::new()),
             users: Mutex::new(HashMap::new()),
             open_connections: AtomicU64::new(0),

@@ -66,6 +66,8 @@ pub struct Metrics {
     pub docs_loaded: AtomicU64,
     /// Whole documents sent to a peer that had none, from the stored bytes.
     pub whole_docs_from_storage: AtomicU64,
+    /// Answers to whole offers taken without loading the document.
+    pub acks_without_doc: AtomicU64,
     pub docs_evicted: AtomicU64,
     pub docs_unavailable: AtomicU64,
     pub storage_errors: AtomicU64,
@@ -166,6 +168,12 @@ impl Metrics {
                 "counter",
                 "Whole documents sent to a peer that had none, as stored (not saved again)",
                 self.whole_docs_from_storage.load(Relaxed),
+            ),
+            (
+                "relay_acks_without_doc_total",
+                "counter",
+                "A new install's acknowledgements of whole offers, taken without loading the document",
+                self.acks_without_doc.load(Relaxed),
             ),
             (
                 "relay_docs_evicted_total",

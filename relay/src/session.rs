@@ -17,7 +17,9 @@ enum Phase {
 pub enum Action {
     /// Handshake done: send this `peer` reply, then offer changed documents.
     /// `storage_id` is the storage identity the peer announced, if any.
-    Joined { reply: Message, storage_id: Option<String> },
+    /// `takes_whole_offers`: the peer may be offered whole stored documents
+    /// first ([`protocol::whole_doc::offer_stored`]).
+    Joined { reply: Message, storage_id: Option<String>, takes_whole_offers: bool },
     /// Apply a sync message to a document; `request` means the peer lacks it.
     Sync { doc: DocumentId, data: Vec<u8>, request: bool },
     /// Forward an ephemeral message (presence, cursors) to the user's other devices.
@@ -49,6 +51,7 @@ impl PeerSession {
                     ));
                 }
                 self.phase = Phase::Ready { remote_peer_id: sender_id.clone() };
+                let takes_whole_offers = metadata.as_ref().is_some_and(|m| m.takes_whole_offers);
                 // An ephemeral peer keeps nothing, so there is no install to key state by.
                 let storage_id = metadata.filter(|m| !m.is_ephemeral).and_then(|m| m.storage_id);
                 Action::Joined {
@@ -56,9 +59,13 @@ impl PeerSession {
                         sender_id: self.relay_peer_id.clone(),
                         target_id: sender_id,
                         selected_protocol_version: PROTOCOL_VERSION.to_owned(),
-                        metadata: Some(PeerMetadata { storage_id: self.relay_storage_id.clone(), is_ephemeral: false }),
+                        metadata: Some(PeerMetadata {
+                            storage_id: self.relay_storage_id.clone(),
+                            ..PeerMetadata::default()
+                        }),
                     },
                     storage_id,
+                    takes_whole_offers,
                 }
             }
             (Phase::AwaitingJoin, other) => Action::Close(format!("expected join, got {}", other.type_name())),

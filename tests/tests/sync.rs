@@ -352,17 +352,33 @@ async fn a_relay_over_its_document_memory_budget_drops_and_reloads_months() {
     tablet.start_sync(relay_config(&relay.ws_url(), "dave", "tablet")).expect("sync");
     eventually("the tablet has every month", WAIT, || same_progress(&phone, &tablet)).await;
     assert_eq!(tablet.review_count().expect("count"), 240);
+
+    // The tablet, back after every month changed, catches up the usual way
+    // (it has sync states): each month loaded to be offered, dropped, and
+    // loaded again for the tablet's answers.
+    tablet.stop_sync();
+    for month in 0..6 {
+        review(&phone, "item-late", Rating::Easy, T0 + month * 31 * DAY + 3_600_000);
+    }
+    eventually("the phone uploaded the changes", WAIT, || settled(&phone)).await;
+    let loaded = || relay.hub.metrics.docs_loaded.load(std::sync::atomic::Ordering::Relaxed);
+    let before = loaded();
+    tablet.start_sync(relay_config(&relay.ws_url(), "dave", "tablet")).expect("sync");
+    eventually("the tablet caught up", WAIT, || same_progress(&phone, &tablet)).await;
+    assert_eq!(tablet.review_count().expect("count"), 246);
+    assert!(loaded() > before, "months were loaded again to catch the tablet up");
 }
 
-/// A new device gets each month as the relay stored it when that is one
-/// saved document of the current version (no second `save` on the relay),
-/// and a freshly saved one when the month changed since (stored as several
-/// chunks): either way it ends with everything.
+/// A new install gets each month in one message, as the relay stored it
+/// (one saved document, or a snapshot and the chunks after it), and the
+/// relay takes its acknowledgements without loading the months: a relay
+/// restarted with nothing in memory serves a whole bootstrap without
+/// loading one document. Either way the device ends with everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_device_gets_months_as_stored_or_saved_afresh() {
+async fn a_new_device_gets_months_as_stored_without_the_relay_loading_them() {
+    use std::sync::atomic::Ordering::Relaxed;
     let dir = tempfile::tempdir().expect("tempdir");
     let relay = start_relay(&dir.path().join("relay")).await;
-    let from_storage = || relay.hub.metrics.whole_docs_from_storage.load(std::sync::atomic::Ordering::Relaxed);
     let phone = open_engine(&dir.path().join("phone"), "erin", "phone");
     for month in 0..3 {
         for i in 0..20 {
@@ -371,20 +387,44 @@ async fn a_new_device_gets_months_as_stored_or_saved_afresh() {
     }
     phone.start_sync(relay_config(&relay.ws_url(), "erin", "phone")).expect("sync");
     eventually("the phone uploaded", WAIT, || settled(&phone)).await;
+    phone.stop_sync();
+    relay.shutdown().await;
 
+    let relay = start_relay(&dir.path().join("relay")).await;
+    let metrics = &relay.hub.metrics;
+    let (from_storage, acks, loaded) = (
+        || metrics.whole_docs_from_storage.load(Relaxed),
+        || metrics.acks_without_doc.load(Relaxed),
+        || metrics.docs_loaded.load(Relaxed),
+    );
     let tablet = open_engine(&dir.path().join("tablet"), "erin", "tablet");
     tablet.start_sync(relay_config(&relay.ws_url(), "erin", "tablet")).expect("sync");
     eventually("the tablet has every month", WAIT, || same_progress(&phone, &tablet)).await;
+    eventually("the relay took the tablet's acknowledgements", WAIT, || acks() == 3).await;
     assert_eq!(from_storage(), 3, "each month went out as the relay stored it");
+    assert_eq!(loaded(), 0, "and the relay loaded none of them");
 
     // One month changes: the relay now holds it as two chunks.
+    phone.start_sync(relay_config(&relay.ws_url(), "erin", "phone")).expect("sync");
     review(&phone, "item-1", Rating::Hard, T0 + 2 * 31 * DAY + 3_600_000);
     eventually("the change reached the tablet", WAIT, || same_progress(&phone, &tablet)).await;
     let laptop = open_engine(&dir.path().join("laptop"), "erin", "laptop");
     laptop.start_sync(relay_config(&relay.ws_url(), "erin", "laptop")).expect("sync");
     eventually("the laptop has every month", WAIT, || same_progress(&phone, &laptop)).await;
     assert_eq!(laptop.review_count().expect("count"), 61);
-    assert_eq!(from_storage(), 5, "the two unchanged months as stored, the changed one saved afresh");
+    assert_eq!(from_storage(), 6, "all three months as stored, the changed one as its two chunks");
+    eventually("the relay took the laptop's acknowledgements", WAIT, || acks() == 6).await;
+    let chunk_counts: Vec<usize> = phone
+        .export_documents()
+        .expect("export")
+        .iter()
+        .map(|(id, _)| {
+            let id: DocumentId = id.parse().expect("doc id");
+            relay.hub.storage.load("erin", &id).expect("storage").map_or(0, |d| d.chunks.len())
+        })
+        .collect();
+    assert_eq!(chunk_counts.iter().filter(|&&n| n == 2).count(), 1, "one month as two chunks: {chunk_counts:?}");
+    assert_eq!(relay.hub.whole_offer_bytes.in_use(), 0, "every offer's bytes given back to the relay's budget");
 }
 
 /// A month imported whole goes to the relay as it was stored, not saved

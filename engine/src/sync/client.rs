@@ -106,7 +106,13 @@ impl SyncClient {
         Message::Join {
             sender_id: self.peer_id.clone(),
             supported_protocol_versions: vec![PROTOCOL_VERSION.to_owned()],
-            metadata: Some(PeerMetadata { storage_id: Some(self.storage_id.clone()), is_ephemeral: false }),
+            // Whole offers: a month this install never synced arrives in
+            // one message, and the relay need not load it to send it.
+            metadata: Some(PeerMetadata {
+                storage_id: Some(self.storage_id.clone()),
+                is_ephemeral: false,
+                takes_whole_offers: true,
+            }),
         }
     }
 

@@ -162,7 +162,7 @@ impl DocStorage for MemStorage {
             s.durable
                 .docs
                 .get(&(user.to_owned(), doc.to_string()))
-                .map(|d| StoredDoc { snapshot: d.snapshot.clone(), chunks: d.chunks.clone() })
+                .map(|d| StoredDoc { snapshot: d.snapshot.clone(), chunks: d.chunks.clone(), heads: d.heads.clone() })
         })
     }
 

@@ -36,11 +36,14 @@ pub enum StorageError {
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
-/// A document as stored: the last snapshot and the chunks appended since.
+/// A document as stored: the last snapshot, the chunks appended since, and
+/// the heads they add up to, all read at one moment (a compaction or an
+/// append committing between the reads cannot mix two versions).
 #[derive(Debug, Default)]
 pub struct StoredDoc {
     pub snapshot: Option<Vec<u8>>,
     pub chunks: Vec<Vec<u8>>,
+    pub heads: EncodedHeads,
 }
 
 /// Heads are stored as the concatenation of sorted 32-byte hashes.
@@ -104,6 +107,14 @@ pub fn sync_peer_key(device: &str, storage_id: Option<&str>) -> String {
 /// Storage ids are short tokens (automerge-repo uses UUIDs).
 pub fn valid_storage_id(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The hashes of [`encode_heads`]' form; `None` if it is not whole hashes.
+pub fn decode_heads(encoded: &[u8]) -> Option<Vec<automerge::ChangeHash>> {
+    if encoded.len() % 32 != 0 {
+        return None;
+    }
+    encoded.chunks_exact(32).map(|h| Some(automerge::ChangeHash(h.try_into().ok()?))).collect()
 }
 
 pub fn encode_heads(heads: &[automerge::ChangeHash]) -> EncodedHeads {

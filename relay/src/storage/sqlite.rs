@@ -360,17 +360,22 @@ impl DocStorage for SqliteStorage {
 
     fn load(&self, user: &str, doc: &DocumentId) -> Result<Option<StoredDoc>> {
         self.read(|conn| {
+            // One read transaction: the document row and its chunks from
+            // the same commit, never a snapshot from before a compaction
+            // with the chunks from after it.
+            let tx = conn.unchecked_transaction()?;
             let id = doc.to_string();
-            let snapshot: Option<Option<Vec<u8>>> = conn
-                .query_row("SELECT snapshot FROM docs WHERE user_id = ?1 AND doc_id = ?2", params![user, id], |r| {
-                    r.get(0)
-                })
+            let row: Option<(Option<Vec<u8>>, Vec<u8>)> = tx
+                .prepare_cached("SELECT snapshot, heads FROM docs WHERE user_id = ?1 AND doc_id = ?2")?
+                .query_row(params![user, id], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
-            let Some(snapshot) = snapshot else { return Ok(None) };
+            let Some((snapshot, heads)) = row else { return Ok(None) };
             let mut stmt =
-                conn.prepare_cached("SELECT data FROM doc_chunks WHERE user_id = ?1 AND doc_id = ?2 ORDER BY seq")?;
+                tx.prepare_cached("SELECT data FROM doc_chunks WHERE user_id = ?1 AND doc_id = ?2 ORDER BY seq")?;
             let chunks = stmt.query_map(params![user, id], |r| r.get(0))?.collect::<Result<Vec<Vec<u8>>, _>>()?;
-            Ok(Some(StoredDoc { snapshot, chunks }))
+            drop(stmt);
+            tx.finish()?;
+            Ok(Some(StoredDoc { snapshot, chunks, heads }))
         })
     }
 

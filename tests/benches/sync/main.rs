@@ -138,8 +138,10 @@ async fn scale(report: &mut Report, import_only: bool) {
     let (idle_rss, _) = rss_of(&pid);
     let phone = open_engine(&phone_dir, "heavy", "phone");
     let tablet = open_engine(&dir.path().join("tablet"), "heavy", "tablet");
-    wire::run(report, &phone, &tablet, &url, &pid, history.reviews as u64, history.end).await;
-    let (rss, hwm) = rss_of(&pid);
+    // The high-water mark is reset between phases (each phase's own peak is
+    // printed): the section's peak is the highest of them.
+    let hwm = wire::run(report, &phone, &tablet, &url, &pid, history.reviews as u64, history.end).await;
+    let (rss, _) = rss_of(&pid);
     report.figure(
         "relay process memory: idle before / after the scale section",
         format!("{} / {}", mib(idle_rss), mib(rss)),

@@ -1,7 +1,7 @@
 //! What sync costs on the wire and in time, measured with real engines
 //! (each with the 400k history) through a relay process on loopback.
 
-use crate::report::{Report, kib, ms};
+use crate::report::{Report, kib, mib, ms};
 use engine::{ChangeEvent, Engine, NewReview, Rating, Traffic};
 use integration_tests::*;
 use std::time::{Duration, Instant};
@@ -151,6 +151,16 @@ fn busy(report: &mut Report, what: &str, before: (f64, f64), after: (f64, f64), 
     );
 }
 
+/// The relay's peak resident memory since the last call (the kernel's
+/// high-water mark, `VmHWM`, reset by writing 5 to `clear_refs`), so each
+/// phase's peak is its own. Returns the peak.
+fn phase_peak(report: &mut Report, what: &str, relay_pid: &str, idle: u64) -> u64 {
+    let (_, hwm) = integration_tests::admin::process_memory(relay_pid);
+    let _ = std::fs::write(format!("/proc/{relay_pid}/clear_refs"), "5");
+    report.figure(format!("{what}: relay peak memory above idle"), mib(hwm.saturating_sub(idle)));
+    hwm
+}
+
 pub async fn run(
     report: &mut Report,
     phone: &Engine,
@@ -159,7 +169,9 @@ pub async fn run(
     relay_pid: &str,
     reviews: u64,
     end: i64,
-) {
+) -> u64 {
+    let (idle, _) = integration_tests::admin::process_memory(relay_pid);
+    let mut peak = 0;
     // Initial backup of the whole history, then a new device bootstrapping it.
     let t0 = Instant::now();
     let cpu0 = cpu(relay_pid);
@@ -167,6 +179,7 @@ pub async fn run(
     eventually("phone uploads its history", LONG, || settled(phone)).await;
     let took = t0.elapsed();
     busy(report, "400k: first upload", cpu0, cpu(relay_pid), took);
+    peak = peak.max(phase_peak(report, "400k: first upload", relay_pid, idle));
     report.target(
         "400k: first upload of the whole history to the relay",
         "<= 3 s",
@@ -181,6 +194,7 @@ pub async fn run(
     eventually("tablet bootstraps", LONG, || tablet.review_count().ok() == Some(reviews)).await;
     let to_last = t0.elapsed();
     busy(report, "400k: bootstrap", cpu0, cpu(relay_pid), to_last);
+    peak = peak.max(phase_peak(report, "400k: bootstrap", relay_pid, idle));
     // The first query after the last review: it sees every review (queries
     // replay what arrived out of order first).
     let _ = tablet.due_items(end, 50);
@@ -244,4 +258,6 @@ pub async fn run(
         ms(took),
         took <= Duration::from_secs(2),
     );
+    let (_, rest) = integration_tests::admin::process_memory(relay_pid);
+    peak.max(rest)
 }
