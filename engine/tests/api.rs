@@ -84,20 +84,28 @@ fn malformed_entries_from_a_peer_are_skipped() {
     tx.splice_text(&text, 0, 0, "y").unwrap();
     tx.put(&text_item, "rating", 3i64).unwrap();
     tx.put(&text_item, "at", T0).unwrap();
+    // Reviews as JSON strings (how they are written now), and as a text
+    // object holding the JSON (what a JavaScript peer writing a string makes).
+    tx.put(ROOT, "r/json", format!(r#"{{"item":"z","rating":2,"at":{T0},"future_field":[1]}}"#)).unwrap();
+    tx.put(ROOT, "r/json-bad-rating", format!(r#"{{"item":"z","rating":9,"at":{T0}}}"#)).unwrap();
+    tx.put(ROOT, "r/json-no-at", r#"{"item":"z","rating":2}"#).unwrap();
+    let json_text = tx.put_object(ROOT, "r/json-text", ObjType::Text).unwrap();
+    tx.splice_text(&json_text, 0, 0, &format!(r#"{{"item":"w","rating":1,"at":{T0}}}"#)).unwrap();
     tx.put(ROOT, "s/garbage", 17i64).unwrap();
     tx.put(ROOT, "unrelated", true).unwrap();
     tx.commit();
     let id = progress_doc::doc_id("u", "2026-09").to_string();
     e.import_documents(&[(id, doc.save())]).unwrap();
-    assert_eq!(e.review_count().unwrap(), 2, "the good review and the one with a text item");
-    assert!(e.memory_state("x").unwrap().is_some());
-    assert!(e.memory_state("y").unwrap().is_some());
+    assert_eq!(e.review_count().unwrap(), 4, "the good maps (one with a text item) and the good JSON reviews");
+    for item in ["x", "y", "z", "w"] {
+        assert!(e.memory_state(item).unwrap().is_some(), "{item}");
+    }
     assert!(e.sessions(0, i64::MAX).unwrap().is_empty());
     assert!(matches!(e.import_documents(&[("not-an-id".into(), vec![1, 2, 3])]), Err(EngineError::InvalidInput(_))));
     let garbage =
         e.import_documents(&[(progress_doc::doc_id("u", "2026-10").to_string(), vec![0x85, 0x6f, 0x4a, 0x83, 1])]);
     assert!(matches!(garbage, Err(EngineError::Document { .. })), "{garbage:?}");
-    assert_eq!(e.review_count().unwrap(), 2);
+    assert_eq!(e.review_count().unwrap(), 4);
 }
 
 #[test]

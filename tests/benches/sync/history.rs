@@ -46,7 +46,8 @@ pub fn uuid_from(rng: &mut Rng) -> String {
 /// whether it came from the cache.
 pub fn cached(user: &str, device: &str, reviews: usize, items: usize, days: i64) -> (History, bool) {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let path = dir.join(format!("sync-bench-history-v1-{user}-{device}-{reviews}-{items}-{days}.bin"));
+    // v2: reviews as one JSON string each (the document format changed).
+    let path = dir.join(format!("sync-bench-history-v2-{user}-{device}-{reviews}-{items}-{days}.bin"));
     if let Some(h) = std::fs::read(&path).ok().and_then(|b| decode(&b)) {
         return (h, true);
     }
