@@ -140,6 +140,17 @@ impl Replica {
         Ok(&mut entry.doc)
     }
 
+    /// The document's heads, sorted, without loading it: from memory if it
+    /// is loaded, else as recorded with its last write (empty if none).
+    pub fn heads(&self, id: &DocumentId) -> Result<Vec<automerge::ChangeHash>> {
+        let mut heads = match self.cache.get(id) {
+            Some(cached) => cached.doc.get_heads(),
+            None => store::doc_heads(self.store.conn(), id)?.unwrap_or_default(),
+        };
+        heads.sort();
+        Ok(heads)
+    }
+
     /// Drops a document from memory (it stays on disk).
     pub fn evict(&mut self, id: &DocumentId) {
         self.cache.remove(id);

@@ -331,6 +331,28 @@ mod tests {
         assert!(device.generate_sync_message(&mut device_state).is_none(), "nor has the device");
     }
 
+    /// The other direction, a device's first upload: the relay (automerge,
+    /// an empty document) takes the whole offer and answers with a plain
+    /// acknowledgement, which the device takes without its document.
+    #[test]
+    fn an_empty_peer_takes_a_stored_offer_and_answers_with_a_plain_ack() {
+        let device_doc = month(25);
+        let (offer, device_state) = offer_stored(device_doc.get_heads(), vec![device_doc.save()]);
+        let mut relay = Automerge::new();
+        let mut relay_state = sync::State::new();
+        relay.receive_sync_message(&mut relay_state, sync::Message::decode(&offer.encode()).unwrap()).unwrap();
+        assert_eq!(relay.get_heads(), device_doc.get_heads());
+        let ack = relay.generate_sync_message(&mut relay_state).expect("the relay answers");
+        let ack = sync::Message::decode(&ack.encode()).unwrap();
+        let mut automerge_state = device_state.clone();
+        device_doc.clone().receive_sync_message(&mut automerge_state, ack.clone()).unwrap();
+        let mut ours = device_state;
+        assert!(take_plain_ack(&mut ours, &ack), "a plain acknowledgement: {ack:?}");
+        assert_eq!(ours, automerge_state);
+        assert!(device_doc.generate_sync_message(&mut ours).is_none());
+        assert!(relay.generate_sync_message(&mut relay_state).is_none());
+    }
+
     /// A device with offline changes of its own in that document answers
     /// with them: not a plain acknowledgement, so the state is left alone,
     /// and the usual exchange from there brings both sides level.

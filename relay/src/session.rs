@@ -59,9 +59,12 @@ impl PeerSession {
                         sender_id: self.relay_peer_id.clone(),
                         target_id: sender_id,
                         selected_protocol_version: PROTOCOL_VERSION.to_owned(),
+                        // The relay takes whole offers: a device's first
+                        // upload of a month is one message.
                         metadata: Some(PeerMetadata {
                             storage_id: self.relay_storage_id.clone(),
-                            ..PeerMetadata::default()
+                            is_ephemeral: false,
+                            takes_whole_offers: true,
                         }),
                     },
                     storage_id,

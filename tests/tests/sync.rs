@@ -428,8 +428,9 @@ async fn a_new_device_gets_months_as_stored_without_the_relay_loading_them() {
 }
 
 /// A month imported whole goes to the relay as it was stored, not saved
-/// again: here the import was saved uncompressed, which `save` never writes,
-/// and the relay ends up holding exactly those bytes.
+/// again, in one message (a whole offer: the relay takes them): here the
+/// import was saved uncompressed, which `save` never writes, and the relay
+/// ends up holding exactly those bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_imported_month_is_uploaded_as_stored() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -451,4 +452,8 @@ async fn an_imported_month_is_uploaded_as_stored() {
     eventually("the phone uploaded", WAIT, || settled(&phone)).await;
     let stored = relay.hub.storage.load("fay", &doc_id).expect("storage").expect("the relay has the month");
     assert_eq!(protocol::whole_doc::one_blob(stored.snapshot, stored.chunks), Some(uncompressed));
+    // A whole offer: the month went in the device's first message about it
+    // (after `join`), and the relay's plain acknowledgement was the answer.
+    let traffic = phone.sync_status().expect("status").traffic;
+    assert_eq!((traffic.messages_sent, traffic.messages_received), (2, 2), "{traffic:?}");
 }

@@ -163,6 +163,26 @@ pub fn stored_whole(conn: &Connection, doc: &DocumentId) -> Result<Option<Vec<u8
     Ok(load_doc(conn, doc)?.and_then(|stored| protocol::whole_doc::one_blob(stored.snapshot, stored.chunks)))
 }
 
+/// The document's stored chunks (snapshot first) and the heads they add up
+/// to; `None` if there is no such document.
+pub fn stored_with_heads(conn: &Connection, doc: &DocumentId) -> Result<Option<(Vec<Vec<u8>>, Vec<ChangeHash>)>> {
+    let Some(heads) = doc_heads(conn, doc)? else { return Ok(None) };
+    let Some(stored) = load_doc(conn, doc)? else { return Ok(None) };
+    Ok(Some((stored.snapshot.into_iter().chain(stored.chunks).collect(), heads)))
+}
+
+/// The document's current heads as recorded with its last write; `None` if
+/// there is no such document (or the record does not read).
+pub fn doc_heads(conn: &Connection, doc: &DocumentId) -> Result<Option<Vec<ChangeHash>>> {
+    let encoded: Option<Vec<u8>> = conn
+        .prepare_cached("SELECT heads FROM documents WHERE doc_id = ?1")?
+        .query_row([doc.to_string()], |r| r.get(0))
+        .optional()?;
+    Ok(encoded.filter(|e| e.len() % 32 == 0).map(|e| {
+        e.chunks_exact(32).filter_map(|h| Some(ChangeHash(h.try_into().ok()?))).collect()
+    }))
+}
+
 /// Appends an incremental chunk and records the new heads. `dirty` marks a
 /// local change the relay has not acknowledged yet. Returns how many chunks
 /// the document now has since its snapshot.

@@ -27,6 +27,11 @@ use std::collections::HashMap;
 /// the replica's cache from its first message to its acknowledgement (and
 /// is loaded once), and the relay holds a few, not 61.
 const PUSH_WINDOW: usize = 4;
+/// Bytes of whole offers (stored chunks of documents the relay never synced
+/// with this install, see [`protocol::whole_doc::offer_stored`]) in flight
+/// at once, plus the one that crosses the line: they need no document
+/// loaded here, so the window bounds only what is on the wire.
+const WHOLE_PUSH_BYTES: usize = 8 << 20;
 /// An offered document the relay has not acknowledged for this long (ms)
 /// gives its place in the window to the next one.
 const PUSH_TIMEOUT_MS: TimestampMs = 30_000;
@@ -75,8 +80,19 @@ pub struct SyncClient {
     persisted: HashMap<DocumentId, Vec<automerge::ChangeHash>>,
     /// Documents with local changes waiting for a place in the push window.
     push_queue: std::collections::VecDeque<DocumentId>,
-    /// Documents offered and not yet acknowledged, with when.
-    pushing: std::collections::BTreeMap<DocumentId, TimestampMs>,
+    /// Documents offered and not yet acknowledged.
+    pushing: std::collections::BTreeMap<DocumentId, Push>,
+    /// The relay takes whole offers (said in its `peer` message).
+    relay_takes_whole_offers: bool,
+    /// Documents offered whole whose answer has not come yet.
+    offered_whole: std::collections::HashSet<DocumentId>,
+}
+
+/// A document offered and not yet acknowledged.
+struct Push {
+    at: TimestampMs,
+    /// The message's size for a whole offer; 0 for one from the loaded document.
+    whole_bytes: usize,
 }
 
 impl SyncClient {
@@ -93,6 +109,8 @@ impl SyncClient {
             persisted: HashMap::new(),
             push_queue: Default::default(),
             pushing: Default::default(),
+            relay_takes_whole_offers: false,
+            offered_whole: Default::default(),
         }
     }
 
@@ -148,6 +166,7 @@ impl SyncClient {
         self.persisted.clear();
         self.push_queue.clear();
         self.pushing.clear();
+        self.offered_whole.clear();
     }
 
     /// Handles one message from the relay.
@@ -169,6 +188,7 @@ impl SyncClient {
                 }
                 let relay_storage = metadata.as_ref().and_then(|m| m.storage_id.as_deref());
                 Self::check_relay_identity(replica, relay_storage)?;
+                self.relay_takes_whole_offers = metadata.as_ref().is_some_and(|m| m.takes_whole_offers);
                 self.phase = Phase::Ready { relay_peer_id: sender_id };
                 self.push_queue = replica.dirty_docs()?.into();
                 self.fill_push_window(replica, now, &mut out)?;
@@ -182,6 +202,16 @@ impl SyncClient {
                     tracing::warn!(doc = %document_id, "relay sent an undecodable sync message; ignored");
                     return Ok(out);
                 };
+                if let Some(acknowledged) = self.take_offer_ack(replica, &document_id, &message)? {
+                    if acknowledged {
+                        self.end_push(&document_id);
+                    }
+                    self.fill_push_window(replica, now, &mut out)?;
+                    if replica.dirty_docs()?.is_empty() {
+                        out.synced_at = Some(now);
+                    }
+                    return Ok(out);
+                }
                 let mut state = self.state(replica, &document_id)?;
                 let received: Option<Vec<u8>> =
                     (!message.changes.is_empty()).then(|| message.changes.iter().flatten().copied().collect());
@@ -214,7 +244,7 @@ impl SyncClient {
                 self.states.insert(document_id, state);
                 self.push_doc(replica, &document_id, &mut out)?;
                 let acknowledged = self.note_acknowledged(replica, &document_id)?;
-                if (acknowledged && self.pushing.remove(&document_id).is_some()) || !self.push_queue.is_empty() {
+                if (acknowledged && self.end_push(&document_id)) || !self.push_queue.is_empty() {
                     self.fill_push_window(replica, now, &mut out)?;
                 }
                 if replica.dirty_docs()?.is_empty() {
@@ -277,18 +307,84 @@ impl SyncClient {
         Ok(())
     }
 
-    /// Offers queued documents while the push window has room.
+    /// Offers queued documents while the push window has room: at most
+    /// [`PUSH_WINDOW`] from loaded documents, and whole offers up to
+    /// [`WHOLE_PUSH_BYTES`].
     fn fill_push_window(&mut self, replica: &mut Replica, now: TimestampMs, out: &mut Output) -> Result<()> {
-        self.pushing.retain(|_, at| now.saturating_sub(*at) < PUSH_TIMEOUT_MS);
-        while self.pushing.len() < PUSH_WINDOW {
-            let Some(id) = self.push_queue.pop_front() else { break };
+        self.pushing.retain(|_, p| now.saturating_sub(p.at) < PUSH_TIMEOUT_MS);
+        while let Some(&id) = self.push_queue.front() {
+            let whole = self.relay_takes_whole_offers
+                && !self.states.contains_key(&id)
+                && store::load_sync_state(replica.store.conn(), &id, RELAY_PEER)?.is_none();
+            let room = if whole {
+                let mine: usize = self.pushing.values().map(|p| p.whole_bytes).sum();
+                mine < WHOLE_PUSH_BYTES
+            } else {
+                self.pushing.values().filter(|p| p.whole_bytes == 0).count() < PUSH_WINDOW
+            };
+            if !room {
+                break;
+            }
+            self.push_queue.pop_front();
             let before = out.send.len();
-            self.push_doc(replica, &id, out)?;
-            if out.send.len() > before {
-                self.pushing.insert(id, now);
+            if whole {
+                self.offer_stored(replica, &id, out)?;
+            } else {
+                self.push_doc(replica, &id, out)?;
+            }
+            if let Some(Message::Sync { data, .. }) = out.send.get(before) {
+                let whole_bytes = if self.offered_whole.contains(&id) { data.len().max(1) } else { 0 };
+                self.pushing.insert(id, Push { at: now, whole_bytes });
             }
         }
         Ok(())
+    }
+
+    /// Ends a push (acknowledged); returns whether it was one.
+    fn end_push(&mut self, id: &DocumentId) -> bool {
+        self.pushing.remove(id).is_some()
+    }
+
+    /// Offers a document the relay never synced with this install as its
+    /// stored chunks, without loading it: a first upload sends each month in
+    /// one message. A document with no stored record is offered the usual way.
+    fn offer_stored(&mut self, replica: &mut Replica, id: &DocumentId, out: &mut Output) -> Result<()> {
+        let Phase::Ready { relay_peer_id } = &self.phase else { return Ok(()) };
+        let target_id = relay_peer_id.clone();
+        let stored = store::stored_with_heads(replica.store.conn(), id)?.filter(|(_, heads)| !heads.is_empty());
+        let Some((chunks, heads)) = stored else { return self.push_doc(replica, id, out) };
+        let (message, state) = whole_doc::offer_stored(heads, chunks);
+        self.states.insert(*id, state);
+        self.offered_whole.insert(*id);
+        out.send.push(Message::Sync {
+            sender_id: self.peer_id.clone(),
+            target_id,
+            document_id: *id,
+            data: message.encode(),
+        });
+        Ok(())
+    }
+
+    /// The relay's answer to a whole offer, when it is a plain
+    /// acknowledgement: taken without loading the document. Returns whether
+    /// the relay now has everything this device has of it, or `None` when
+    /// the answer needs the document (the relay had changes of its own).
+    fn take_offer_ack(
+        &mut self,
+        replica: &mut Replica,
+        id: &DocumentId,
+        message: &sync::Message,
+    ) -> Result<Option<bool>> {
+        if !self.offered_whole.remove(id) {
+            return Ok(None);
+        }
+        let Some(mut state) = self.states.remove(id) else { return Ok(None) };
+        if !whole_doc::take_plain_ack(&mut state, message) {
+            self.states.insert(*id, state);
+            return Ok(None);
+        }
+        self.states.insert(*id, state);
+        self.note_acknowledged(replica, id).map(Some)
     }
 
     /// Persists the shared heads and clears `dirty` once the relay has all
@@ -297,8 +393,7 @@ impl SyncClient {
         let Some(state) = self.states.get(id) else { return Ok(false) };
         let mut shared = state.shared_heads.clone();
         shared.sort();
-        let mut ours = replica.doc(id)?.get_heads();
-        ours.sort();
+        let ours = replica.heads(id)?;
         let acknowledged = ours.iter().all(|h| shared.contains(h));
         if self.persisted.get(id) == Some(&shared) {
             return Ok(acknowledged);
