@@ -56,10 +56,12 @@ struct Offer {
 }
 
 impl Drop for ConnCore {
-    /// Whole offers still in flight give their bytes back to the relay's budget.
+    /// Whole offers still in flight give their bytes back to the relay's
+    /// budget, and the idle sweeper is told memory was freed.
     fn drop(&mut self) {
         let held: usize = self.offering.values().map(|o| o.whole_bytes).sum();
         self.hub.whole_offer_bytes.give_back(held);
+        self.hub.connection_ended.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -99,6 +99,10 @@ pub struct Hub {
     /// Bytes of whole offers in flight on all connections (see
     /// `conn::WHOLE_OFFERS_IN_FLIGHT`).
     pub whole_offer_bytes: DropBudget,
+    /// A connection ended since the idle sweeper last gave memory back:
+    /// what it used (sync states, frames, pages read for whole offers,
+    /// which load no document to evict) is freed now.
+    pub connection_ended: std::sync::atomic::AtomicBool,
     docs: Mutex<HashMap<DocKey, Arc<Mutex<DocSlot>>>>,
     users: Mutex<HashMap<Arc<str>, UserEntry>>,
     open_connections: AtomicU64,
@@ -146,6 +150,7 @@ impl Hub {
             peer_id,
             ephemeral_bytes: DropBudget::default(),
             whole_offer_bytes: DropBudget::default(),
+            connection_ended: std::sync::atomic::AtomicBool::new(false),
             docs: Mutex::new(HashMap::new()),
             users: Mutex::new(HashMap::new()),
             open_connections: AtomicU64::new(0),

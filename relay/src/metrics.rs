@@ -68,6 +68,8 @@ pub struct Metrics {
     pub whole_docs_from_storage: AtomicU64,
     /// Answers to whole offers taken without loading the document.
     pub acks_without_doc: AtomicU64,
+    /// Times the idle sweeper gave memory back (page caches, allocator).
+    pub memory_releases: AtomicU64,
     pub docs_evicted: AtomicU64,
     pub docs_unavailable: AtomicU64,
     pub storage_errors: AtomicU64,
@@ -174,6 +176,12 @@ impl Metrics {
                 "counter",
                 "A new install's acknowledgements of whole offers, taken without loading the document",
                 self.acks_without_doc.load(Relaxed),
+            ),
+            (
+                "relay_memory_releases_total",
+                "counter",
+                "Times the idle sweeper gave freed memory back (SQLite page caches, then the allocator)",
+                self.memory_releases.load(Relaxed),
             ),
             (
                 "relay_docs_evicted_total",

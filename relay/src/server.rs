@@ -327,11 +327,14 @@ pub async fn start(config: Config) -> Result<RunningRelay, RelayError> {
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    if sweeper_hub.evict_idle(Instant::now()) > 0 {
+                    let evicted = sweeper_hub.evict_idle(Instant::now());
+                    let ended = sweeper_hub.connection_ended.swap(false, std::sync::atomic::Ordering::Relaxed);
+                    if evicted > 0 || (ended && sweeper_hub.resident_docs() == 0) {
                         let hub = sweeper_hub.clone();
                         let _ = tokio::task::spawn_blocking(move || {
                             hub.storage.release_memory();
                             Hub::release_freed_memory();
+                            Metrics::inc(&hub.metrics.memory_releases);
                         })
                         .await;
                     }

@@ -390,7 +390,9 @@ async fn a_new_device_gets_months_as_stored_without_the_relay_loading_them() {
     phone.stop_sync();
     relay.shutdown().await;
 
-    let relay = start_relay(&dir.path().join("relay")).await;
+    // The idle sweeper runs every 100 ms here.
+    let limits = relay::limits::Limits { doc_idle_eviction: Duration::from_millis(300), ..Default::default() };
+    let relay = start_relay_with(&dir.path().join("relay"), "127.0.0.1:0".parse().expect("addr"), limits).await;
     let metrics = &relay.hub.metrics;
     let (from_storage, acks, loaded) = (
         || metrics.whole_docs_from_storage.load(Relaxed),
@@ -403,6 +405,13 @@ async fn a_new_device_gets_months_as_stored_without_the_relay_loading_them() {
     eventually("the relay took the tablet's acknowledgements", WAIT, || acks() == 3).await;
     assert_eq!(from_storage(), 3, "each month went out as the relay stored it");
     assert_eq!(loaded(), 0, "and the relay loaded none of them");
+    // With no document loaded there is none to evict; the connection's end
+    // is what tells the sweeper to give back what serving it used.
+    let releases = || metrics.memory_releases.load(Relaxed);
+    let before = releases();
+    tablet.stop_sync();
+    eventually("the relay gave memory back after the tablet left", WAIT, || releases() > before).await;
+    tablet.start_sync(relay_config(&relay.ws_url(), "erin", "tablet")).expect("sync");
 
     // One month changes: the relay now holds it as two chunks.
     phone.start_sync(relay_config(&relay.ws_url(), "erin", "phone")).expect("sync");

@@ -56,8 +56,11 @@ enum WriteRequest {
     Flush {
         reply: mpsc::SyncSender<Result<()>>,
     },
-    /// Frees the writer connection's unused page cache (after its group).
-    ReleaseMemory,
+    /// Frees the writer connection's unused page cache (after its group),
+    /// then replies, so a `malloc_trim` after it finds that memory free.
+    ReleaseMemory {
+        reply: mpsc::SyncSender<Result<()>>,
+    },
 }
 
 impl WriteRequest {
@@ -68,7 +71,7 @@ impl WriteRequest {
             WriteRequest::Compact { snapshot, .. } => snapshot.len(),
             WriteRequest::SaveSyncState { state, shared_heads, .. } => state.len() + shared_heads.len(),
             WriteRequest::ForgetOtherInstalls { device, keep, .. } => device.len() + keep.len(),
-            WriteRequest::Flush { .. } | WriteRequest::Probe { .. } | WriteRequest::ReleaseMemory => 0,
+            WriteRequest::Flush { .. } | WriteRequest::Probe { .. } | WriteRequest::ReleaseMemory { .. } => 0,
         }
     }
 }
@@ -178,15 +181,19 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<WriteRequest>, queued: &
             }
         }
         let bytes: usize = group.iter().map(WriteRequest::size).sum();
-        let before = group.len();
-        group.retain(|r| !matches!(r, WriteRequest::ReleaseMemory));
-        let release = group.len() < before;
+        let (releases, group): (Vec<WriteRequest>, Vec<WriteRequest>) =
+            group.into_iter().partition(|r| matches!(r, WriteRequest::ReleaseMemory { .. }));
         if !group.is_empty() {
             commit_group(&mut conn, group);
         }
         queued.release(bytes);
-        if release {
-            let _ = conn.release_memory();
+        if !releases.is_empty() {
+            let released = conn.release_memory().map_err(|e| e.to_string());
+            for request in releases {
+                if let WriteRequest::ReleaseMemory { reply } = request {
+                    let _ = reply.send(released.clone().map_err(StorageError::Writer));
+                }
+            }
         }
     }
 }
@@ -227,7 +234,7 @@ fn commit_group(conn: &mut Connection, group: Vec<WriteRequest>) {
                 }
                 WriteRequest::Flush { reply } => Outcome::Flushed(reply),
                 // Taken out of the group by the writer loop; nothing to write.
-                WriteRequest::ReleaseMemory => Outcome::None,
+                WriteRequest::ReleaseMemory { .. } => Outcome::None,
                 WriteRequest::Probe { reply } => Outcome::Compacted(
                     reply,
                     sp.execute(
@@ -343,7 +350,8 @@ impl DocStorage for SqliteStorage {
         if let Ok(reader) = self.reader.lock() {
             let _ = reader.release_memory();
         }
-        let _ = self.submit(WriteRequest::ReleaseMemory);
+        // Waits for the writer: the caller trims the allocator next.
+        let _ = self.call(|reply| WriteRequest::ReleaseMemory { reply });
     }
 
     fn flush(&self) -> Result<()> {

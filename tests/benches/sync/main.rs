@@ -136,6 +136,12 @@ async fn scale(report: &mut Report, import_only: bool) {
     let (mut relay, url) = spawn_relay(&dir.path().join("relay"));
     let pid = relay.id().to_string();
     let (idle_rss, _) = rss_of(&pid);
+    let base = url.replace("ws://", "http://").trim_end_matches("/sync").to_owned();
+    // A relay that has served one small sync and dropped its document: the
+    // code of the sync path is paged in (2.3 MiB of the binary's text, file
+    // backed) and the runtime's threads exist. Memory held for a history is
+    // judged against this, so that neither counts as held for it.
+    let warm_rss = warm_idle(&dir.path().join("warmup"), &url, &base, &pid).await;
     let phone = open_engine(&phone_dir, "heavy", "phone");
     let tablet = open_engine(&dir.path().join("tablet"), "heavy", "tablet");
     // The high-water mark is reset between phases (each phase's own peak is
@@ -155,22 +161,26 @@ async fn scale(report: &mut Report, import_only: bool) {
     );
     phone.stop_sync();
     tablet.stop_sync();
-    let base = url.replace("ws://", "http://").trim_end_matches("/sync").to_owned();
     report.figure(
         "relay: months sent to a device that had none, as stored (not saved again)",
         metric(&base, "relay_whole_docs_from_storage_total ").await.map_or("-".into(), |n| n.to_string()),
     );
-    // The relay drops documents 30 s after their last use: wait for that.
-    let deadline = Instant::now() + std::time::Duration::from_secs(120);
-    while Instant::now() < deadline && metric(&base, "relay_docs_resident ").await != Some(0) {
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    }
+    wait_for_eviction(&base).await;
     let (after, _) = rss_of(&pid);
+    report.figure(
+        "relay memory idle: fresh / after one small sync (warm)",
+        format!("{} / {}", mib(idle_rss), mib(warm_rss)),
+    );
     report.target(
-        "relay memory once the documents are evicted (vs idle)",
+        "relay memory once the documents are evicted (vs warm idle)",
         "<= idle + 10 %",
-        format!("{} ({:+.0} %)", mib(after), (after as f64 / idle_rss.max(1) as f64 - 1.0) * 100.0),
-        after as f64 <= idle_rss as f64 * 1.10,
+        format!(
+            "{} ({:+.0} % warm, {:+.0} % fresh)",
+            mib(after),
+            (after as f64 / warm_rss.max(1) as f64 - 1.0) * 100.0,
+            (after as f64 / idle_rss.max(1) as f64 - 1.0) * 100.0
+        ),
+        after as f64 <= warm_rss as f64 * 1.10,
     );
     let _ = relay.kill();
     let _ = relay.wait();
@@ -314,6 +324,37 @@ async fn compare_servers(report: &mut Report, dir: &tempfile::TempDir) {
 }
 
 /// A metric (name with its trailing space) as the relay reports it.
+/// The relay drops documents 30 s after their last use: waits for that
+/// (at most two minutes).
+async fn wait_for_eviction(base: &str) {
+    let deadline = Instant::now() + std::time::Duration::from_secs(120);
+    while Instant::now() < deadline && metric(base, "relay_docs_resident ").await != Some(0) {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+/// One device of another user records a review and syncs it, then leaves;
+/// once the relay dropped the document, its resident memory.
+async fn warm_idle(dir: &Path, url: &str, base: &str, pid: &str) -> u64 {
+    let device = open_engine(dir, "warmup", "phone");
+    let _ = device.record_review(engine::NewReview {
+        item_id: "warm".into(),
+        rating: engine::Rating::Good,
+        reviewed_at: 1_790_000_000_000,
+        duration_ms: 1000,
+        session_id: None,
+    });
+    device.start_sync(integration_tests::relay_config(url, "warmup", "phone")).expect("sync");
+    integration_tests::eventually("the warm-up review is stored", std::time::Duration::from_secs(60), || {
+        integration_tests::settled(&device)
+    })
+    .await;
+    device.stop_sync();
+    drop(device);
+    wait_for_eviction(base).await;
+    rss_of(pid).0
+}
+
 async fn metric(base: &str, name: &str) -> Option<u64> {
     let text = integration_tests::get(format!("{base}/metrics")).await.ok()?.text().await.ok()?;
     text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok())
