@@ -36,7 +36,16 @@ fn big_doc() -> Automerge {
 }
 
 /// Uploads `doc` through a Rust peer, then times the JS client finding it.
-async fn one_run(ws_url: &str, js_url: &str, token: &str, doc: &Automerge) -> Result<Duration, String> {
+/// Returns the client's time, the server process's CPU time meanwhile and
+/// the client process's own CPU time (start-up included), from the kernel's
+/// accounting: they say how much of the client's time a server could save.
+async fn one_run(
+    ws_url: &str,
+    js_url: &str,
+    token: &str,
+    doc: &Automerge,
+    server_pid: u32,
+) -> Result<(Duration, Duration, Duration), String> {
     let id = DocumentId::from_random(uuid::Uuid::new_v4().into_bytes());
     // automerge-repo's Node server prints its address before its repo
     // listens: a socket accepted in between is reset. Retry, bounded.
@@ -57,30 +66,53 @@ async fn one_run(ws_url: &str, js_url: &str, token: &str, doc: &Automerge) -> Re
         return Err("upload did not complete".into());
     }
     let dir = ensure_interop_deps()?;
-    let out = Command::new("node")
+    let server_cpu = || integration_tests::admin::process_cpu_seconds(&server_pid.to_string());
+    let cpu_before = server_cpu();
+    // Through bash, whose `times` then reports the client's own CPU time
+    // (user and system, from the kernel's accounting of the reaped child).
+    let out = Command::new("bash")
         .current_dir(&dir)
-        .args(["client.mjs", "time-find", js_url, &id.url(), "zz-last"])
+        .args(["-c", r#"node client.mjs time-find "$1" "$2" zz-last; status=$?; times >&2; exit $status"#, "bash"])
+        .args([js_url, id.url().as_str()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .output()
         .map_err(|e| e.to_string())?;
+    let cpu = Duration::from_secs_f64((server_cpu() - cpu_before).max(0.0));
     drop(peer);
     if !out.status.success() {
         return Err(String::from_utf8_lossy(&out.stderr).into_owned());
     }
     let millis: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().map_err(|e| format!("client output: {e}"))?;
-    Ok(Duration::from_secs_f64(millis / 1000.0))
+    Ok((Duration::from_secs_f64(millis / 1000.0), cpu, client_cpu(&String::from_utf8_lossy(&out.stderr))))
+}
+
+/// The children's user + system time from bash's `times` (its second line,
+/// `0m0.512s 0m0.060s`).
+fn client_cpu(times: &str) -> Duration {
+    let seconds = |field: &str| {
+        let (m, s) = field.trim_end_matches('s').split_once('m')?;
+        Some(m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?)
+    };
+    let line = times.lines().rev().nth(0).unwrap_or("");
+    let total: f64 = line.split_whitespace().filter_map(seconds).sum();
+    Duration::from_secs_f64(total)
 }
 
 pub async fn run(report: &mut Report, dir: &std::path::Path) {
     let doc = big_doc();
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let (mut our_cpu, mut their_cpu, mut client_cpus) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..RUNS {
         let (mut relay, url) = crate::spawn_relay(&dir.join(format!("js-relay-{round}")));
         let tok = token("js-bench", "uploader");
         let js_url = format!("{url}?token={}", token("js-bench", "js"));
-        match one_run(&url, &js_url, &tok, &doc).await {
-            Ok(t) => ours.push(t),
+        match one_run(&url, &js_url, &tok, &doc, relay.id()).await {
+            Ok((t, cpu, client)) => {
+                ours.push(t);
+                our_cpu.push(cpu);
+                client_cpus.push(client);
+            }
             Err(e) => report.figure("JS client fetch from our relay failed", e),
         }
         let _ = relay.kill();
@@ -89,8 +121,12 @@ pub async fn run(report: &mut Report, dir: &std::path::Path) {
             report.figure("JS client fetch: Node server", "not available (node or tests/interop/node_modules missing)");
             return;
         };
-        match one_run(&node_url, &node_url, "unused", &doc).await {
-            Ok(t) => theirs.push(t),
+        match one_run(&node_url, &node_url, "unused", &doc, node.id()).await {
+            Ok((t, cpu, client)) => {
+                theirs.push(t);
+                their_cpu.push(cpu);
+                client_cpus.push(client);
+            }
             Err(e) => report.figure("JS client fetch from the Node server failed", e),
         }
         let _ = node.kill();
@@ -102,6 +138,11 @@ pub async fn run(report: &mut Report, dir: &std::path::Path) {
         format!("JS client fetches a {CHANGES}-change document: Node server (syncDebounceRate 100 ms)"),
         list(&theirs),
     );
+    report.figure(
+        "JS client fetch: server CPU meanwhile, our relay / Node server",
+        format!("{} / {}", list(&our_cpu), list(&their_cpu)),
+    );
+    report.figure("JS client fetch: the client's own CPU (node, start-up included), every run", list(&client_cpus));
     let every_run_half = ours.len() == RUNS
         && theirs.len() == RUNS
         && ours.iter().zip(&theirs).all(|(o, t)| o.as_secs_f64() <= t.as_secs_f64() / 2.0);
