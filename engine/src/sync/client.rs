@@ -297,14 +297,14 @@ impl SyncClient {
         };
         self.states.insert(*id, state);
         if let Some(message) = message {
-            out.send.push(Message::Sync {
-                sender_id: self.peer_id.clone(),
-                target_id,
-                document_id: *id,
-                data: message.encode(),
-            });
+            out.send.push(self.sync_to(target_id, id, message));
         }
         Ok(())
+    }
+
+    /// A `sync` message carrying `message` about `id` to the relay.
+    fn sync_to(&self, target_id: String, id: &DocumentId, message: sync::Message) -> Message {
+        Message::Sync { sender_id: self.peer_id.clone(), target_id, document_id: *id, data: message.encode() }
     }
 
     /// Offers queued documents while the push window has room: at most
@@ -356,12 +356,7 @@ impl SyncClient {
         let (message, state) = whole_doc::offer_stored(heads, chunks);
         self.states.insert(*id, state);
         self.offered_whole.insert(*id);
-        out.send.push(Message::Sync {
-            sender_id: self.peer_id.clone(),
-            target_id,
-            document_id: *id,
-            data: message.encode(),
-        });
+        out.send.push(self.sync_to(target_id, id, message));
         Ok(())
     }
 
