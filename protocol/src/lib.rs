@@ -10,9 +10,12 @@
 //! * [`token`] — the signed device token a peer presents at the WebSocket
 //!   upgrade, naming the user and the device.
 //! * [`whole_doc`] — answering a peer that has none of a document with the
-//!   bytes already stored (automerge's own message, no second `save`).
+//!   bytes already stored (automerge's own message, no second `save`), and
+//!   offering it whole to a peer that takes it.
+//! * [`heads`] — document heads in the one byte form both sides store.
 
 pub mod doc_id;
+pub mod heads;
 pub mod token;
 pub mod whole_doc;
 pub mod wire;

@@ -264,8 +264,7 @@ impl ConnCore {
             let whole = self.never_synced.contains(&doc) && !self.states.contains_key(&doc);
             let room = if whole {
                 let mine: usize = self.offering.values().map(|o| o.whole_bytes).sum();
-                mine == 0
-                    || (mine < WHOLE_OFFER_BYTES && self.hub.whole_offer_bytes.in_use() < WHOLE_OFFERS_IN_FLIGHT)
+                mine == 0 || (mine < WHOLE_OFFER_BYTES && self.hub.whole_offer_bytes.in_use() < WHOLE_OFFERS_IN_FLIGHT)
             } else {
                 self.offering.values().filter(|o| o.whole_bytes == 0).count() < OFFER_WINDOW
             };

@@ -139,11 +139,7 @@ pub(crate) fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-pub fn encode_heads(heads: &[ChangeHash]) -> Vec<u8> {
-    let mut sorted: Vec<&ChangeHash> = heads.iter().collect();
-    sorted.sort();
-    sorted.iter().flat_map(|h| h.0).collect()
-}
+pub use protocol::heads::encode_heads;
 
 // ---- documents ----
 
@@ -163,9 +159,11 @@ pub fn stored_whole(conn: &Connection, doc: &DocumentId) -> Result<Option<Vec<u8
     Ok(load_doc(conn, doc)?.and_then(|stored| protocol::whole_doc::one_blob(stored.snapshot, stored.chunks)))
 }
 
-/// The document's stored chunks (snapshot first) and the heads they add up
-/// to; `None` if there is no such document.
-pub fn stored_with_heads(conn: &Connection, doc: &DocumentId) -> Result<Option<(Vec<Vec<u8>>, Vec<ChangeHash>)>> {
+/// A document's stored chunks (snapshot first) and the heads they add up to.
+pub type ChunksAndHeads = (Vec<Vec<u8>>, Vec<ChangeHash>);
+
+/// The document's stored chunks and heads; `None` if there is no such document.
+pub fn stored_with_heads(conn: &Connection, doc: &DocumentId) -> Result<Option<ChunksAndHeads>> {
     let Some(heads) = doc_heads(conn, doc)? else { return Ok(None) };
     let Some(stored) = load_doc(conn, doc)? else { return Ok(None) };
     Ok(Some((stored.snapshot.into_iter().chain(stored.chunks).collect(), heads)))
@@ -178,9 +176,7 @@ pub fn doc_heads(conn: &Connection, doc: &DocumentId) -> Result<Option<Vec<Chang
         .prepare_cached("SELECT heads FROM documents WHERE doc_id = ?1")?
         .query_row([doc.to_string()], |r| r.get(0))
         .optional()?;
-    Ok(encoded.filter(|e| e.len() % 32 == 0).map(|e| {
-        e.chunks_exact(32).filter_map(|h| Some(ChangeHash(h.try_into().ok()?))).collect()
-    }))
+    Ok(encoded.and_then(|e| protocol::heads::decode_heads(&e)))
 }
 
 /// Appends an incremental chunk and records the new heads. `dirty` marks a

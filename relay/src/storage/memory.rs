@@ -159,10 +159,11 @@ fn full() -> StorageError {
 impl DocStorage for MemStorage {
     fn load(&self, user: &str, doc: &DocumentId) -> Result<Option<StoredDoc>> {
         self.with(|s| {
-            s.durable
-                .docs
-                .get(&(user.to_owned(), doc.to_string()))
-                .map(|d| StoredDoc { snapshot: d.snapshot.clone(), chunks: d.chunks.clone(), heads: d.heads.clone() })
+            s.durable.docs.get(&(user.to_owned(), doc.to_string())).map(|d| StoredDoc {
+                snapshot: d.snapshot.clone(),
+                chunks: d.chunks.clone(),
+                heads: d.heads.clone(),
+            })
         })
     }
 

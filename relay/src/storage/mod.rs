@@ -109,16 +109,4 @@ pub fn valid_storage_id(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// The hashes of [`encode_heads`]' form; `None` if it is not whole hashes.
-pub fn decode_heads(encoded: &[u8]) -> Option<Vec<automerge::ChangeHash>> {
-    if encoded.len() % 32 != 0 {
-        return None;
-    }
-    encoded.chunks_exact(32).map(|h| Some(automerge::ChangeHash(h.try_into().ok()?))).collect()
-}
-
-pub fn encode_heads(heads: &[automerge::ChangeHash]) -> EncodedHeads {
-    let mut sorted: Vec<&automerge::ChangeHash> = heads.iter().collect();
-    sorted.sort();
-    sorted.iter().flat_map(|h| h.0).collect()
-}
+pub use protocol::heads::{decode_heads, encode_heads};

@@ -94,7 +94,7 @@ fn client_cpu(times: &str) -> Duration {
         let (m, s) = field.trim_end_matches('s').split_once('m')?;
         Some(m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?)
     };
-    let line = times.lines().rev().nth(0).unwrap_or("");
+    let line = times.lines().last().unwrap_or("");
     let total: f64 = line.split_whitespace().filter_map(seconds).sum();
     Duration::from_secs_f64(total)
 }
