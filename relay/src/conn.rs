@@ -31,19 +31,6 @@ const COMPACT_AFTER_CHUNKS: u64 = 64;
 /// device catching up on 61 months gets them a few at a time, so the relay
 /// holds a few loaded (not all 61: megabytes each), and each is loaded once.
 const OFFER_WINDOW: usize = 4;
-/// Bytes of whole offers (stored chunks sent to a new install, see
-/// [`ConnCore::offer_stored`]) that may be in flight at once, plus the one
-/// that crosses the line. They hold no document on the relay, only the
-/// frames; a deep window lets the device decode the next months while it
-/// writes the last ones, and write many months per transaction (4 in flight:
-/// 8.1 s for a 400k bootstrap; 16: 5.0 s; all 61: 4.1 s).
-const WHOLE_OFFER_BYTES: usize = 8 << 20;
-/// Bytes of whole offers in flight on all connections together, so a crowd
-/// of new installs arriving at once (a relay restarted, a new release of the
-/// app) waits for frames to drain instead of growing the relay: past it, a
-/// connection keeps one offer in flight. The relay holds at most this plus
-/// one document per bootstrapping connection.
-pub const WHOLE_OFFERS_IN_FLIGHT: usize = 64 << 20;
 /// An offered document the peer has not brought in sync for this long
 /// gives its place in the window to the next one.
 const OFFER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -249,7 +236,9 @@ impl ConnCore {
     }
 
     /// Offers queued documents while the window has room: at most
-    /// [`OFFER_WINDOW`] loaded ones, and whole ones up to [`WHOLE_OFFER_BYTES`].
+    /// [`OFFER_WINDOW`] loaded ones, and whole ones up to the limits'
+    /// `max_whole_offer_bytes_per_connection` (and `max_whole_offer_bytes`
+    /// for all connections).
     fn fill_offer_window(&mut self, now: Instant, out: &mut Vec<Message>) -> Result<(), CloseReason> {
         let stalled: Vec<DocumentId> = self
             .offering
@@ -263,8 +252,14 @@ impl ConnCore {
         while let Some(&doc) = self.offer_queue.front() {
             let whole = self.never_synced.contains(&doc) && !self.states.contains_key(&doc);
             let room = if whole {
+                // The window's depth decided the bootstrap's time (400k
+                // reviews, old review format): 4 months in flight 8.1 s,
+                // 16 months 5.0 s, 8 MiB 4.9–5.2 s, all 61 months 4.1 s.
+                let limits = &self.hub.limits;
                 let mine: usize = self.offering.values().map(|o| o.whole_bytes).sum();
-                mine == 0 || (mine < WHOLE_OFFER_BYTES && self.hub.whole_offer_bytes.in_use() < WHOLE_OFFERS_IN_FLIGHT)
+                mine == 0
+                    || (mine < limits.max_whole_offer_bytes_per_connection
+                        && self.hub.whole_offer_bytes.in_use() < limits.max_whole_offer_bytes)
             } else {
                 self.offering.values().filter(|o| o.whole_bytes == 0).count() < OFFER_WINDOW
             };
@@ -536,5 +531,84 @@ impl ConnCore {
         }
         self.states.insert(doc, state);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::Limits;
+    use crate::storage::{DocStorage, MemStorage, encode_heads};
+    use automerge::transaction::Transactable;
+    use protocol::PeerMetadata;
+
+    /// `months` stored documents of `user`, each about `size` bytes saved.
+    fn store_months(storage: &MemStorage, user: &str, months: usize) -> usize {
+        let mut size = 0;
+        for m in 0..months {
+            let mut doc = Automerge::new();
+            let _ = doc.transact::<_, _, automerge::AutomergeError>(|tx| {
+                for i in 0..40 {
+                    tx.put(automerge::ROOT, format!("r/{user}-{m}-{i}"), format!("review {i} of month {m}"))?;
+                }
+                Ok(())
+            });
+            let saved = doc.save();
+            size = size.max(saved.len());
+            let id = DocumentId::derive(&[user, &m.to_string()]);
+            storage.append(user, &id, &saved, &encode_heads(&doc.get_heads())).expect("stored");
+        }
+        size
+    }
+
+    fn join(core: &mut ConnCore) -> Vec<Message> {
+        let join = Message::Join {
+            sender_id: "device".into(),
+            supported_protocol_versions: vec![protocol::PROTOCOL_VERSION.into()],
+            metadata: Some(PeerMetadata {
+                storage_id: Some("install-1".into()),
+                is_ephemeral: false,
+                takes_whole_offers: true,
+            }),
+        };
+        core.handle(join, Instant::now()).expect("joined")
+    }
+
+    fn offered_bytes(out: &[Message]) -> Vec<usize> {
+        out.iter().filter_map(|m| if let Message::Sync { data, .. } = m { Some(data.len()) } else { None }).collect()
+    }
+
+    /// Whole offers are bounded in bytes, per connection and across
+    /// connections: a second new install arriving while the first holds the
+    /// relay's budget gets one offer at a time, and a connection's end gives
+    /// its bytes back.
+    #[test]
+    fn whole_offers_in_flight_are_bounded_in_bytes_per_connection_and_in_all() {
+        let storage = Arc::new(MemStorage::new("relay"));
+        let size = store_months(&storage, "ann", 10);
+        store_months(&storage, "bob", 10);
+        let limits = Limits {
+            max_whole_offer_bytes_per_connection: 3 * size,
+            max_whole_offer_bytes: 4 * size,
+            ..Limits::default()
+        };
+        let hub = Arc::new(Hub::new(storage, limits, "relay".into()));
+
+        let mut ann = ConnCore::new(hub.clone(), hub.register("ann").expect("registered"), "phone".into());
+        let first = offered_bytes(&join(&mut ann));
+        let sum: usize = first.iter().sum();
+        assert!(first.len() > 1 && first.len() < 10, "a window, not everything: {first:?}");
+        assert!(sum < 3 * size + size, "at most the window plus the one crossing it: {sum} for documents of {size}");
+        assert_eq!(hub.whole_offer_bytes.in_use(), sum);
+
+        // Ann's offers fill the relay's budget: Bob gets one at a time.
+        let extra = Limits { max_whole_offer_bytes: sum, ..hub.limits.clone() };
+        let hub_full = Arc::new(Hub::new(hub.storage.clone(), extra, "relay".into()));
+        hub_full.whole_offer_bytes.take(sum);
+        let mut bob = ConnCore::new(hub_full.clone(), hub_full.register("bob").expect("registered"), "tablet".into());
+        assert_eq!(offered_bytes(&join(&mut bob)).len(), 1, "one offer while the relay's budget is spent");
+
+        drop(ann);
+        assert_eq!(hub.whole_offer_bytes.in_use(), 0, "a connection's end gives its offers' bytes back");
     }
 }

@@ -96,8 +96,8 @@ pub struct Hub {
     pub outbound: ByteBudget,
     /// Bytes of presence messages queued for all connections.
     ephemeral_bytes: DropBudget,
-    /// Bytes of whole offers in flight on all connections (see
-    /// `conn::WHOLE_OFFERS_IN_FLIGHT`).
+    /// Bytes of whole offers in flight on all connections (bounded by
+    /// `Limits::max_whole_offer_bytes`).
     pub whole_offer_bytes: DropBudget,
     /// A connection ended since the idle sweeper last gave memory back:
     /// what it used (sync states, frames, pages read for whole offers,

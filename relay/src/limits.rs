@@ -41,6 +41,15 @@ pub struct Limits {
     /// used documents nobody is working on are dropped (and reloaded from
     /// storage when next needed), idle or not.
     pub max_resident_doc_bytes: usize,
+    /// Bytes of whole offers (a month's stored chunks sent to a new install)
+    /// one connection keeps in flight, plus the one that crosses the line.
+    /// They hold no document, only frames; a deep window lets the device
+    /// decode the next months while it writes the last ones.
+    pub max_whole_offer_bytes_per_connection: usize,
+    /// Bytes of whole offers in flight on all connections together: a crowd
+    /// of new installs arriving at once waits for frames to drain instead of
+    /// growing the relay (past it, each connection keeps one offer in flight).
+    pub max_whole_offer_bytes: usize,
 }
 
 impl Default for Limits {
@@ -61,6 +70,8 @@ impl Default for Limits {
             max_storage_queue_bytes: 64 * 1024 * 1024,
             max_token_lifetime: Duration::from_secs(31 * 24 * 3600),
             max_resident_doc_bytes: 16 * 1024 * 1024,
+            max_whole_offer_bytes_per_connection: 8 * 1024 * 1024,
+            max_whole_offer_bytes: 64 * 1024 * 1024,
         }
     }
 }
