@@ -14,6 +14,7 @@ mod history;
 mod js_fetch;
 mod load;
 mod report;
+mod review_format;
 mod wire;
 
 use integration_tests::open_engine;
@@ -114,6 +115,8 @@ async fn scale(report: &mut Report, import_only: bool) {
         "history: saved size, all documents / largest month",
         format!("{} / {}", kib(total as u64), kib(largest as u64)),
     );
+
+    review_format::run(report);
 
     let phone_dir = dir.path().join("phone");
     {
