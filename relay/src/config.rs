@@ -39,6 +39,10 @@ pub struct Config {
     /// Terminate TLS here (`--tls-cert`/`--tls-key`); `None`: plain HTTP
     /// (behind a TLS proxy, or on loopback).
     pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// Documents and sync states in PostgreSQL (`--database-url`) instead of
+    /// the SQLite file in `data_dir`. The release registry and artifacts
+    /// stay in `data_dir` for now.
+    pub database_url: Option<String>,
 }
 
 impl Config {
@@ -59,6 +63,7 @@ impl Config {
             refusal_audit_interval: Duration::from_secs(60),
             dev: false,
             tls: None,
+            database_url: None,
         }
     }
 }

@@ -9,7 +9,7 @@ use crate::metrics::Metrics;
 use crate::release::artifacts::ArtifactStore;
 use crate::release::repository::ReleaseRepository;
 use crate::release::service::ReleaseService;
-use crate::storage::{DocStorage, SqliteStorage};
+use crate::storage::{DocStorage, PgStorage, SqliteStorage};
 use crate::ws;
 use axum::Router;
 use axum::extract::{Query, State, WebSocketUpgrade};
@@ -296,10 +296,20 @@ pub async fn start(config: Config) -> Result<RunningRelay, RelayError> {
     Hub::limit_allocator_arenas();
     // First: nothing in the directory is touched unless it is ours.
     let lock = crate::data_dir::DataDirLock::acquire(&config.data_dir)?;
-    let storage: Arc<dyn DocStorage> = Arc::new(SqliteStorage::open_with(
-        &config.data_dir.join("relay.sqlite3"),
-        config.limits.max_storage_queue_bytes,
-    )?);
+    let storage: Arc<dyn DocStorage> = match &config.database_url {
+        Some(url) => {
+            let url = url.clone();
+            Arc::new(
+                tokio::task::spawn_blocking(move || PgStorage::connect(&url))
+                    .await
+                    .map_err(|e| RelayError::Config(format!("connecting to the database: {e}")))??,
+            )
+        }
+        None => Arc::new(SqliteStorage::open_with(
+            &config.data_dir.join("relay.sqlite3"),
+            config.limits.max_storage_queue_bytes,
+        )?),
+    };
     // One stable, short peer id: relays sharing storage are the same peer to
     // a client, and the id rides in every message.
     let hub = Arc::new(Hub::new(storage, config.limits.clone(), RELAY_PEER_ID.to_owned()));

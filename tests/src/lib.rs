@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod faulty;
 pub mod peer;
+pub mod pg;
 pub mod tls;
 pub mod tmpfs;
 

@@ -14,6 +14,11 @@ struct Cli {
     /// Where the relay keeps its database and artifacts.
     #[arg(long, env = "RELAY_DATA_DIR", default_value = "./data/relay")]
     data_dir: PathBuf,
+    /// Keep documents and sync states in PostgreSQL (a libpq URL; loopback
+    /// or Unix socket hosts only for now) instead of SQLite under the data
+    /// directory, which still holds the release registry and artifacts.
+    #[arg(long, env = "RELAY_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
     /// Address to listen on.
     #[arg(long, env = "RELAY_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -213,6 +218,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     config::check_dev_credentials(cli.listen, cli.token_keys.is_empty(), cli.admin_tokens.is_empty(), cli.dev)?;
     let mut config = Config::local(cli.data_dir.clone(), cli.listen);
     config.dev = cli.dev;
+    config.database_url = cli.database_url.clone();
     config.release_limits.max_artifact_bytes = cli.max_artifact_bytes;
     config.release_limits.max_release_bytes = cli.max_release_bytes;
     if let (Some(cert), Some(key)) = (&cli.tls_cert, &cli.tls_key) {

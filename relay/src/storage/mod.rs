@@ -11,9 +11,11 @@
 
 pub mod memory;
 pub mod migrations;
+pub mod postgres;
 mod sqlite;
 
 pub use memory::MemStorage;
+pub use postgres::PgStorage;
 pub use sqlite::SqliteStorage;
 pub(crate) use sqlite::open_connection;
 
@@ -32,6 +34,8 @@ pub enum StorageError {
     Poisoned,
     #[error("storage writer: {0}")]
     Writer(String),
+    #[error("postgres: {0}")]
+    Postgres(String),
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;

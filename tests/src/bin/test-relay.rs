@@ -3,7 +3,8 @@
 //! killed. `test-relay token USER DEVICE SECONDS` prints a device token
 //! signed with the development key, valid for SECONDS (negative: already
 //! expired). `test-relay manifest-key` prints the public manifest key
-//! devices trust.
+//! devices trust. With `RELAY_DATABASE_URL` set, documents live in that
+//! PostgreSQL database.
 
 use std::io::Write;
 
@@ -37,6 +38,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         token: integration_tests::TEST_ADMIN_TOKEN.into(),
     }];
     config.manifest_key = Some((MANIFEST_KEY_ID.into(), MANIFEST_SEED));
+    // Documents in PostgreSQL when the test gives a database.
+    config.database_url = std::env::var("RELAY_DATABASE_URL").ok();
     let relay = relay::start(config).await?;
     let mut out = std::io::stdout();
     writeln!(out, "{}", relay.ws_url())?;

@@ -1,0 +1,436 @@
+//! [`DocStorage`] on PostgreSQL, for operators who outgrow one relay.
+//!
+//! The schema mirrors SQLite's (documents as a snapshot plus chunks, heads,
+//! per-install sync states) with one addition several relays need: every
+//! chunk carries a per-document sequence number, given out under the
+//! document row's lock, so seq order is commit order and "chunks after seq
+//! N" is a complete catch-up for a relay that holds the document up to N.
+//! An append announces `(user, doc, seq)` with `pg_notify` in its own
+//! transaction, so a listener hears of a chunk only once it is committed.
+//!
+//! The relay calls storage from blocking threads and expects synchronous
+//! calls; the driver is asynchronous. Each call runs on this storage's own
+//! small runtime and the caller waits on a channel, so a call is safe from
+//! any thread (a `block_on` on the relay's runtime would panic if ever
+//! called from one of its workers).
+//!
+//! One relay per database until fan-out lands: [`PgStorage::connect`] takes
+//! a session advisory lock and refuses to start when another relay holds it
+//! (a second relay would serve documents it loaded before the other relay
+//! wrote to them).
+
+use super::{DocStorage, EncodedHeads, Result, StorageError, StoredDoc};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use protocol::DocumentId;
+use std::collections::HashMap;
+use std::future::Future;
+use tokio_postgres::NoTls;
+
+/// The channel appends are announced on (payload `user doc seq`).
+pub const CHANGES_CHANNEL: &str = "relay_doc_changes";
+
+/// Key of the advisory lock one relay holds on its database.
+const SINGLE_RELAY_LOCK: i64 = 0x7265_6c61_7931; // "relay1"
+
+/// Key of the advisory lock migrations run under (two relays starting at once).
+const MIGRATION_LOCK: i64 = 0x7265_6c61_796d; // "relaym"
+
+/// Connections the pool opens at most.
+const POOL_SIZE: usize = 16;
+
+/// Versioned schema. Each step runs once, in one transaction with its
+/// version row. Append, never edit.
+const STEPS: &[&str] = &[
+    // 1: documents, chunks with per-document seq, sync states, identity.
+    r#"
+    CREATE TABLE relay_meta (
+        key    TEXT PRIMARY KEY,
+        value  TEXT NOT NULL
+    );
+    INSERT INTO relay_meta(key, value) VALUES ('storage_id', replace(gen_random_uuid()::text, '-', ''));
+    CREATE TABLE docs (
+        user_id       TEXT NOT NULL,
+        doc_id        TEXT NOT NULL,
+        heads         BYTEA NOT NULL,
+        snapshot      BYTEA,
+        snapshot_seq  BIGINT NOT NULL DEFAULT 0,  -- chunks up to here are in the snapshot
+        last_seq      BIGINT NOT NULL DEFAULT 0,  -- the newest chunk's seq
+        created_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
+        updated_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
+        PRIMARY KEY (user_id, doc_id)
+    );
+    CREATE TABLE doc_chunks (
+        user_id  TEXT NOT NULL,
+        doc_id   TEXT NOT NULL,
+        seq      BIGINT NOT NULL,
+        data     BYTEA NOT NULL,
+        PRIMARY KEY (user_id, doc_id, seq)
+    );
+    CREATE TABLE sync_states (
+        user_id       TEXT NOT NULL,
+        device_id     TEXT NOT NULL,
+        doc_id        TEXT NOT NULL,
+        state         BYTEA NOT NULL,
+        shared_heads  BYTEA NOT NULL,
+        PRIMARY KEY (user_id, device_id, doc_id)
+    );
+    "#,
+];
+
+/// The schema version this relay writes.
+pub const SCHEMA_VERSION: i64 = STEPS.len() as i64;
+
+fn pg(e: impl std::fmt::Display) -> StorageError {
+    StorageError::Postgres(e.to_string())
+}
+
+pub struct PgStorage {
+    pool: Pool,
+    /// Runs the driver's connections; `None` once dropped.
+    runtime: Option<tokio::runtime::Runtime>,
+    /// Holds the single-relay lock for as long as the storage lives.
+    _lock: tokio_postgres::Client,
+}
+
+impl PgStorage {
+    /// Connects to `url` (a libpq URL or key=value string), migrates the
+    /// schema and takes the single-relay lock. Only loopback hosts and
+    /// Unix sockets: TLS to PostgreSQL is not built yet, and a password
+    /// must not cross a network in clear.
+    pub fn connect(url: &str) -> Result<PgStorage> {
+        let config: tokio_postgres::Config = url.parse().map_err(|e| pg(format!("database URL: {e}")))?;
+        check_loopback(&config)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("relay-postgres")
+            .enable_all()
+            .build()
+            .map_err(pg)?;
+        let manager =
+            Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(pg)?;
+        let lock = runtime.block_on(async {
+            migrate(&pool).await?;
+            let (client, connection) = config.connect(NoTls).await.map_err(pg)?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::warn!(error = %e, "the single-relay lock's connection ended");
+                }
+            });
+            let held: bool =
+                client.query_one("SELECT pg_try_advisory_lock($1)", &[&SINGLE_RELAY_LOCK]).await.map_err(pg)?.get(0);
+            if !held {
+                return Err(StorageError::Postgres(
+                    "another relay is serving this database; several relays on one database are not supported yet"
+                        .into(),
+                ));
+            }
+            Ok(client)
+        })?;
+        Ok(PgStorage { pool, runtime: Some(runtime), _lock: lock })
+    }
+
+    /// Runs `f` on the storage's runtime and waits for it from any thread.
+    fn run<T, F>(&self, f: impl FnOnce(Pool) -> F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T>> + Send + 'static,
+    {
+        let runtime = self.runtime.as_ref().ok_or_else(|| pg("storage closed"))?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let fut = f(self.pool.clone());
+        runtime.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        rx.recv().map_err(|_| pg("storage runtime stopped"))?
+    }
+}
+
+impl Drop for PgStorage {
+    fn drop(&mut self) {
+        // The relay may drop its storage on one of its async workers, where
+        // a runtime must not block on its own shutdown.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Refuses hosts that are not loopback addresses or Unix sockets.
+fn check_loopback(config: &tokio_postgres::Config) -> Result<()> {
+    use tokio_postgres::config::Host;
+    if config.get_hosts().is_empty() {
+        return Err(pg("database URL names no host"));
+    }
+    for host in config.get_hosts() {
+        let ok = match host {
+            Host::Tcp(name) => {
+                name == "localhost" || name.parse::<std::net::IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false)
+            }
+            Host::Unix(_) => true,
+        };
+        if !ok {
+            return Err(pg(format!(
+                "database host {host:?} is not a loopback address or a Unix socket; TLS to PostgreSQL is not supported yet"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Brings the schema to [`SCHEMA_VERSION`], under an advisory lock so two
+/// relays starting at once migrate once. A newer schema is refused.
+async fn migrate(pool: &Pool) -> Result<()> {
+    let mut client = pool.get().await.map_err(pg)?;
+    let tx = client.transaction().await.map_err(pg)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(pg)?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS relay_schema_migrations (
+             version     BIGINT PRIMARY KEY,
+             applied_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+         )",
+    )
+    .await
+    .map_err(pg)?;
+    let found: i64 =
+        tx.query_one("SELECT coalesce(max(version), 0) FROM relay_schema_migrations", &[]).await.map_err(pg)?.get(0);
+    if found > SCHEMA_VERSION {
+        return Err(StorageError::SchemaTooNew { found, supported: SCHEMA_VERSION });
+    }
+    for (i, step) in STEPS.iter().enumerate().skip(found as usize) {
+        let version = i as i64 + 1;
+        tx.batch_execute(step).await.map_err(|e| StorageError::Migration(format!("step {version}: {e}")))?;
+        tx.execute("INSERT INTO relay_schema_migrations(version) VALUES ($1)", &[&version]).await.map_err(pg)?;
+    }
+    tx.commit().await.map_err(pg)
+}
+
+fn parse_id_map(rows: Vec<tokio_postgres::Row>) -> HashMap<DocumentId, EncodedHeads> {
+    rows.into_iter()
+        .filter_map(|r| {
+            let id: String = r.get(0);
+            Some((id.parse().ok()?, r.get::<_, Vec<u8>>(1)))
+        })
+        .collect()
+}
+
+impl DocStorage for PgStorage {
+    fn load(&self, user: &str, doc: &DocumentId) -> Result<Option<StoredDoc>> {
+        let (user, doc) = (user.to_owned(), doc.to_string());
+        self.run(|pool| async move {
+            let mut client = pool.get().await.map_err(pg)?;
+            // One snapshot of the database: the document row and its chunks
+            // from the same commit, never a snapshot from before a
+            // compaction with the chunks from after it.
+            let tx = client
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await
+                .map_err(pg)?;
+            let Some(row) = tx
+                .query_opt(
+                    "SELECT snapshot, heads, snapshot_seq FROM docs WHERE user_id = $1 AND doc_id = $2",
+                    &[&user, &doc],
+                )
+                .await
+                .map_err(pg)?
+            else {
+                return Ok(None);
+            };
+            let snapshot_seq: i64 = row.get(2);
+            let chunks = tx
+                .query(
+                    "SELECT data FROM doc_chunks WHERE user_id = $1 AND doc_id = $2 AND seq > $3 ORDER BY seq",
+                    &[&user, &doc, &snapshot_seq],
+                )
+                .await
+                .map_err(pg)?
+                .into_iter()
+                .map(|r| r.get::<_, Vec<u8>>(0))
+                .collect();
+            tx.commit().await.map_err(pg)?;
+            Ok(Some(StoredDoc { snapshot: row.get(0), chunks, heads: row.get(1) }))
+        })
+    }
+
+    fn append(&self, user: &str, doc: &DocumentId, chunk: &[u8], heads: &EncodedHeads) -> Result<u64> {
+        let (user, doc, chunk, heads) = (user.to_owned(), doc.to_string(), chunk.to_vec(), heads.clone());
+        self.run(|pool| async move {
+            let mut client = pool.get().await.map_err(pg)?;
+            let tx = client.transaction().await.map_err(pg)?;
+            // The row's lock orders appends to one document: seq order is
+            // commit order.
+            let row = tx
+                .query_one(
+                    "INSERT INTO docs(user_id, doc_id, heads, last_seq) VALUES ($1, $2, $3, 1)
+                     ON CONFLICT (user_id, doc_id) DO UPDATE
+                       SET heads = excluded.heads, last_seq = docs.last_seq + 1, updated_at = now()
+                     RETURNING last_seq, snapshot_seq",
+                    &[&user, &doc, &heads],
+                )
+                .await
+                .map_err(pg)?;
+            let (seq, snapshot_seq): (i64, i64) = (row.get(0), row.get(1));
+            tx.execute(
+                "INSERT INTO doc_chunks(user_id, doc_id, seq, data) VALUES ($1, $2, $3, $4)",
+                &[&user, &doc, &seq, &chunk],
+            )
+            .await
+            .map_err(pg)?;
+            // Delivered to listeners only once this transaction commits.
+            tx.execute("SELECT pg_notify($1, $2)", &[&CHANGES_CHANNEL, &format!("{user} {doc} {seq}")])
+                .await
+                .map_err(pg)?;
+            tx.commit().await.map_err(pg)?;
+            Ok((seq - snapshot_seq).max(0) as u64)
+        })
+    }
+
+    fn compact(&self, user: &str, doc: &DocumentId, snapshot: &[u8]) -> Result<()> {
+        let (user, doc, snapshot) = (user.to_owned(), doc.to_string(), snapshot.to_vec());
+        self.run(|pool| async move {
+            let mut client = pool.get().await.map_err(pg)?;
+            let tx = client.transaction().await.map_err(pg)?;
+            let covered: Option<i64> = tx
+                .query_opt(
+                    "UPDATE docs SET snapshot = $3, snapshot_seq = last_seq WHERE user_id = $1 AND doc_id = $2
+                     RETURNING snapshot_seq",
+                    &[&user, &doc, &snapshot],
+                )
+                .await
+                .map_err(pg)?
+                .map(|r| r.get(0));
+            if let Some(covered) = covered {
+                tx.execute(
+                    "DELETE FROM doc_chunks WHERE user_id = $1 AND doc_id = $2 AND seq <= $3",
+                    &[&user, &doc, &covered],
+                )
+                .await
+                .map_err(pg)?;
+            }
+            tx.commit().await.map_err(pg)
+        })
+    }
+
+    fn heads(&self, user: &str) -> Result<HashMap<DocumentId, EncodedHeads>> {
+        let user = user.to_owned();
+        self.run(|pool| async move {
+            let client = pool.get().await.map_err(pg)?;
+            let rows = client.query("SELECT doc_id, heads FROM docs WHERE user_id = $1", &[&user]).await.map_err(pg)?;
+            Ok(parse_id_map(rows))
+        })
+    }
+
+    fn count_docs(&self, user: &str) -> Result<u64> {
+        let user = user.to_owned();
+        self.run(|pool| async move {
+            let client = pool.get().await.map_err(pg)?;
+            let n: i64 =
+                client.query_one("SELECT count(*) FROM docs WHERE user_id = $1", &[&user]).await.map_err(pg)?.get(0);
+            Ok(n as u64)
+        })
+    }
+
+    fn load_sync_state(&self, user: &str, device: &str, doc: &DocumentId) -> Result<Option<Vec<u8>>> {
+        let (user, device, doc) = (user.to_owned(), device.to_owned(), doc.to_string());
+        self.run(|pool| async move {
+            let client = pool.get().await.map_err(pg)?;
+            let row = client
+                .query_opt(
+                    "SELECT state FROM sync_states WHERE user_id = $1 AND device_id = $2 AND doc_id = $3",
+                    &[&user, &device, &doc],
+                )
+                .await
+                .map_err(pg)?;
+            Ok(row.map(|r| r.get(0)))
+        })
+    }
+
+    fn shared_heads(&self, user: &str, device: &str) -> Result<HashMap<DocumentId, EncodedHeads>> {
+        let (user, device) = (user.to_owned(), device.to_owned());
+        self.run(|pool| async move {
+            let client = pool.get().await.map_err(pg)?;
+            let rows = client
+                .query(
+                    "SELECT doc_id, shared_heads FROM sync_states WHERE user_id = $1 AND device_id = $2",
+                    &[&user, &device],
+                )
+                .await
+                .map_err(pg)?;
+            Ok(parse_id_map(rows))
+        })
+    }
+
+    fn save_sync_state(
+        &self,
+        user: &str,
+        device: &str,
+        doc: &DocumentId,
+        state: &[u8],
+        shared_heads: &EncodedHeads,
+    ) -> Result<()> {
+        let (user, device, doc) = (user.to_owned(), device.to_owned(), doc.to_string());
+        let (state, shared_heads) = (state.to_vec(), shared_heads.clone());
+        // Written through (not behind): each save is committed before the
+        // next one of the same connection starts, so none overtakes another.
+        self.run(|pool| async move {
+            let client = pool.get().await.map_err(pg)?;
+            client
+                .execute(
+                    "INSERT INTO sync_states(user_id, device_id, doc_id, state, shared_heads) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (user_id, device_id, doc_id) DO UPDATE
+                       SET state = excluded.state, shared_heads = excluded.shared_heads",
+                    &[&user, &device, &doc, &state, &shared_heads],
+                )
+                .await
+                .map_err(pg)?;
+            Ok(())
+        })
+    }
+
+    fn forget_other_installs(&self, user: &str, device: &str, keep: &str) -> Result<()> {
+        let (user, device, keep) = (user.to_owned(), device.to_owned(), keep.to_owned());
+        self.run(|pool| async move {
+            let client = pool.get().await.map_err(pg)?;
+            client
+                .execute(
+                    "DELETE FROM sync_states WHERE user_id = $1 AND device_id <> $3
+                       AND (device_id = $2 OR left(device_id, length($2) + 1) = $2 || '#')",
+                    &[&user, &device, &keep],
+                )
+                .await
+                .map_err(pg)?;
+            Ok(())
+        })
+    }
+
+    fn storage_id(&self) -> Result<String> {
+        self.run(|pool| async move {
+            let client = pool.get().await.map_err(pg)?;
+            let row =
+                client.query_one("SELECT value FROM relay_meta WHERE key = 'storage_id'", &[]).await.map_err(pg)?;
+            Ok(row.get(0))
+        })
+    }
+
+    fn probe_write(&self) -> Result<()> {
+        self.run(|pool| async move {
+            let client = pool.get().await.map_err(pg)?;
+            client
+                .execute(
+                    "INSERT INTO relay_meta(key, value) VALUES ('probe', now()::text)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    &[],
+                )
+                .await
+                .map_err(pg)?;
+            Ok(())
+        })
+    }
+}
