@@ -194,7 +194,7 @@ impl ConnCore {
             let guard = lock(&slot);
             let Some(doc) = guard.doc.as_ref().filter(|_| guard.loaded) else { continue };
             let snapshot = doc.save();
-            if let Err(e) = self.hub.storage.compact(&self.reg.user, &doc_id, &snapshot) {
+            if let Err(e) = self.hub.storage.compact(&self.reg.user, &doc_id, &snapshot, guard.seq) {
                 tracing::warn!(error = %e, "compaction failed; chunks kept");
             }
         }
@@ -378,6 +378,7 @@ impl ConnCore {
                     let stored_bytes = stored.snapshot.as_ref().map_or(0, Vec::len)
                         + stored.chunks.iter().map(Vec::len).sum::<usize>();
                     slot.bytes = stored_bytes.saturating_mul(crate::hub::MEMORY_PER_STORED_BYTE);
+                    slot.seq = stored.seq;
                     Some(d)
                 }
             };
@@ -446,14 +447,19 @@ impl ConnCore {
         if after != before {
             let chunk = received.unwrap_or_else(|| doc.save_after(&before));
             let chunk_len = chunk.len();
-            match self.hub.storage.append(&self.reg.user, &doc_id, &chunk, &encode_heads(&after)) {
-                Ok(chunks) => {
+            match self.hub.storage.append(&self.reg.user, &doc_id, &chunk, &encode_heads(&after), guard.seq) {
+                Ok(appended) => {
+                    // Contiguous: a gap (another relay's chunk in between)
+                    // stays for `Hub::catch_up` to fill.
+                    if appended.seq == guard.seq + 1 {
+                        guard.seq = appended.seq;
+                    }
                     let grown = chunk_len.saturating_mul(crate::hub::MEMORY_PER_STORED_BYTE);
                     guard.bytes = guard.bytes.saturating_add(grown);
                     self.hub.note_resident_growth(grown);
                     Metrics::inc(&self.hub.metrics.changes_stored);
                     self.hub.note_storage(true);
-                    if chunks >= COMPACT_AFTER_CHUNKS {
+                    if appended.since_snapshot >= COMPACT_AFTER_CHUNKS {
                         // After the reply: saving a heavy month takes
                         // milliseconds the acknowledgement should not wait for.
                         self.compact_due.insert(doc_id);

@@ -21,7 +21,7 @@ fn store_months(storage: &MemStorage, user: &str, months: usize) -> usize {
         let saved = doc.save();
         size = size.max(saved.len());
         let id = DocumentId::derive(&[user, &m.to_string()]);
-        storage.append(user, &id, &saved, &encode_heads(&doc.get_heads())).expect("stored");
+        storage.append(user, &id, &saved, &encode_heads(&doc.get_heads()), 0).expect("stored");
     }
     size
 }

@@ -71,6 +71,10 @@ pub struct Metrics {
     /// Times the idle sweeper gave memory back (page caches, allocator).
     pub memory_releases: AtomicU64,
     pub docs_evicted: AtomicU64,
+    /// Loaded documents brought up to date with other relays' chunks.
+    pub catch_ups: AtomicU64,
+    /// Announcements of other relays' changes received (shared storage).
+    pub feed_events: AtomicU64,
     pub docs_unavailable: AtomicU64,
     pub storage_errors: AtomicU64,
     /// Presence messages dropped by a full queue (per receiver).
@@ -188,6 +192,18 @@ impl Metrics {
                 "counter",
                 "Idle documents dropped from memory",
                 self.docs_evicted.load(Relaxed),
+            ),
+            (
+                "relay_catch_ups_total",
+                "counter",
+                "Loaded documents brought up to date with chunks other relays stored",
+                self.catch_ups.load(Relaxed),
+            ),
+            (
+                "relay_feed_events_total",
+                "counter",
+                "Announcements of other relays' changes received from the shared database",
+                self.feed_events.load(Relaxed),
             ),
             ("relay_docs_unavailable_total", "counter", "doc-unavailable answers", self.docs_unavailable.load(Relaxed)),
             (

@@ -277,6 +277,58 @@ impl RunningRelay {
     }
 }
 
+/// How often every loaded document catches up with the shared database
+/// even without announcements (a lost one costs at most this long).
+const CATCH_UP_PERIOD: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Announcements most handled in one round (deduplicated per document).
+const FEED_BATCH: usize = 1024;
+
+/// Brings this relay's loaded documents up to date with what other relays
+/// store in the shared database: on each announcement, after the listener
+/// (re)subscribed, and on a slow timer. One round at a time, on a blocking
+/// thread; announcements for one document in a round collapse into one.
+async fn follow_other_relays(
+    hub: Arc<Hub>,
+    mut feed: tokio::sync::mpsc::Receiver<crate::storage::FeedEvent>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use crate::storage::FeedEvent;
+    let mut tick = tokio::time::interval(CATCH_UP_PERIOD);
+    tick.tick().await;
+    loop {
+        let mut events = Vec::new();
+        tokio::select! {
+            n = feed.recv_many(&mut events, FEED_BATCH) => {
+                if n == 0 {
+                    return;
+                }
+                Metrics::add(&hub.metrics.feed_events, n as u64);
+            }
+            _ = tick.tick() => events.push(FeedEvent::Resync),
+            _ = shutdown.changed() => return,
+        }
+        let resync = events.contains(&FeedEvent::Resync);
+        let mut newest: std::collections::HashMap<(String, protocol::DocumentId), u64> = Default::default();
+        for event in events {
+            if let FeedEvent::Changed { user, doc, seq } = event {
+                let entry = newest.entry((user, doc)).or_default();
+                *entry = (*entry).max(seq);
+            }
+        }
+        let hub = hub.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for ((user, doc), seq) in newest {
+                hub.on_stored_change(&user, doc, seq);
+            }
+            if resync {
+                hub.catch_up_all();
+            }
+        })
+        .await;
+    }
+}
+
 /// What a shutdown closed and cut.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShutdownReport {
@@ -353,6 +405,10 @@ pub async fn start(config: Config) -> Result<RunningRelay, RelayError> {
             }
         }
     });
+
+    if let Some(feed) = hub.storage.change_feed() {
+        tokio::spawn(follow_other_relays(hub.clone(), feed, rx.clone()));
+    }
 
     let mut flusher_rx = rx.clone();
     let flusher = tokio::spawn(async move {

@@ -9,7 +9,7 @@
 //! identity, no sync states, as `relay restore` does). Ordered maps only,
 //! so iteration never depends on hashing.
 
-use super::{DocStorage, EncodedHeads, Result, StorageError, StoredDoc};
+use super::{Appended, DocStorage, EncodedHeads, Result, StorageError, StoredDoc};
 use protocol::DocumentId;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -163,12 +163,20 @@ impl DocStorage for MemStorage {
                 snapshot: d.snapshot.clone(),
                 chunks: d.chunks.clone(),
                 heads: d.heads.clone(),
+                seq: 0,
             })
         })
     }
 
-    fn append(&self, user: &str, doc: &DocumentId, chunk: &[u8], heads: &EncodedHeads) -> Result<u64> {
-        self.with(|s| {
+    fn append(
+        &self,
+        user: &str,
+        doc: &DocumentId,
+        chunk: &[u8],
+        heads: &EncodedHeads,
+        _base_seq: u64,
+    ) -> Result<Appended> {
+        let since_snapshot = self.with(|s| {
             if s.fail_writes {
                 return Err(full());
             }
@@ -188,10 +196,11 @@ impl DocStorage for MemStorage {
             d.heads = heads.clone();
             d.chunks.push(chunk.to_vec());
             Ok(d.chunks.len() as u64)
-        })?
+        })??;
+        Ok(Appended { since_snapshot, seq: 0 })
     }
 
-    fn compact(&self, user: &str, doc: &DocumentId, snapshot: &[u8]) -> Result<()> {
+    fn compact(&self, user: &str, doc: &DocumentId, snapshot: &[u8], _covers_seq: u64) -> Result<()> {
         self.with(|s| {
             if s.fail_writes {
                 return Err(full());
@@ -283,20 +292,20 @@ mod tests {
     fn a_crash_loses_exactly_what_was_not_durable() {
         let s = MemStorage::new("one");
         let doc = DocumentId::derive(&["d"]);
-        s.append("u", &doc, b"c1", &vec![1; 32]).unwrap();
+        s.append("u", &doc, b"c1", &vec![1; 32], 0).unwrap();
         s.save_sync_state("u", "phone", &doc, b"state", &vec![1; 32]).unwrap();
         assert_eq!(s.crash().unwrap(), 1, "the write-behind sync state was pending");
         assert!(s.shared_heads("u", "phone").unwrap().is_empty());
         assert_eq!(s.load("u", &doc).unwrap().unwrap().chunks.len(), 1, "the append was durable");
         s.save_sync_state("u", "phone", &doc, b"state", &vec![1; 32]).unwrap();
-        s.append("u", &doc, b"c2", &vec![2; 32]).unwrap();
+        s.append("u", &doc, b"c2", &vec![2; 32], 0).unwrap();
         assert_eq!(s.crash().unwrap(), 0, "the next append committed it");
         assert_eq!(s.shared_heads("u", "phone").unwrap().len(), 1);
 
         let backup = s.backup().unwrap();
-        s.append("u", &doc, b"c3", &vec![3; 32]).unwrap();
+        s.append("u", &doc, b"c3", &vec![3; 32], 0).unwrap();
         s.set_fail_writes(true).unwrap();
-        assert!(s.append("u", &doc, b"c4", &vec![4; 32]).is_err());
+        assert!(s.append("u", &doc, b"c4", &vec![4; 32], 0).is_err());
         s.restore(&backup, "two").unwrap();
         assert_eq!(s.storage_id().unwrap(), "two");
         assert_eq!(s.load("u", &doc).unwrap().unwrap().chunks.len(), 2);

@@ -47,7 +47,46 @@ pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 pub struct StoredDoc {
     pub snapshot: Option<Vec<u8>>,
     pub chunks: Vec<Vec<u8>>,
+    /// Empty when unknown: another relay appended to a copy that was
+    /// behind (see [`DocStorage::append`]); readers then load the document.
     pub heads: EncodedHeads,
+    /// The newest chunk's sequence number in this document, for storage
+    /// shared by several relays ([`DocStorage::changes_after`]); 0 where
+    /// one relay owns the storage (SQLite, memory).
+    pub seq: u64,
+}
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Chunks stored since the last snapshot (compaction is due past a bound).
+    pub since_snapshot: u64,
+    /// The chunk's sequence number (0 where the storage has none).
+    pub seq: u64,
+}
+
+/// An announcement from storage shared by several relays. It is only a
+/// doorbell: a relay catches up by seq, so a lost one costs latency.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeedEvent {
+    /// A chunk of `doc` was committed with this seq.
+    Changed { user: String, doc: DocumentId, seq: u64 },
+    /// Announcements may have been missed (the listener reconnected, or the
+    /// relay fell behind reading them): every loaded document catches up.
+    Resync,
+}
+
+/// What other relays stored after a seq (see [`DocStorage::changes_after`]).
+#[derive(Debug, Default)]
+pub struct CatchUp {
+    /// Set when a compaction removed chunks past the caller's seq: the
+    /// snapshot holds them.
+    pub snapshot: Option<Vec<u8>>,
+    pub chunks: Vec<Vec<u8>>,
+    /// The seq everything returned reaches.
+    pub seq: u64,
+    /// The stored heads are unknown (an append from a copy that was behind).
+    pub heads_unknown: bool,
 }
 
 /// Heads are stored as the concatenation of sorted 32-byte hashes.
@@ -56,11 +95,39 @@ pub type EncodedHeads = Vec<u8>;
 pub trait DocStorage: Send + Sync + 'static {
     /// The document, or `None` if this user has no document with that id.
     fn load(&self, user: &str, doc: &DocumentId) -> Result<Option<StoredDoc>>;
-    /// Appends a chunk (creating the document if new) and records its heads.
-    /// Durable when it returns. Returns the number of chunks since the snapshot.
-    fn append(&self, user: &str, doc: &DocumentId, chunk: &[u8], heads: &EncodedHeads) -> Result<u64>;
-    /// Replaces the chunks with a snapshot holding all of them.
-    fn compact(&self, user: &str, doc: &DocumentId, snapshot: &[u8]) -> Result<()>;
+    /// Appends a chunk (creating the document if new) and records `heads`,
+    /// the caller's heads after it. Durable when it returns. `base_seq` is
+    /// the seq up to which the caller's copy holds every chunk: where other
+    /// relays appended since, `heads` miss their changes, and a shared
+    /// storage records the heads as unknown instead.
+    fn append(
+        &self,
+        user: &str,
+        doc: &DocumentId,
+        chunk: &[u8],
+        heads: &EncodedHeads,
+        base_seq: u64,
+    ) -> Result<Appended>;
+    /// Replaces the chunks up to `covers_seq` with a snapshot holding them
+    /// (a storage without seqs: all of them). Chunks another relay appended
+    /// after `covers_seq` stay.
+    fn compact(&self, user: &str, doc: &DocumentId, snapshot: &[u8], covers_seq: u64) -> Result<()>;
+    /// What was appended after `seq`, for a relay whose copy holds every
+    /// chunk up to `seq` (storage shared by several relays); `None` where
+    /// one relay owns the storage.
+    fn changes_after(&self, _user: &str, _doc: &DocumentId, _seq: u64) -> Result<Option<CatchUp>> {
+        Ok(None)
+    }
+    /// Announcements of what other relays store, for storage shared by
+    /// several relays (`None` otherwise). Taken once, at start.
+    fn change_feed(&self) -> Option<tokio::sync::mpsc::Receiver<FeedEvent>> {
+        None
+    }
+    /// Records the heads of the document at `seq` where they were unknown
+    /// and nothing was appended since (a relay that caught up knows them).
+    fn record_heads(&self, _user: &str, _doc: &DocumentId, _seq: u64, _heads: &EncodedHeads) -> Result<()> {
+        Ok(())
+    }
     /// Heads of every document of the user.
     fn heads(&self, user: &str) -> Result<HashMap<DocumentId, EncodedHeads>>;
     fn count_docs(&self, user: &str) -> Result<u64>;

@@ -14,12 +14,11 @@
 //! any thread (a `block_on` on the relay's runtime would panic if ever
 //! called from one of its workers).
 //!
-//! One relay per database until fan-out lands: [`PgStorage::connect`] takes
-//! a session advisory lock and refuses to start when another relay holds it
-//! (a second relay would serve documents it loaded before the other relay
-//! wrote to them).
+//! Several relays share one database: each listens on [`CHANGES_CHANNEL`]
+//! ([`DocStorage::change_feed`]) and catches its loaded documents up by seq
+//! ([`DocStorage::changes_after`]).
 
-use super::{DocStorage, EncodedHeads, Result, StorageError, StoredDoc};
+use super::{Appended, CatchUp, DocStorage, EncodedHeads, FeedEvent, Result, StorageError, StoredDoc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use protocol::DocumentId;
 use std::collections::HashMap;
@@ -28,9 +27,6 @@ use tokio_postgres::NoTls;
 
 /// The channel appends are announced on (payload `user doc seq`).
 pub const CHANGES_CHANNEL: &str = "relay_doc_changes";
-
-/// Key of the advisory lock one relay holds on its database.
-const SINGLE_RELAY_LOCK: i64 = 0x7265_6c61_7931; // "relay1"
 
 /// Key of the advisory lock migrations run under (two relays starting at once).
 const MIGRATION_LOCK: i64 = 0x7265_6c61_796d; // "relaym"
@@ -88,13 +84,12 @@ pub struct PgStorage {
     pool: Pool,
     /// Runs the driver's connections; `None` once dropped.
     runtime: Option<tokio::runtime::Runtime>,
-    /// Holds the single-relay lock for as long as the storage lives.
-    _lock: tokio_postgres::Client,
+    config: tokio_postgres::Config,
 }
 
 impl PgStorage {
-    /// Connects to `url` (a libpq URL or key=value string), migrates the
-    /// schema and takes the single-relay lock. Only loopback hosts and
+    /// Connects to `url` (a libpq URL or key=value string) and migrates the
+    /// schema. Only loopback hosts and
     /// Unix sockets: TLS to PostgreSQL is not built yet, and a password
     /// must not cross a network in clear.
     pub fn connect(url: &str) -> Result<PgStorage> {
@@ -113,25 +108,8 @@ impl PgStorage {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(pg)?;
-        let lock = runtime.block_on(async {
-            migrate(&pool).await?;
-            let (client, connection) = config.connect(NoTls).await.map_err(pg)?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::warn!(error = %e, "the single-relay lock's connection ended");
-                }
-            });
-            let held: bool =
-                client.query_one("SELECT pg_try_advisory_lock($1)", &[&SINGLE_RELAY_LOCK]).await.map_err(pg)?.get(0);
-            if !held {
-                return Err(StorageError::Postgres(
-                    "another relay is serving this database; several relays on one database are not supported yet"
-                        .into(),
-                ));
-            }
-            Ok(client)
-        })?;
-        Ok(PgStorage { pool, runtime: Some(runtime), _lock: lock })
+        runtime.block_on(migrate(&pool))?;
+        Ok(PgStorage { pool, runtime: Some(runtime), config })
     }
 
     /// Runs `f` on the storage's runtime and waits for it from any thread.
@@ -218,7 +196,73 @@ fn parse_id_map(rows: Vec<tokio_postgres::Row>) -> HashMap<DocumentId, EncodedHe
         .collect()
 }
 
+/// Announcements waiting for the relay at most (past that, one `Resync`).
+const FEED_QUEUE: usize = 4096;
+
+/// Listens on [`CHANGES_CHANNEL`] for as long as the relay takes events,
+/// reconnecting with a backoff; after every (re)subscription a `Resync`
+/// catches up whatever was committed while nobody listened.
+async fn listen(config: tokio_postgres::Config, feed: tokio::sync::mpsc::Sender<FeedEvent>) {
+    use futures_util::StreamExt;
+    let mut backoff = std::time::Duration::from_millis(100);
+    while !feed.is_closed() {
+        match config.connect(NoTls).await {
+            Ok((client, mut connection)) => {
+                let (notes_tx, mut notes) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
+                let driver = tokio::spawn(async move {
+                    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+                    while let Some(Ok(message)) = messages.next().await {
+                        if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                            let _ = notes_tx.send((n.channel().to_owned(), n.payload().to_owned()));
+                        }
+                    }
+                });
+                if let Err(e) = client.batch_execute(&format!("LISTEN {CHANGES_CHANNEL}")).await {
+                    tracing::warn!(error = %e, "cannot listen for other relays' changes");
+                    driver.abort();
+                } else {
+                    backoff = std::time::Duration::from_millis(100);
+                    let mut missed = feed.try_send(FeedEvent::Resync).is_err();
+                    // Ends when the connection does (the driver drops its sender).
+                    while let Some((_, payload)) = notes.recv().await {
+                        let Some(event) = parse_note(&payload) else { continue };
+                        if missed {
+                            missed = feed.try_send(FeedEvent::Resync).is_err();
+                        }
+                        if !missed && feed.try_send(event).is_err() {
+                            missed = true;
+                        }
+                        if feed.is_closed() {
+                            return;
+                        }
+                    }
+                    tracing::warn!("lost the connection listening for other relays' changes; reconnecting");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot connect to listen for other relays' changes"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+    }
+}
+
+/// `user doc seq`, split from the right (a user id with spaces stays whole).
+fn parse_note(payload: &str) -> Option<FeedEvent> {
+    let mut parts = payload.rsplitn(3, ' ');
+    let seq = parts.next()?.parse().ok()?;
+    let doc = parts.next()?.parse().ok()?;
+    let user = parts.next()?.to_owned();
+    Some(FeedEvent::Changed { user, doc, seq })
+}
+
 impl DocStorage for PgStorage {
+    fn change_feed(&self) -> Option<tokio::sync::mpsc::Receiver<FeedEvent>> {
+        let runtime = self.runtime.as_ref()?;
+        let (tx, rx) = tokio::sync::mpsc::channel(FEED_QUEUE);
+        runtime.spawn(listen(self.config.clone(), tx));
+        Some(rx)
+    }
+
     fn load(&self, user: &str, doc: &DocumentId) -> Result<Option<StoredDoc>> {
         let (user, doc) = (user.to_owned(), doc.to_string());
         self.run(|pool| async move {
@@ -235,7 +279,7 @@ impl DocStorage for PgStorage {
                 .map_err(pg)?;
             let Some(row) = tx
                 .query_opt(
-                    "SELECT snapshot, heads, snapshot_seq FROM docs WHERE user_id = $1 AND doc_id = $2",
+                    "SELECT snapshot, heads, snapshot_seq, last_seq FROM docs WHERE user_id = $1 AND doc_id = $2",
                     &[&user, &doc],
                 )
                 .await
@@ -255,24 +299,35 @@ impl DocStorage for PgStorage {
                 .map(|r| r.get::<_, Vec<u8>>(0))
                 .collect();
             tx.commit().await.map_err(pg)?;
-            Ok(Some(StoredDoc { snapshot: row.get(0), chunks, heads: row.get(1) }))
+            let seq: i64 = row.get(3);
+            Ok(Some(StoredDoc { snapshot: row.get(0), chunks, heads: row.get(1), seq: seq as u64 }))
         })
     }
 
-    fn append(&self, user: &str, doc: &DocumentId, chunk: &[u8], heads: &EncodedHeads) -> Result<u64> {
+    fn append(
+        &self,
+        user: &str,
+        doc: &DocumentId,
+        chunk: &[u8],
+        heads: &EncodedHeads,
+        base_seq: u64,
+    ) -> Result<Appended> {
         let (user, doc, chunk, heads) = (user.to_owned(), doc.to_string(), chunk.to_vec(), heads.clone());
+        let base = base_seq as i64;
         self.run(|pool| async move {
             let mut client = pool.get().await.map_err(pg)?;
             let tx = client.transaction().await.map_err(pg)?;
             // The row's lock orders appends to one document: seq order is
-            // commit order.
+            // commit order. Heads from a copy that missed another relay's
+            // chunks would be wrong: they are recorded as unknown (empty).
             let row = tx
                 .query_one(
                     "INSERT INTO docs(user_id, doc_id, heads, last_seq) VALUES ($1, $2, $3, 1)
                      ON CONFLICT (user_id, doc_id) DO UPDATE
-                       SET heads = excluded.heads, last_seq = docs.last_seq + 1, updated_at = now()
+                       SET heads = CASE WHEN docs.last_seq = $4 THEN excluded.heads ELSE ''::bytea END,
+                           last_seq = docs.last_seq + 1, updated_at = now()
                      RETURNING last_seq, snapshot_seq",
-                    &[&user, &doc, &heads],
+                    &[&user, &doc, &heads, &base],
                 )
                 .await
                 .map_err(pg)?;
@@ -288,33 +343,103 @@ impl DocStorage for PgStorage {
                 .await
                 .map_err(pg)?;
             tx.commit().await.map_err(pg)?;
-            Ok((seq - snapshot_seq).max(0) as u64)
+            Ok(Appended { since_snapshot: (seq - snapshot_seq).max(0) as u64, seq: seq as u64 })
         })
     }
 
-    fn compact(&self, user: &str, doc: &DocumentId, snapshot: &[u8]) -> Result<()> {
+    fn compact(&self, user: &str, doc: &DocumentId, snapshot: &[u8], covers_seq: u64) -> Result<()> {
         let (user, doc, snapshot) = (user.to_owned(), doc.to_string(), snapshot.to_vec());
+        let covers = covers_seq as i64;
         self.run(|pool| async move {
             let mut client = pool.get().await.map_err(pg)?;
             let tx = client.transaction().await.map_err(pg)?;
-            let covered: Option<i64> = tx
-                .query_opt(
-                    "UPDATE docs SET snapshot = $3, snapshot_seq = last_seq WHERE user_id = $1 AND doc_id = $2
-                     RETURNING snapshot_seq",
-                    &[&user, &doc, &snapshot],
+            // Only a snapshot newer than the stored one replaces it, and only
+            // the chunks it holds go: another relay's later chunks stay.
+            let replaced = tx
+                .execute(
+                    "UPDATE docs SET snapshot = $3, snapshot_seq = $4
+                     WHERE user_id = $1 AND doc_id = $2 AND snapshot_seq < $4 AND last_seq >= $4",
+                    &[&user, &doc, &snapshot, &covers],
                 )
                 .await
-                .map_err(pg)?
-                .map(|r| r.get(0));
-            if let Some(covered) = covered {
+                .map_err(pg)?;
+            if replaced > 0 {
                 tx.execute(
                     "DELETE FROM doc_chunks WHERE user_id = $1 AND doc_id = $2 AND seq <= $3",
-                    &[&user, &doc, &covered],
+                    &[&user, &doc, &covers],
                 )
                 .await
                 .map_err(pg)?;
             }
             tx.commit().await.map_err(pg)
+        })
+    }
+
+    fn changes_after(&self, user: &str, doc: &DocumentId, seq: u64) -> Result<Option<CatchUp>> {
+        let (user, doc) = (user.to_owned(), doc.to_string());
+        let after = seq as i64;
+        self.run(|pool| async move {
+            let mut client = pool.get().await.map_err(pg)?;
+            let tx = client
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await
+                .map_err(pg)?;
+            let Some(row) = tx
+                .query_opt(
+                    "SELECT snapshot_seq, last_seq, heads = ''::bytea FROM docs WHERE user_id = $1 AND doc_id = $2",
+                    &[&user, &doc],
+                )
+                .await
+                .map_err(pg)?
+            else {
+                return Ok(Some(CatchUp { seq, ..CatchUp::default() }));
+            };
+            let (snapshot_seq, last_seq, heads_unknown): (i64, i64, bool) = (row.get(0), row.get(1), row.get(2));
+            if last_seq <= after {
+                return Ok(Some(CatchUp { seq: last_seq.max(0) as u64, heads_unknown, ..CatchUp::default() }));
+            }
+            // A compaction past `seq` took chunks this copy lacks into the snapshot.
+            let snapshot: Option<Vec<u8>> = if snapshot_seq > after {
+                tx.query_one("SELECT snapshot FROM docs WHERE user_id = $1 AND doc_id = $2", &[&user, &doc])
+                    .await
+                    .map_err(pg)?
+                    .get(0)
+            } else {
+                None
+            };
+            let chunks = tx
+                .query(
+                    "SELECT data FROM doc_chunks WHERE user_id = $1 AND doc_id = $2 AND seq > $3 AND seq <= $4
+                     ORDER BY seq",
+                    &[&user, &doc, &after.max(snapshot_seq), &last_seq],
+                )
+                .await
+                .map_err(pg)?
+                .into_iter()
+                .map(|r| r.get::<_, Vec<u8>>(0))
+                .collect();
+            tx.commit().await.map_err(pg)?;
+            Ok(Some(CatchUp { snapshot, chunks, seq: last_seq as u64, heads_unknown }))
+        })
+    }
+
+    fn record_heads(&self, user: &str, doc: &DocumentId, seq: u64, heads: &EncodedHeads) -> Result<()> {
+        let (user, doc, heads) = (user.to_owned(), doc.to_string(), heads.clone());
+        let seq = seq as i64;
+        self.run(|pool| async move {
+            let client = pool.get().await.map_err(pg)?;
+            client
+                .execute(
+                    "UPDATE docs SET heads = $4
+                     WHERE user_id = $1 AND doc_id = $2 AND last_seq = $3 AND heads = ''::bytea",
+                    &[&user, &doc, &seq, &heads],
+                )
+                .await
+                .map_err(pg)?;
+            Ok(())
         })
     }
 

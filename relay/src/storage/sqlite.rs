@@ -10,7 +10,7 @@
 //!
 //! Reads use their own connection; WAL lets them run beside the writer.
 
-use super::{DocStorage, EncodedHeads, Result, StorageError, StoredDoc, migrations};
+use super::{Appended, DocStorage, EncodedHeads, Result, StorageError, StoredDoc, migrations};
 use crate::budget::BlockingBudget;
 use protocol::DocumentId;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -383,16 +383,24 @@ impl DocStorage for SqliteStorage {
             let chunks = stmt.query_map(params![user, id], |r| r.get(0))?.collect::<Result<Vec<Vec<u8>>, _>>()?;
             drop(stmt);
             tx.finish()?;
-            Ok(Some(StoredDoc { snapshot, chunks, heads }))
+            Ok(Some(StoredDoc { snapshot, chunks, heads, seq: 0 }))
         })
     }
 
-    fn append(&self, user: &str, doc: &DocumentId, chunk: &[u8], heads: &EncodedHeads) -> Result<u64> {
+    fn append(
+        &self,
+        user: &str,
+        doc: &DocumentId,
+        chunk: &[u8],
+        heads: &EncodedHeads,
+        _base_seq: u64,
+    ) -> Result<Appended> {
         let (user, doc, chunk, heads) = (user.to_owned(), doc.to_string(), chunk.to_vec(), heads.clone());
-        self.call(|reply| WriteRequest::Append { user, doc, chunk, heads, reply })
+        let since_snapshot = self.call(|reply| WriteRequest::Append { user, doc, chunk, heads, reply })?;
+        Ok(Appended { since_snapshot, seq: 0 })
     }
 
-    fn compact(&self, user: &str, doc: &DocumentId, snapshot: &[u8]) -> Result<()> {
+    fn compact(&self, user: &str, doc: &DocumentId, snapshot: &[u8], _covers_seq: u64) -> Result<()> {
         let (user, doc, snapshot) = (user.to_owned(), doc.to_string(), snapshot.to_vec());
         self.call(|reply| WriteRequest::Compact { user, doc, snapshot, reply })
     }
@@ -460,12 +468,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStorage::open(&dir.path().join("relay.sqlite3")).unwrap();
         let doc = DocumentId::derive(&["x"]);
-        s.append("alice", &doc, b"chunk", &vec![1; 32]).unwrap();
+        s.append("alice", &doc, b"chunk", &vec![1; 32], 0).unwrap();
         assert!(s.load("alice", &doc).unwrap().is_some());
         assert!(s.load("bob", &doc).unwrap().is_none());
         assert_eq!(s.count_docs("bob").unwrap(), 0);
         assert!(s.heads("bob").unwrap().is_empty());
-        s.compact("alice", &doc, b"snap").unwrap();
+        s.compact("alice", &doc, b"snap", 0).unwrap();
         let stored = s.load("alice", &doc).unwrap().unwrap();
         assert_eq!(stored.snapshot.as_deref(), Some(&b"snap"[..]));
         assert!(stored.chunks.is_empty());
@@ -482,7 +490,7 @@ mod tests {
                 std::thread::spawn(move || {
                     for i in 0..20u8 {
                         let doc = DocumentId::derive(&[&format!("d{t}")]);
-                        s.append("u", &doc, &[i], &vec![i; 32]).unwrap();
+                        s.append("u", &doc, &[i], &vec![i; 32], 0).unwrap();
                     }
                 })
             })
