@@ -75,9 +75,15 @@ pub async fn start_relay_with(
 /// path only test and bench targets know) on `data_dir` as a separate
 /// process; returns it and its WebSocket URL (its first line of output).
 pub fn spawn_relay_process(exe: &str, data_dir: &Path) -> (std::process::Child, String) {
+    spawn_relay_process_with(exe, data_dir, &[])
+}
+
+/// [`spawn_relay_process`] with environment variables set for the relay.
+pub fn spawn_relay_process_with(exe: &str, data_dir: &Path, env: &[(&str, &str)]) -> (std::process::Child, String) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(exe)
         .arg(data_dir)
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()

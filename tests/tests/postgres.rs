@@ -167,19 +167,7 @@ async fn an_append_is_announced_once_committed() {
 }
 
 fn spawn_relay_on(url: &str, data_dir: &std::path::Path) -> (std::process::Child, String) {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_test-relay"))
-        .arg(data_dir)
-        .env("RELAY_DATABASE_URL", url)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("relay process starts");
-    let mut line = String::new();
-    if let Some(out) = child.stdout.take() {
-        let _ = std::io::BufReader::new(out).read_line(&mut line);
-    }
-    (child, line.trim().to_owned())
+    spawn_relay_process_with(env!("CARGO_BIN_EXE_test-relay"), data_dir, &[("RELAY_DATABASE_URL", url)])
 }
 
 /// A relay on PostgreSQL acknowledges reviews, is killed with SIGKILL, and

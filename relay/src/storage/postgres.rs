@@ -187,6 +187,17 @@ async fn migrate(pool: &Pool) -> Result<()> {
     tx.commit().await.map_err(pg)
 }
 
+/// A read-only transaction that sees one snapshot of the database.
+async fn read_snapshot(client: &mut deadpool_postgres::Object) -> Result<deadpool_postgres::Transaction<'_>> {
+    client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(pg)
+}
+
 fn parse_id_map(rows: Vec<tokio_postgres::Row>) -> HashMap<DocumentId, EncodedHeads> {
     rows.into_iter()
         .filter_map(|r| {
@@ -270,13 +281,7 @@ impl DocStorage for PgStorage {
             // One snapshot of the database: the document row and its chunks
             // from the same commit, never a snapshot from before a
             // compaction with the chunks from after it.
-            let tx = client
-                .build_transaction()
-                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await
-                .map_err(pg)?;
+            let tx = read_snapshot(&mut client).await?;
             let Some(row) = tx
                 .query_opt(
                     "SELECT snapshot, heads, snapshot_seq, last_seq FROM docs WHERE user_id = $1 AND doc_id = $2",
@@ -380,13 +385,7 @@ impl DocStorage for PgStorage {
         let after = seq as i64;
         self.run(|pool| async move {
             let mut client = pool.get().await.map_err(pg)?;
-            let tx = client
-                .build_transaction()
-                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await
-                .map_err(pg)?;
+            let tx = read_snapshot(&mut client).await?;
             let Some(row) = tx
                 .query_opt(
                     "SELECT snapshot_seq, last_seq, heads = ''::bytea FROM docs WHERE user_id = $1 AND doc_id = $2",
