@@ -363,6 +363,8 @@ impl ConnCore {
     /// Loads the document into the slot if needed. Returns whether it exists.
     fn ensure_loaded(&self, slot: &mut DocSlot, doc: DocumentId, now: Instant) -> Result<bool, CloseReason> {
         if !slot.loaded {
+            // Bounded: a crowd of devices arriving at once waits here.
+            let _turn = self.hub.begin_load();
             let stored = self.hub.storage.load(&self.reg.user, &doc).map_err(|e| self.storage_failed(e))?;
             slot.doc = match stored {
                 None => None,

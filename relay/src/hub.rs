@@ -115,9 +115,24 @@ pub struct Hub {
     resident_growth: AtomicU64,
     /// Turns true when the relay shuts down: every connection closes (1001).
     closing: tokio::sync::watch::Sender<bool>,
+    /// Documents being loaded now (bounded by `Limits::max_concurrent_doc_loads`).
+    loads: crate::budget::BlockingBudget,
+    /// The most documents ever loaded at once.
+    loads_peak: AtomicU64,
     /// When the last storage write failed (cleared by the next that
     /// succeeds); `/readyz` reports not-ready for a while after.
     storage_failed_at: Mutex<Option<Instant>>,
+}
+
+/// A turn to load a document ([`Hub::begin_load`]).
+pub struct LoadPermit<'a> {
+    hub: &'a Hub,
+}
+
+impl Drop for LoadPermit<'_> {
+    fn drop(&mut self) {
+        self.hub.loads.release(1);
+    }
 }
 
 /// A registered connection; unregisters itself when dropped.
@@ -149,6 +164,8 @@ impl Hub {
             storage,
             storage_id,
             outbound: ByteBudget::new(limits.max_outbound_bytes),
+            loads: crate::budget::BlockingBudget::new(limits.max_concurrent_doc_loads.max(1)),
+            loads_peak: AtomicU64::new(0),
             limits,
             metrics: Metrics::default(),
             peer_id,
@@ -349,6 +366,23 @@ impl Hub {
                 }))
             })
             .clone()
+    }
+
+    /// Waits for a turn to load a document from storage (at most
+    /// `Limits::max_concurrent_doc_loads` at once); the turn ends when the
+    /// permit is dropped. Called on a blocking thread.
+    pub fn begin_load(&self) -> LoadPermit<'_> {
+        if self.loads.in_use() >= self.limits.max_concurrent_doc_loads.max(1) {
+            Metrics::inc(&self.metrics.doc_load_waits);
+        }
+        self.loads.reserve(1);
+        self.loads_peak.fetch_max(self.loads.in_use() as u64, Ordering::Relaxed);
+        LoadPermit { hub: self }
+    }
+
+    /// Documents being loaded now, and the most ever at once.
+    pub fn loads(&self) -> (u64, u64) {
+        (self.loads.in_use() as u64, self.loads_peak.load(Ordering::Relaxed))
     }
 
     /// Another relay stored a chunk of `doc` with this seq (shared storage):

@@ -50,6 +50,11 @@ pub struct Limits {
     /// of new installs arriving at once waits for frames to drain instead of
     /// growing the relay (past it, each connection keeps one offer in flight).
     pub max_whole_offer_bytes: usize,
+    /// Documents being loaded from storage at once; more wait their turn.
+    /// A reconnect storm (a relay died and its devices arrive at another)
+    /// then costs latency, not memory: each load holds the stored bytes and
+    /// the document being built from them.
+    pub max_concurrent_doc_loads: usize,
 }
 
 impl Default for Limits {
@@ -72,6 +77,7 @@ impl Default for Limits {
             max_resident_doc_bytes: 16 * 1024 * 1024,
             max_whole_offer_bytes_per_connection: 8 * 1024 * 1024,
             max_whole_offer_bytes: 64 * 1024 * 1024,
+            max_concurrent_doc_loads: 8,
         }
     }
 }

@@ -71,6 +71,8 @@ pub struct Metrics {
     /// Times the idle sweeper gave memory back (page caches, allocator).
     pub memory_releases: AtomicU64,
     pub docs_evicted: AtomicU64,
+    /// Document loads that waited for a turn (`max_concurrent_doc_loads`).
+    pub doc_load_waits: AtomicU64,
     /// Loaded documents brought up to date with other relays' chunks.
     pub catch_ups: AtomicU64,
     /// Announcements of other relays' changes received (shared storage).
@@ -130,7 +132,7 @@ impl Metrics {
 
     /// `connections_open` and `docs_resident` are read from the hub, which
     /// owns those numbers, so there is one source for each.
-    pub fn render(&self, connections_open: u64, docs_resident: usize) -> String {
+    pub fn render(&self, connections_open: u64, docs_resident: usize, (loading, loads_peak): (u64, u64)) -> String {
         let mut out = String::new();
         let rows: Vec<(&str, &str, &str, u64)> = vec![
             ("relay_connections_open", "gauge", "WebSocket connections open now", connections_open),
@@ -194,6 +196,12 @@ impl Metrics {
                 self.docs_evicted.load(Relaxed),
             ),
             (
+                "relay_doc_load_waits_total",
+                "counter",
+                "Document loads that waited for a turn (the cap on concurrent loads)",
+                self.doc_load_waits.load(Relaxed),
+            ),
+            (
                 "relay_catch_ups_total",
                 "counter",
                 "Loaded documents brought up to date with chunks other relays stored",
@@ -213,6 +221,13 @@ impl Metrics {
                 self.storage_errors.load(Relaxed),
             ),
             ("relay_docs_resident", "gauge", "Documents loaded in memory now", docs_resident as u64),
+            ("relay_doc_loads_in_progress", "gauge", "Documents being loaded from storage now", loading),
+            (
+                "relay_doc_loads_peak",
+                "gauge",
+                "The most documents loaded from storage at once since start (bounded by the load cap)",
+                loads_peak,
+            ),
             (
                 "relay_ephemeral_dropped_total",
                 "counter",

@@ -138,7 +138,7 @@ async fn ready(State(app): State<AppState>) -> Response {
 async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
     (
         [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        app.hub.metrics.render(app.hub.open_connections(), app.hub.resident_docs()),
+        app.hub.metrics.render(app.hub.open_connections(), app.hub.resident_docs(), app.hub.loads()),
     )
 }
 

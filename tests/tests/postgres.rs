@@ -232,18 +232,9 @@ fn review(i: i64) -> NewReview {
 async fn edits_on_one_relay_reach_devices_on_another() {
     let pg = cluster();
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut relay_a, url_a) = spawn_relay_on(&pg.url, &dir.path().join("relay-a"));
-    let (mut relay_b, url_b) = spawn_relay_on(&pg.url, &dir.path().join("relay-b"));
-    assert!(url_a.starts_with("ws://") && url_b.starts_with("ws://"), "both relays start: {url_a:?} {url_b:?}");
-
-    let phone = open_engine(&dir.path().join("phone"), "alice", "phone");
-    let tablet = open_engine(&dir.path().join("tablet"), "alice", "tablet");
+    let ((mut relay_a, _), (mut relay_b, url_b), phone, tablet) = two_relays_and_two_devices(&pg, dir.path()).await;
     let mallory = open_engine(&dir.path().join("mallory"), "mallory", "laptop");
-    phone.record_review(review(0)).expect("review");
-    phone.start_sync(relay_config(&url_a, "alice", "phone")).expect("sync");
-    tablet.start_sync(relay_config(&url_b, "alice", "tablet")).expect("sync");
     mallory.start_sync(relay_config(&url_b, "mallory", "laptop")).expect("sync");
-    eventually("the tablet on B has the phone's first review", WAIT, || tablet.review_count().ok() == Some(1)).await;
 
     // Both devices stay connected, each document loaded on both relays.
     for i in 1..=20 {
@@ -267,6 +258,193 @@ async fn edits_on_one_relay_reach_devices_on_another() {
     assert!(value("relay_feed_events_total ") >= 1, "B heard A's changes announced:\n{metrics}");
     assert!(value("relay_catch_ups_total ") >= 1, "B caught its loaded copy up:\n{metrics}");
     for relay in [&mut relay_a, &mut relay_b] {
+        let _ = relay.kill();
+        let _ = relay.wait();
+    }
+}
+
+/// One user's document, changed once more.
+fn edit(doc: &mut automerge::Automerge, value: i64) {
+    use automerge::transaction::Transactable;
+    let mut tx = doc.transaction();
+    let _ = tx.put(automerge::ROOT, "value", value);
+    tx.commit();
+}
+
+/// `GET /metrics` of the relay at `ws_url`, one value.
+async fn metric(ws_url: &str, name: &str) -> u64 {
+    let base = ws_url.replace("ws://", "http://").trim_end_matches("/sync").to_owned();
+    let text = get(format!("{base}/metrics")).await.expect("metrics").text().await.expect("text");
+    text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
+/// Relay A dies with 300 devices on it (300 users, one document each);
+/// they all arrive at relay B at once. B loads at most its cap of
+/// documents at a time (latency grows, memory does not), and every device
+/// converges with what A had acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hundred_devices_moving_to_another_relay_stay_under_the_load_cap_and_converge() {
+    use futures_util::future::join_all;
+    use integration_tests::peer::TestPeer;
+    const DEVICES: usize = 300;
+    const CAP: u64 = 2;
+    let pg = cluster();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut relay_a, url_a) = spawn_relay_on(&pg.url, &dir.path().join("relay-a"));
+    let (mut relay_b, url_b) = spawn_relay_process_with(
+        env!("CARGO_BIN_EXE_test-relay"),
+        &dir.path().join("relay-b"),
+        &[("RELAY_DATABASE_URL", pg.url.as_str()), ("RELAY_MAX_CONCURRENT_DOC_LOADS", "2")],
+    );
+    assert!(url_a.starts_with("ws://") && url_b.starts_with("ws://"), "both relays start");
+
+    let on_a = join_all((0..DEVICES).map(|i| {
+        let url = url_a.clone();
+        async move {
+            let user = format!("user-{i}");
+            let mut peer = TestPeer::connect(&url, &token(&user, "phone"), "phone").await.expect("connect to A");
+            let (id, mut doc, mut state) = (doc(1), automerge::Automerge::new(), automerge::sync::State::new());
+            edit(&mut doc, 1);
+            assert!(peer.sync_doc(id, &mut doc, &mut state, false).await.expect("sync on A"), "A stores it");
+            (user, peer, doc)
+        }
+    }))
+    .await;
+    relay_a.kill().expect("SIGKILL A");
+    relay_a.wait().expect("reaped");
+
+    // Everyone at once, each with one more change (B must load each document).
+    let results = join_all(on_a.into_iter().map(|(user, peer, mut held)| {
+        drop(peer);
+        let url = url_b.clone();
+        async move {
+            let mut peer = TestPeer::connect(&url, &token(&user, "phone"), "phone").await?;
+            edit(&mut held, 2);
+            let mut state = automerge::sync::State::new();
+            peer.sync_doc(doc(1), &mut held, &mut state, false).await
+        }
+    }))
+    .await;
+    let failed: Vec<_> = results.iter().filter(|r| !matches!(r, Ok(true))).collect();
+    assert!(failed.is_empty(), "every device converged on B: {} failed, e.g. {:?}", failed.len(), failed.first());
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM docs WHERE last_seq = 2").expect("psql"),
+        DEVICES.to_string(),
+        "each document holds A's change and B's"
+    );
+    let (peak, waits) =
+        (metric(&url_b, "relay_doc_loads_peak ").await, metric(&url_b, "relay_doc_load_waits_total ").await);
+    assert!(peak <= CAP, "B never loaded more than {CAP} documents at once (peak {peak})");
+    assert!(waits > 0, "the storm did press on the cap (no load waited: the test would prove nothing)");
+    let _ = relay_b.kill();
+    let _ = relay_b.wait();
+}
+
+/// Relays A and B on one database, the phone on A and the tablet on B,
+/// synced once.
+async fn two_relays_and_two_devices(
+    pg: &PgCluster,
+    dir: &std::path::Path,
+) -> ((std::process::Child, String), (std::process::Child, String), engine::Engine, engine::Engine) {
+    let a = spawn_relay_on(&pg.url, &dir.join("relay-a"));
+    let b = spawn_relay_on(&pg.url, &dir.join("relay-b"));
+    assert!(a.1.starts_with("ws://") && b.1.starts_with("ws://"), "both relays start");
+    let phone = open_engine(&dir.join("phone"), "alice", "phone");
+    let tablet = open_engine(&dir.join("tablet"), "alice", "tablet");
+    phone.record_review(review(0)).expect("review");
+    phone.start_sync(relay_config(&a.1, "alice", "phone")).expect("sync");
+    tablet.start_sync(relay_config(&b.1, "alice", "tablet")).expect("sync");
+    eventually("the tablet on B has the first review", WAIT, || tablet.review_count().ok() == Some(1)).await;
+    (a, b, phone, tablet)
+}
+
+/// B's listening connection is terminated while the phone on A writes;
+/// B listens again and the tablet on B converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_whose_listener_is_cut_mid_write_still_converges() {
+    let pg = cluster();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ((mut relay_a, _), (mut relay_b, _), phone, tablet) = two_relays_and_two_devices(&pg, dir.path()).await;
+    let listener = format!("relay-listener-{}", relay_b.id());
+    let count_listeners =
+        || pg.psql(&format!("SELECT count(*) FROM pg_stat_activity WHERE application_name = '{listener}'"));
+    assert_eq!(count_listeners().expect("psql"), "1", "B listens");
+    for i in 1..=30 {
+        phone.record_review(review(i)).expect("review on A");
+        if i == 10 {
+            let cut = pg
+                .psql(&format!(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '{listener}'"
+                ))
+                .expect("psql");
+            assert_eq!(cut, "1", "B's listener was cut");
+        }
+    }
+    eventually("the tablet on B gets every review", WAIT, || tablet.review_count().ok() == Some(31)).await;
+    eventually("B listens again", WAIT, || count_listeners().ok().as_deref() == Some("1")).await;
+    for relay in [&mut relay_a, &mut relay_b] {
+        let _ = relay.kill();
+        let _ = relay.wait();
+    }
+}
+
+/// PostgreSQL restarts under two running relays: both recover by
+/// themselves (pools reconnect, listeners listen again), and edits flow
+/// both ways afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_relays_recover_when_postgres_restarts() {
+    let pg = cluster();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ((mut relay_a, _), (mut relay_b, _), phone, tablet) = two_relays_and_two_devices(&pg, dir.path()).await;
+    pg.restart().unwrap_or_else(|e| panic!("PostgreSQL restarts: {e}\n{}", pg.log()));
+    for i in 1..=10 {
+        phone.record_review(review(i)).expect("review on A");
+    }
+    eventually("edits on A reach the tablet on B after the restart", WAIT, || tablet.review_count().ok() == Some(11))
+        .await;
+    for i in 11..=20 {
+        tablet.record_review(review(i)).expect("review on B");
+    }
+    eventually("edits on B reach the phone on A", WAIT, || phone.review_count().ok() == Some(21)).await;
+    eventually("both settle", WAIT, || settled(&phone) && settled(&tablet)).await;
+    assert_eq!(tablet.document_heads().expect("heads"), phone.document_heads().expect("heads"));
+    for relay in [&mut relay_a, &mut relay_b] {
+        let _ = relay.kill();
+        let _ = relay.wait();
+    }
+}
+
+/// The phone on A and the tablet on B take turns writing one document, a
+/// chunk each time, past the compaction threshold: both relays compact it
+/// while the other appends. Nothing is lost: a new device on a third relay
+/// gets every review.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_compacting_one_document_keep_every_change() {
+    let pg = cluster();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ((mut relay_a, _), (mut relay_b, _), phone, tablet) = two_relays_and_two_devices(&pg, dir.path()).await;
+    let writes = 160;
+    for i in 1..=writes {
+        let (writer, reader) = if i % 2 == 0 { (&phone, &tablet) } else { (&tablet, &phone) };
+        writer.record_review(review(i)).expect("review");
+        let want = i as u64 + 1;
+        eventually("each review reaches the other relay's device", WAIT, || reader.review_count().ok() == Some(want))
+            .await;
+    }
+    let compacted = pg.psql("SELECT snapshot_seq FROM docs WHERE snapshot IS NOT NULL").expect("psql");
+    assert!(
+        compacted.lines().any(|s| s.parse::<u64>().is_ok_and(|n| n >= 64)),
+        "compacted past 64 chunks: {compacted:?}"
+    );
+    let (mut relay_c, url_c) = spawn_relay_on(&pg.url, &dir.path().join("relay-c"));
+    let laptop = open_engine(&dir.path().join("laptop"), "alice", "laptop");
+    laptop.start_sync(relay_config(&url_c, "alice", "laptop")).expect("sync");
+    let all = writes as u64 + 1;
+    eventually("a new device on relay C gets every review", WAIT, || laptop.review_count().ok() == Some(all)).await;
+    eventually("phone and tablet settle", WAIT, || settled(&phone) && settled(&tablet)).await;
+    assert_eq!(laptop.document_heads().expect("heads"), phone.document_heads().expect("heads"));
+    assert_eq!(tablet.document_heads().expect("heads"), phone.document_heads().expect("heads"));
+    for relay in [&mut relay_a, &mut relay_b, &mut relay_c] {
         let _ = relay.kill();
         let _ = relay.wait();
     }

@@ -19,6 +19,10 @@ struct Cli {
     /// directory, which still holds the release registry and artifacts.
     #[arg(long, env = "RELAY_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+    /// Documents loaded from storage at once at most; more wait their turn
+    /// (a reconnect storm costs latency, not memory).
+    #[arg(long, env = "RELAY_MAX_CONCURRENT_DOC_LOADS", default_value_t = 8)]
+    max_concurrent_doc_loads: usize,
     /// Address to listen on.
     #[arg(long, env = "RELAY_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -219,6 +223,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = Config::local(cli.data_dir.clone(), cli.listen);
     config.dev = cli.dev;
     config.database_url = cli.database_url.clone();
+    config.limits.max_concurrent_doc_loads = cli.max_concurrent_doc_loads.max(1);
     config.release_limits.max_artifact_bytes = cli.max_artifact_bytes;
     config.release_limits.max_release_bytes = cli.max_release_bytes;
     if let (Some(cert), Some(key)) = (&cli.tls_cert, &cli.tls_key) {

@@ -270,7 +270,10 @@ impl DocStorage for PgStorage {
     fn change_feed(&self) -> Option<tokio::sync::mpsc::Receiver<FeedEvent>> {
         let runtime = self.runtime.as_ref()?;
         let (tx, rx) = tokio::sync::mpsc::channel(FEED_QUEUE);
-        runtime.spawn(listen(self.config.clone(), tx));
+        // Named, so an operator sees each relay's listener in pg_stat_activity.
+        let mut config = self.config.clone();
+        config.application_name(format!("relay-listener-{}", std::process::id()));
+        runtime.spawn(listen(config, tx));
         Some(rx)
     }
 
