@@ -39,10 +39,13 @@ pub struct Config {
     /// Terminate TLS here (`--tls-cert`/`--tls-key`); `None`: plain HTTP
     /// (behind a TLS proxy, or on loopback).
     pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
-    /// Documents and sync states in PostgreSQL (`--database-url`) instead of
-    /// the SQLite file in `data_dir`. The release registry and artifacts
-    /// stay in `data_dir` for now.
+    /// Documents, sync states, the release registry and the audit log in
+    /// PostgreSQL (`--database-url`), shared by several relays, instead of
+    /// the SQLite file in `data_dir`. Artifact files: `artifact_dir`.
     pub database_url: Option<String>,
+    /// Where artifact files live; `None`: `artifacts` under `data_dir`.
+    /// Relays sharing a database share this directory (a shared mount).
+    pub artifact_dir: Option<PathBuf>,
 }
 
 impl Config {
@@ -64,6 +67,7 @@ impl Config {
             dev: false,
             tls: None,
             database_url: None,
+            artifact_dir: None,
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod error;
 pub mod hub;
 pub mod limits;
 pub mod metrics;
+pub mod pg;
 pub mod server;
 pub mod session;
 pub mod storage;

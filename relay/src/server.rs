@@ -7,7 +7,7 @@ use crate::error::RelayError;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::release::artifacts::ArtifactStore;
-use crate::release::repository::ReleaseRepository;
+use crate::release::repository::{PgReleases, ReleaseRepository, SqliteReleases};
 use crate::release::service::ReleaseService;
 use crate::storage::{DocStorage, PgStorage, SqliteStorage};
 use crate::ws;
@@ -183,11 +183,18 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Opens the release registry under the data directory.
-fn open_releases(config: &Config) -> Result<ReleaseService, RelayError> {
-    let repo = ReleaseRepository::open(&config.data_dir.join("relay.sqlite3"))
-        .map_err(|e| RelayError::Config(format!("release registry: {e}")))?;
-    let store = ArtifactStore::open(&config.data_dir.join("artifacts"))?;
+/// Opens the release registry: in PostgreSQL when the relay has a
+/// database, else in the data directory's SQLite file.
+fn open_releases(config: &Config, pg: Option<Arc<crate::pg::Pg>>) -> Result<ReleaseService, RelayError> {
+    let repo: Arc<dyn ReleaseRepository> = match pg {
+        Some(pg) => Arc::new(PgReleases::on(pg)),
+        None => Arc::new(
+            SqliteReleases::open(&config.data_dir.join("relay.sqlite3"))
+                .map_err(|e| RelayError::Config(format!("release registry: {e}")))?,
+        ),
+    };
+    let artifact_dir = config.artifact_dir.clone().unwrap_or_else(|| config.data_dir.join("artifacts"));
+    let store = ArtifactStore::open(&artifact_dir)?;
     let orphans = store.sweep_orphans(&repo.all_file_keys().map_err(|e| RelayError::Config(e.to_string()))?)?;
     if orphans > 0 {
         tracing::info!(orphans, "removed artifact files no release points at");
@@ -348,15 +355,19 @@ pub async fn start(config: Config) -> Result<RunningRelay, RelayError> {
     Hub::limit_allocator_arenas();
     // First: nothing in the directory is touched unless it is ours.
     let lock = crate::data_dir::DataDirLock::acquire(&config.data_dir)?;
-    let storage: Arc<dyn DocStorage> = match &config.database_url {
+    // One PostgreSQL connection for documents and releases, when configured.
+    let pg = match &config.database_url {
         Some(url) => {
             let url = url.clone();
-            Arc::new(
-                tokio::task::spawn_blocking(move || PgStorage::connect(&url))
-                    .await
-                    .map_err(|e| RelayError::Config(format!("connecting to the database: {e}")))??,
-            )
+            let connected = tokio::task::spawn_blocking(move || crate::pg::Pg::connect(&url))
+                .await
+                .map_err(|e| RelayError::Config(format!("connecting to the database: {e}")))?;
+            Some(Arc::new(connected.map_err(|e| RelayError::Config(format!("database: {e}")))?))
         }
+        None => None,
+    };
+    let storage: Arc<dyn DocStorage> = match &pg {
+        Some(pg) => Arc::new(PgStorage::on(pg.clone())),
         None => Arc::new(SqliteStorage::open_with(
             &config.data_dir.join("relay.sqlite3"),
             config.limits.max_storage_queue_bytes,
@@ -365,7 +376,7 @@ pub async fn start(config: Config) -> Result<RunningRelay, RelayError> {
     // One stable, short peer id: relays sharing storage are the same peer to
     // a client, and the id rides in every message.
     let hub = Arc::new(Hub::new(storage, config.limits.clone(), RELAY_PEER_ID.to_owned()));
-    let releases = Arc::new(open_releases(&config)?);
+    let releases = Arc::new(open_releases(&config, pg)?);
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| RelayError::Config(format!("cannot listen on {}: {e}", config.listen)))?;

@@ -14,11 +14,17 @@ struct Cli {
     /// Where the relay keeps its database and artifacts.
     #[arg(long, env = "RELAY_DATA_DIR", default_value = "./data/relay")]
     data_dir: PathBuf,
-    /// Keep documents and sync states in PostgreSQL (a libpq URL; loopback
-    /// or Unix socket hosts only for now) instead of SQLite under the data
-    /// directory, which still holds the release registry and artifacts.
+    /// Keep documents, sync states, the release registry and the audit log
+    /// in PostgreSQL (a libpq URL; loopback or Unix socket hosts only for
+    /// now), shared by several relays, instead of SQLite under the data
+    /// directory. Share `--artifact-dir` between them too.
     #[arg(long, env = "RELAY_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+    /// Where artifact files live (default: `artifacts` under the data
+    /// directory). Relays sharing a database share this directory too (a
+    /// shared mount), so any relay serves any release.
+    #[arg(long, env = "RELAY_ARTIFACT_DIR")]
+    artifact_dir: Option<PathBuf>,
     /// Documents loaded from storage at once at most; more wait their turn
     /// (a reconnect storm costs latency, not memory).
     #[arg(long, env = "RELAY_MAX_CONCURRENT_DOC_LOADS", default_value_t = 8)]
@@ -187,6 +193,14 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             println!("{}", config::dev_issuer().issue(&user, &device, now + ttl)?);
             return Ok(());
         }
+        Some(Command::Backup { .. } | Command::Restore { .. })
+            if cli.database_url.is_some() || cli.artifact_dir.is_some() =>
+        {
+            return Err("`relay backup` and `relay restore` cover a data directory holding its own database and \
+                        artifacts; with --database-url or --artifact-dir, back up PostgreSQL (pg_dump, base backups) \
+                        and the artifact directory with their own tools"
+                .into());
+        }
         Some(Command::Backup { dest }) => {
             let copied = relay::backup::backup(&cli.data_dir, &dest)?;
             println!(
@@ -223,6 +237,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = Config::local(cli.data_dir.clone(), cli.listen);
     config.dev = cli.dev;
     config.database_url = cli.database_url.clone();
+    config.artifact_dir = cli.artifact_dir.clone();
     config.limits.max_concurrent_doc_loads = cli.max_concurrent_doc_loads.max(1);
     config.release_limits.max_artifact_bytes = cli.max_artifact_bytes;
     config.release_limits.max_release_bytes = cli.max_release_bytes;

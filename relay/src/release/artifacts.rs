@@ -5,6 +5,10 @@
 //! fsynced) before any database row points at them. A crash or a dropped
 //! upload therefore leaves at most a temporary file, which the next start
 //! sweeps; no row ever points at a partial file.
+//!
+//! Several relays may share the directory (a shared mount): the sweeps at
+//! start leave files younger than [`SWEEP_GRACE`] alone, since another
+//! relay may be writing them or about to record them.
 
 use futures_util::{Stream, StreamExt};
 use release::checksum::Hasher;
@@ -28,18 +32,33 @@ pub struct Staged {
     pub sha256: String,
 }
 
+/// Files modified this recently are never swept (see the module doc).
+pub const SWEEP_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Whether a file was last modified longer ago than [`SWEEP_GRACE`].
+fn past_grace(path: &Path) -> bool {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age > SWEEP_GRACE)
+}
+
 pub struct ArtifactStore {
     root: PathBuf,
 }
 
 impl ArtifactStore {
     /// Opens (creating) the store under `root`, removing leftovers of
-    /// interrupted uploads.
+    /// interrupted uploads (past the grace).
     pub fn open(root: &Path) -> std::io::Result<ArtifactStore> {
         std::fs::create_dir_all(root.join("tmp"))?;
         std::fs::create_dir_all(root.join("files"))?;
         for entry in std::fs::read_dir(root.join("tmp"))? {
-            let _ = std::fs::remove_file(entry?.path());
+            let path = entry?.path();
+            if past_grace(&path) {
+                let _ = std::fs::remove_file(path);
+            }
         }
         Ok(ArtifactStore { root: root.to_path_buf() })
     }
@@ -129,7 +148,7 @@ impl ArtifactStore {
     }
 
     /// Deletes files no artifact row points at (a crash between rename and
-    /// insert, or a removed artifact).
+    /// insert, or a removed artifact), once past the grace.
     pub fn sweep_orphans(&self, referenced: &[String]) -> std::io::Result<usize> {
         let referenced: std::collections::HashSet<&str> = referenced.iter().map(String::as_str).collect();
         let mut removed = 0;
@@ -142,7 +161,7 @@ impl ArtifactStore {
             for f in std::fs::read_dir(dir.path())? {
                 let f = f?;
                 let key = format!("{}/{}", dir.file_name().to_string_lossy(), f.file_name().to_string_lossy());
-                if !referenced.contains(key.as_str()) {
+                if !referenced.contains(key.as_str()) && past_grace(&f.path()) {
                     std::fs::remove_file(f.path())?;
                     removed += 1;
                 }

@@ -13,6 +13,7 @@ use release::rules::{Rule, SizeLimits, StoredBytes, ValidationInput, ValidationR
 use release::version::Version;
 use release::{checksum, names, rollout};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 const MAX_NOTES: usize = 10_000;
 const MAX_REASON: usize = 1_000;
@@ -38,7 +39,7 @@ pub fn now_ms() -> TimestampMs {
 }
 
 pub struct ReleaseService {
-    pub repo: ReleaseRepository,
+    pub repo: Arc<dyn ReleaseRepository>,
     pub store: ArtifactStore,
     pub signer: ManifestSigner,
     pub rules: Vec<Rule>,

@@ -8,194 +8,31 @@
 //! An append announces `(user, doc, seq)` with `pg_notify` in its own
 //! transaction, so a listener hears of a chunk only once it is committed.
 //!
-//! The relay calls storage from blocking threads and expects synchronous
-//! calls; the driver is asynchronous. Each call runs on this storage's own
-//! small runtime and the caller waits on a channel, so a call is safe from
-//! any thread (a `block_on` on the relay's runtime would panic if ever
-//! called from one of its workers).
+//! Calls run on the relay's one PostgreSQL connection ([`crate::pg`]),
+//! shared with the release registry; the schema is in [`crate::pg::schema`].
 //!
 //! Several relays share one database: each listens on [`CHANGES_CHANNEL`]
 //! ([`DocStorage::change_feed`]) and catches its loaded documents up by seq
 //! ([`DocStorage::changes_after`]).
 
 use super::{Appended, CatchUp, DocStorage, EncodedHeads, FeedEvent, Result, StorageError, StoredDoc};
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::Pool;
 use protocol::DocumentId;
 use std::collections::HashMap;
-use std::future::Future;
 use tokio_postgres::NoTls;
 
 /// The channel appends are announced on (payload `user doc seq`).
 pub const CHANGES_CHANNEL: &str = "relay_doc_changes";
 
-/// Key of the advisory lock migrations run under (two relays starting at once).
-const MIGRATION_LOCK: i64 = 0x7265_6c61_796d; // "relaym"
-
-/// Connections the pool opens at most.
-const POOL_SIZE: usize = 16;
-
-/// Versioned schema. Each step runs once, in one transaction with its
-/// version row. Append, never edit.
-const STEPS: &[&str] = &[
-    // 1: documents, chunks with per-document seq, sync states, identity.
-    r#"
-    CREATE TABLE relay_meta (
-        key    TEXT PRIMARY KEY,
-        value  TEXT NOT NULL
-    );
-    INSERT INTO relay_meta(key, value) VALUES ('storage_id', replace(gen_random_uuid()::text, '-', ''));
-    CREATE TABLE docs (
-        user_id       TEXT NOT NULL,
-        doc_id        TEXT NOT NULL,
-        heads         BYTEA NOT NULL,
-        snapshot      BYTEA,
-        snapshot_seq  BIGINT NOT NULL DEFAULT 0,  -- chunks up to here are in the snapshot
-        last_seq      BIGINT NOT NULL DEFAULT 0,  -- the newest chunk's seq
-        created_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
-        updated_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
-        PRIMARY KEY (user_id, doc_id)
-    );
-    CREATE TABLE doc_chunks (
-        user_id  TEXT NOT NULL,
-        doc_id   TEXT NOT NULL,
-        seq      BIGINT NOT NULL,
-        data     BYTEA NOT NULL,
-        PRIMARY KEY (user_id, doc_id, seq)
-    );
-    CREATE TABLE sync_states (
-        user_id       TEXT NOT NULL,
-        device_id     TEXT NOT NULL,
-        doc_id        TEXT NOT NULL,
-        state         BYTEA NOT NULL,
-        shared_heads  BYTEA NOT NULL,
-        PRIMARY KEY (user_id, device_id, doc_id)
-    );
-    "#,
-];
-
-/// The schema version this relay writes.
-pub const SCHEMA_VERSION: i64 = STEPS.len() as i64;
-
-fn pg(e: impl std::fmt::Display) -> StorageError {
-    StorageError::Postgres(e.to_string())
-}
-
-pub struct PgStorage {
-    pool: Pool,
-    /// Runs the driver's connections; `None` once dropped.
-    runtime: Option<tokio::runtime::Runtime>,
-    config: tokio_postgres::Config,
-}
-
-impl PgStorage {
-    /// Connects to `url` (a libpq URL or key=value string) and migrates the
-    /// schema. Only loopback hosts and
-    /// Unix sockets: TLS to PostgreSQL is not built yet, and a password
-    /// must not cross a network in clear.
-    pub fn connect(url: &str) -> Result<PgStorage> {
-        let config: tokio_postgres::Config = url.parse().map_err(|e| pg(format!("database URL: {e}")))?;
-        check_loopback(&config)?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("relay-postgres")
-            .enable_all()
-            .build()
-            .map_err(pg)?;
-        let manager =
-            Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-        let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .build()
-            .map_err(pg)?;
-        runtime.block_on(migrate(&pool))?;
-        Ok(PgStorage { pool, runtime: Some(runtime), config })
-    }
-
-    /// Runs `f` on the storage's runtime and waits for it from any thread.
-    fn run<T, F>(&self, f: impl FnOnce(Pool) -> F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: Future<Output = Result<T>> + Send + 'static,
-    {
-        let runtime = self.runtime.as_ref().ok_or_else(|| pg("storage closed"))?;
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let fut = f(self.pool.clone());
-        runtime.spawn(async move {
-            let _ = tx.send(fut.await);
-        });
-        rx.recv().map_err(|_| pg("storage runtime stopped"))?
-    }
-}
-
-impl Drop for PgStorage {
-    fn drop(&mut self) {
-        // The relay may drop its storage on one of its async workers, where
-        // a runtime must not block on its own shutdown.
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
+impl From<crate::pg::PgError> for StorageError {
+    fn from(e: crate::pg::PgError) -> StorageError {
+        use crate::pg::StorageErrorKind;
+        match e.kind {
+            StorageErrorKind::SchemaTooNew { found, supported } => StorageError::SchemaTooNew { found, supported },
+            StorageErrorKind::Migration => StorageError::Migration(e.text),
+            _ => StorageError::Postgres(e.text),
         }
     }
-}
-
-/// Refuses hosts that are not loopback addresses or Unix sockets.
-fn check_loopback(config: &tokio_postgres::Config) -> Result<()> {
-    use tokio_postgres::config::Host;
-    if config.get_hosts().is_empty() {
-        return Err(pg("database URL names no host"));
-    }
-    for host in config.get_hosts() {
-        let ok = match host {
-            Host::Tcp(name) => {
-                name == "localhost" || name.parse::<std::net::IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false)
-            }
-            Host::Unix(_) => true,
-        };
-        if !ok {
-            return Err(pg(format!(
-                "database host {host:?} is not a loopback address or a Unix socket; TLS to PostgreSQL is not supported yet"
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Brings the schema to [`SCHEMA_VERSION`], under an advisory lock so two
-/// relays starting at once migrate once. A newer schema is refused.
-async fn migrate(pool: &Pool) -> Result<()> {
-    let mut client = pool.get().await.map_err(pg)?;
-    let tx = client.transaction().await.map_err(pg)?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(pg)?;
-    tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS relay_schema_migrations (
-             version     BIGINT PRIMARY KEY,
-             applied_at  TIMESTAMPTZ NOT NULL DEFAULT now()
-         )",
-    )
-    .await
-    .map_err(pg)?;
-    let found: i64 =
-        tx.query_one("SELECT coalesce(max(version), 0) FROM relay_schema_migrations", &[]).await.map_err(pg)?.get(0);
-    if found > SCHEMA_VERSION {
-        return Err(StorageError::SchemaTooNew { found, supported: SCHEMA_VERSION });
-    }
-    for (i, step) in STEPS.iter().enumerate().skip(found as usize) {
-        let version = i as i64 + 1;
-        tx.batch_execute(step).await.map_err(|e| StorageError::Migration(format!("step {version}: {e}")))?;
-        tx.execute("INSERT INTO relay_schema_migrations(version) VALUES ($1)", &[&version]).await.map_err(pg)?;
-    }
-    tx.commit().await.map_err(pg)
-}
-
-/// A read-only transaction that sees one snapshot of the database.
-async fn read_snapshot(client: &mut deadpool_postgres::Object) -> Result<deadpool_postgres::Transaction<'_>> {
-    client
-        .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await
-        .map_err(pg)
 }
 
 fn parse_id_map(rows: Vec<tokio_postgres::Row>) -> HashMap<DocumentId, EncodedHeads> {
@@ -205,6 +42,30 @@ fn parse_id_map(rows: Vec<tokio_postgres::Row>) -> HashMap<DocumentId, EncodedHe
             Some((id.parse().ok()?, r.get::<_, Vec<u8>>(1)))
         })
         .collect()
+}
+
+pub struct PgStorage {
+    pg: std::sync::Arc<crate::pg::Pg>,
+}
+
+impl PgStorage {
+    /// Connects (see [`crate::pg::Pg::connect`]) and migrates the schema.
+    pub fn connect(url: &str) -> Result<PgStorage> {
+        Ok(PgStorage::on(std::sync::Arc::new(crate::pg::Pg::connect(url)?)))
+    }
+
+    /// Documents on an open connection (shared with the release registry).
+    pub fn on(pg: std::sync::Arc<crate::pg::Pg>) -> PgStorage {
+        PgStorage { pg }
+    }
+
+    fn run<T, F>(&self, f: impl FnOnce(Pool) -> F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = Result<T, crate::pg::PgError>> + Send + 'static,
+    {
+        Ok(self.pg.run(f)?)
+    }
 }
 
 /// Announcements waiting for the relay at most (past that, one `Resync`).
@@ -268,30 +129,30 @@ fn parse_note(payload: &str) -> Option<FeedEvent> {
 
 impl DocStorage for PgStorage {
     fn change_feed(&self) -> Option<tokio::sync::mpsc::Receiver<FeedEvent>> {
-        let runtime = self.runtime.as_ref()?;
         let (tx, rx) = tokio::sync::mpsc::channel(FEED_QUEUE);
         // Named, so an operator sees each relay's listener in pg_stat_activity.
-        let mut config = self.config.clone();
+        let mut config = self.pg.config.clone();
         config.application_name(format!("relay-listener-{}", std::process::id()));
-        runtime.spawn(listen(config, tx));
+        if !self.pg.spawn(listen(config, tx)) {
+            return None;
+        }
         Some(rx)
     }
 
     fn load(&self, user: &str, doc: &DocumentId) -> Result<Option<StoredDoc>> {
         let (user, doc) = (user.to_owned(), doc.to_string());
         self.run(|pool| async move {
-            let mut client = pool.get().await.map_err(pg)?;
+            let mut client = pool.get().await?;
             // One snapshot of the database: the document row and its chunks
             // from the same commit, never a snapshot from before a
             // compaction with the chunks from after it.
-            let tx = read_snapshot(&mut client).await?;
+            let tx = crate::pg::read_snapshot(&mut client).await?;
             let Some(row) = tx
                 .query_opt(
                     "SELECT snapshot, heads, snapshot_seq, last_seq FROM docs WHERE user_id = $1 AND doc_id = $2",
                     &[&user, &doc],
                 )
-                .await
-                .map_err(pg)?
+                .await?
             else {
                 return Ok(None);
             };
@@ -301,12 +162,11 @@ impl DocStorage for PgStorage {
                     "SELECT data FROM doc_chunks WHERE user_id = $1 AND doc_id = $2 AND seq > $3 ORDER BY seq",
                     &[&user, &doc, &snapshot_seq],
                 )
-                .await
-                .map_err(pg)?
+                .await?
                 .into_iter()
                 .map(|r| r.get::<_, Vec<u8>>(0))
                 .collect();
-            tx.commit().await.map_err(pg)?;
+            tx.commit().await?;
             let seq: i64 = row.get(3);
             Ok(Some(StoredDoc { snapshot: row.get(0), chunks, heads: row.get(1), seq: seq as u64 }))
         })
@@ -323,8 +183,8 @@ impl DocStorage for PgStorage {
         let (user, doc, chunk, heads) = (user.to_owned(), doc.to_string(), chunk.to_vec(), heads.clone());
         let base = base_seq as i64;
         self.run(|pool| async move {
-            let mut client = pool.get().await.map_err(pg)?;
-            let tx = client.transaction().await.map_err(pg)?;
+            let mut client = pool.get().await?;
+            let tx = client.transaction().await?;
             // The row's lock orders appends to one document: seq order is
             // commit order. Heads from a copy that missed another relay's
             // chunks would be wrong: they are recorded as unknown (empty).
@@ -337,20 +197,16 @@ impl DocStorage for PgStorage {
                      RETURNING last_seq, snapshot_seq",
                     &[&user, &doc, &heads, &base],
                 )
-                .await
-                .map_err(pg)?;
+                .await?;
             let (seq, snapshot_seq): (i64, i64) = (row.get(0), row.get(1));
             tx.execute(
                 "INSERT INTO doc_chunks(user_id, doc_id, seq, data) VALUES ($1, $2, $3, $4)",
                 &[&user, &doc, &seq, &chunk],
             )
-            .await
-            .map_err(pg)?;
+            .await?;
             // Delivered to listeners only once this transaction commits.
-            tx.execute("SELECT pg_notify($1, $2)", &[&CHANGES_CHANNEL, &format!("{user} {doc} {seq}")])
-                .await
-                .map_err(pg)?;
-            tx.commit().await.map_err(pg)?;
+            tx.execute("SELECT pg_notify($1, $2)", &[&CHANGES_CHANNEL, &format!("{user} {doc} {seq}")]).await?;
+            tx.commit().await?;
             Ok(Appended { since_snapshot: (seq - snapshot_seq).max(0) as u64, seq: seq as u64 })
         })
     }
@@ -359,8 +215,8 @@ impl DocStorage for PgStorage {
         let (user, doc, snapshot) = (user.to_owned(), doc.to_string(), snapshot.to_vec());
         let covers = covers_seq as i64;
         self.run(|pool| async move {
-            let mut client = pool.get().await.map_err(pg)?;
-            let tx = client.transaction().await.map_err(pg)?;
+            let mut client = pool.get().await?;
+            let tx = client.transaction().await?;
             // Only a snapshot newer than the stored one replaces it, and only
             // the chunks it holds go: another relay's later chunks stay.
             let replaced = tx
@@ -369,17 +225,15 @@ impl DocStorage for PgStorage {
                      WHERE user_id = $1 AND doc_id = $2 AND snapshot_seq < $4 AND last_seq >= $4",
                     &[&user, &doc, &snapshot, &covers],
                 )
-                .await
-                .map_err(pg)?;
+                .await?;
             if replaced > 0 {
                 tx.execute(
                     "DELETE FROM doc_chunks WHERE user_id = $1 AND doc_id = $2 AND seq <= $3",
                     &[&user, &doc, &covers],
                 )
-                .await
-                .map_err(pg)?;
+                .await?;
             }
-            tx.commit().await.map_err(pg)
+            Ok(tx.commit().await?)
         })
     }
 
@@ -387,15 +241,14 @@ impl DocStorage for PgStorage {
         let (user, doc) = (user.to_owned(), doc.to_string());
         let after = seq as i64;
         self.run(|pool| async move {
-            let mut client = pool.get().await.map_err(pg)?;
-            let tx = read_snapshot(&mut client).await?;
+            let mut client = pool.get().await?;
+            let tx = crate::pg::read_snapshot(&mut client).await?;
             let Some(row) = tx
                 .query_opt(
                     "SELECT snapshot_seq, last_seq, heads = ''::bytea FROM docs WHERE user_id = $1 AND doc_id = $2",
                     &[&user, &doc],
                 )
-                .await
-                .map_err(pg)?
+                .await?
             else {
                 return Ok(Some(CatchUp { seq, ..CatchUp::default() }));
             };
@@ -406,8 +259,7 @@ impl DocStorage for PgStorage {
             // A compaction past `seq` took chunks this copy lacks into the snapshot.
             let snapshot: Option<Vec<u8>> = if snapshot_seq > after {
                 tx.query_one("SELECT snapshot FROM docs WHERE user_id = $1 AND doc_id = $2", &[&user, &doc])
-                    .await
-                    .map_err(pg)?
+                    .await?
                     .get(0)
             } else {
                 None
@@ -418,12 +270,11 @@ impl DocStorage for PgStorage {
                      ORDER BY seq",
                     &[&user, &doc, &after.max(snapshot_seq), &last_seq],
                 )
-                .await
-                .map_err(pg)?
+                .await?
                 .into_iter()
                 .map(|r| r.get::<_, Vec<u8>>(0))
                 .collect();
-            tx.commit().await.map_err(pg)?;
+            tx.commit().await?;
             Ok(Some(CatchUp { snapshot, chunks, seq: last_seq as u64, heads_unknown }))
         })
     }
@@ -432,15 +283,14 @@ impl DocStorage for PgStorage {
         let (user, doc, heads) = (user.to_owned(), doc.to_string(), heads.clone());
         let seq = seq as i64;
         self.run(|pool| async move {
-            let client = pool.get().await.map_err(pg)?;
+            let client = pool.get().await?;
             client
                 .execute(
                     "UPDATE docs SET heads = $4
                      WHERE user_id = $1 AND doc_id = $2 AND last_seq = $3 AND heads = ''::bytea",
                     &[&user, &doc, &seq, &heads],
                 )
-                .await
-                .map_err(pg)?;
+                .await?;
             Ok(())
         })
     }
@@ -448,8 +298,8 @@ impl DocStorage for PgStorage {
     fn heads(&self, user: &str) -> Result<HashMap<DocumentId, EncodedHeads>> {
         let user = user.to_owned();
         self.run(|pool| async move {
-            let client = pool.get().await.map_err(pg)?;
-            let rows = client.query("SELECT doc_id, heads FROM docs WHERE user_id = $1", &[&user]).await.map_err(pg)?;
+            let client = pool.get().await?;
+            let rows = client.query("SELECT doc_id, heads FROM docs WHERE user_id = $1", &[&user]).await?;
             Ok(parse_id_map(rows))
         })
     }
@@ -457,9 +307,8 @@ impl DocStorage for PgStorage {
     fn count_docs(&self, user: &str) -> Result<u64> {
         let user = user.to_owned();
         self.run(|pool| async move {
-            let client = pool.get().await.map_err(pg)?;
-            let n: i64 =
-                client.query_one("SELECT count(*) FROM docs WHERE user_id = $1", &[&user]).await.map_err(pg)?.get(0);
+            let client = pool.get().await?;
+            let n: i64 = client.query_one("SELECT count(*) FROM docs WHERE user_id = $1", &[&user]).await?.get(0);
             Ok(n as u64)
         })
     }
@@ -467,14 +316,13 @@ impl DocStorage for PgStorage {
     fn load_sync_state(&self, user: &str, device: &str, doc: &DocumentId) -> Result<Option<Vec<u8>>> {
         let (user, device, doc) = (user.to_owned(), device.to_owned(), doc.to_string());
         self.run(|pool| async move {
-            let client = pool.get().await.map_err(pg)?;
+            let client = pool.get().await?;
             let row = client
                 .query_opt(
                     "SELECT state FROM sync_states WHERE user_id = $1 AND device_id = $2 AND doc_id = $3",
                     &[&user, &device, &doc],
                 )
-                .await
-                .map_err(pg)?;
+                .await?;
             Ok(row.map(|r| r.get(0)))
         })
     }
@@ -482,14 +330,13 @@ impl DocStorage for PgStorage {
     fn shared_heads(&self, user: &str, device: &str) -> Result<HashMap<DocumentId, EncodedHeads>> {
         let (user, device) = (user.to_owned(), device.to_owned());
         self.run(|pool| async move {
-            let client = pool.get().await.map_err(pg)?;
+            let client = pool.get().await?;
             let rows = client
                 .query(
                     "SELECT doc_id, shared_heads FROM sync_states WHERE user_id = $1 AND device_id = $2",
                     &[&user, &device],
                 )
-                .await
-                .map_err(pg)?;
+                .await?;
             Ok(parse_id_map(rows))
         })
     }
@@ -507,7 +354,7 @@ impl DocStorage for PgStorage {
         // Written through (not behind): each save is committed before the
         // next one of the same connection starts, so none overtakes another.
         self.run(|pool| async move {
-            let client = pool.get().await.map_err(pg)?;
+            let client = pool.get().await?;
             client
                 .execute(
                     "INSERT INTO sync_states(user_id, device_id, doc_id, state, shared_heads) VALUES ($1, $2, $3, $4, $5)
@@ -516,7 +363,7 @@ impl DocStorage for PgStorage {
                     &[&user, &device, &doc, &state, &shared_heads],
                 )
                 .await
-                .map_err(pg)?;
+                ?;
             Ok(())
         })
     }
@@ -524,39 +371,36 @@ impl DocStorage for PgStorage {
     fn forget_other_installs(&self, user: &str, device: &str, keep: &str) -> Result<()> {
         let (user, device, keep) = (user.to_owned(), device.to_owned(), keep.to_owned());
         self.run(|pool| async move {
-            let client = pool.get().await.map_err(pg)?;
+            let client = pool.get().await?;
             client
                 .execute(
                     "DELETE FROM sync_states WHERE user_id = $1 AND device_id <> $3
                        AND (device_id = $2 OR left(device_id, length($2) + 1) = $2 || '#')",
                     &[&user, &device, &keep],
                 )
-                .await
-                .map_err(pg)?;
+                .await?;
             Ok(())
         })
     }
 
     fn storage_id(&self) -> Result<String> {
         self.run(|pool| async move {
-            let client = pool.get().await.map_err(pg)?;
-            let row =
-                client.query_one("SELECT value FROM relay_meta WHERE key = 'storage_id'", &[]).await.map_err(pg)?;
+            let client = pool.get().await?;
+            let row = client.query_one("SELECT value FROM relay_meta WHERE key = 'storage_id'", &[]).await?;
             Ok(row.get(0))
         })
     }
 
     fn probe_write(&self) -> Result<()> {
         self.run(|pool| async move {
-            let client = pool.get().await.map_err(pg)?;
+            let client = pool.get().await?;
             client
                 .execute(
                     "INSERT INTO relay_meta(key, value) VALUES ('probe', now()::text)
                      ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                     &[],
                 )
-                .await
-                .map_err(pg)?;
+                .await?;
             Ok(())
         })
     }

@@ -4,7 +4,8 @@
 //! signed with the development key, valid for SECONDS (negative: already
 //! expired). `test-relay manifest-key` prints the public manifest key
 //! devices trust. With `RELAY_DATABASE_URL` set, documents live in that
-//! PostgreSQL database; `RELAY_MAX_CONCURRENT_DOC_LOADS` sets the load cap.
+//! PostgreSQL database (and artifacts in `RELAY_ARTIFACT_DIR`);
+//! `RELAY_MAX_CONCURRENT_DOC_LOADS` sets the load cap.
 
 use std::io::Write;
 
@@ -40,6 +41,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.manifest_key = Some((MANIFEST_KEY_ID.into(), MANIFEST_SEED));
     // Documents in PostgreSQL when the test gives a database.
     config.database_url = std::env::var("RELAY_DATABASE_URL").ok();
+    config.artifact_dir = std::env::var_os("RELAY_ARTIFACT_DIR").map(Into::into);
     if let Some(n) = std::env::var("RELAY_MAX_CONCURRENT_DOC_LOADS").ok().and_then(|v| v.parse().ok()) {
         config.limits.max_concurrent_doc_loads = n;
     }

@@ -1,10 +1,12 @@
 //! Direct tests of the repository (D-003) on a real SQLite file.
 
 use super::*;
+use release::model::{ArtifactSource, ReleaseState};
+use rusqlite::Connection;
 
-fn repo() -> (tempfile::TempDir, ReleaseRepository) {
+fn repo() -> (tempfile::TempDir, SqliteReleases) {
     let dir = tempfile::tempdir().unwrap();
-    let repo = ReleaseRepository::open(&dir.path().join("relay.sqlite3")).unwrap();
+    let repo = SqliteReleases::open(&dir.path().join("relay.sqlite3")).unwrap();
     (dir, repo)
 }
 
