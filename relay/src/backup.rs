@@ -107,7 +107,8 @@ fn copy_artifacts(db: &Path, from: &Path, to: &Path) -> Result<Copied, RelayErro
         if key.split('/').any(|part| part.is_empty() || part == "." || part == "..") {
             return Err(RelayError::Config(format!("refusing an artifact key that leaves the store: {key}")));
         }
-        let (src, dst) = (from.join("artifacts/files").join(&key), to.join("artifacts/files").join(&key));
+        let relative = crate::release::artifacts::relative_path(&key);
+        let (src, dst) = (from.join("artifacts/files").join(&relative), to.join("artifacts/files").join(&relative));
         if let Some(parent) = dst.parent() {
             std::fs::create_dir_all(parent)?;
         }

@@ -6,7 +6,7 @@ use crate::config::{Config, dev_manifest_key};
 use crate::error::RelayError;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::release::artifacts::ArtifactStore;
+use crate::release::artifacts::{ArtifactStore, DirectoryStore};
 use crate::release::repository::{PgReleases, ReleaseRepository, SqliteReleases};
 use crate::release::service::ReleaseService;
 use crate::storage::{DocStorage, PgStorage, SqliteStorage};
@@ -194,7 +194,7 @@ fn open_releases(config: &Config, pg: Option<Arc<crate::pg::Pg>>) -> Result<Rele
         ),
     };
     let artifact_dir = config.artifact_dir.clone().unwrap_or_else(|| config.data_dir.join("artifacts"));
-    let store = ArtifactStore::open(&artifact_dir)?;
+    let store: Arc<dyn ArtifactStore> = Arc::new(DirectoryStore::open(&artifact_dir)?);
     let orphans = store.sweep_orphans(&repo.all_file_keys().map_err(|e| RelayError::Config(e.to_string()))?)?;
     if orphans > 0 {
         tracing::info!(orphans, "removed artifact files no release points at");
@@ -336,6 +336,9 @@ async fn follow_other_relays(
     }
 }
 
+/// How often unreferenced artifact files are swept (past their grace).
+const ARTIFACT_SWEEP_PERIOD: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// What a shutdown closed and cut.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShutdownReport {
@@ -420,6 +423,33 @@ pub async fn start(config: Config) -> Result<RunningRelay, RelayError> {
     if let Some(feed) = hub.storage.change_feed() {
         tokio::spawn(follow_other_relays(hub.clone(), feed, rx.clone()));
     }
+
+    // Artifact files no release points at any more (removed artifacts,
+    // refused attachments) go once past their grace; hourly, besides start.
+    let sweep_releases = state.releases.clone();
+    let mut sweep_rx = rx.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(ARTIFACT_SWEEP_PERIOD);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let service = sweep_releases.clone();
+                    let swept = tokio::task::spawn_blocking(move || -> Result<usize, String> {
+                        let keys = service.repo.all_file_keys().map_err(|e| e.to_string())?;
+                        service.store.sweep_orphans(&keys).map_err(|e| e.to_string())
+                    })
+                    .await;
+                    match swept {
+                        Ok(Ok(n)) if n > 0 => tracing::info!(removed = n, "removed artifact files no release points at"),
+                        Ok(Err(e)) => tracing::warn!(error = %e, "artifact sweep failed; the next one retries"),
+                        _ => {}
+                    }
+                }
+                _ = sweep_rx.changed() => return,
+            }
+        }
+    });
 
     let mut flusher_rx = rx.clone();
     let flusher = tokio::spawn(async move {

@@ -40,7 +40,7 @@ pub fn now_ms() -> TimestampMs {
 
 pub struct ReleaseService {
     pub repo: Arc<dyn ReleaseRepository>,
-    pub store: ArtifactStore,
+    pub store: Arc<dyn ArtifactStore>,
     pub signer: ManifestSigner,
     pub rules: Vec<Rule>,
     pub limits: SizeLimits,
@@ -140,12 +140,12 @@ impl ReleaseService {
         body: S,
     ) -> Result<Release, RelayError>
     where
-        S: Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+        S: Stream<Item = Result<bytes::Bytes, E>> + Send,
         E: std::fmt::Display,
     {
         self.check_upload(id, name, declared_len)?;
         let limit = self.limits.max_artifact_bytes;
-        let staged = self.store.stage(id, body, limit).await.map_err(|e| match e {
+        let staged = self.store.stage(super::artifacts::body(body), limit).await.map_err(|e| match e {
             UploadError::TooLarge { limit } => too_large(limit),
             UploadError::Interrupted(m) => RelayError::BadRequest(format!("upload interrupted: {m}")),
             UploadError::Io(e) => RelayError::Io(e),
@@ -157,13 +157,9 @@ impl ReleaseService {
             source: ArtifactSource::Uploaded,
             created_at: now_ms(),
         };
-        match self.repo.add_artifact(id, &artifact, Some(&staged.file_key)) {
-            Ok(release) => Ok(release),
-            Err(e) => {
-                self.store.remove(&staged.file_key).await;
-                Err(e.into())
-            }
-        }
+        // A refused row leaves the file to the sweep: its bytes may be
+        // another release's too (the store keeps content once).
+        Ok(self.repo.add_artifact(id, &artifact, Some(&staged.file_key))?)
     }
 
     pub fn attach_external(&self, id: &str, req: AttachExternal) -> Result<Release, RelayError> {
@@ -192,9 +188,8 @@ impl ReleaseService {
     }
 
     pub async fn remove_artifact(&self, id: &str, name: &str) -> Result<Release, RelayError> {
-        if let Some(key) = self.repo.remove_artifact(id, name)? {
-            self.store.remove(&key).await;
-        }
+        // The file stays for the sweep (another release may hold the same bytes).
+        self.repo.remove_artifact(id, name)?;
         Ok(self.repo.get(id)?.release)
     }
 
