@@ -288,13 +288,17 @@ impl RunningRelay {
 /// even without announcements (a lost one costs at most this long).
 const CATCH_UP_PERIOD: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Documents catching up at once (each is a database round trip or two).
+const CATCH_UP_CONCURRENCY: usize = 8;
+
 /// Announcements most handled in one round (deduplicated per document).
 const FEED_BATCH: usize = 1024;
 
 /// Brings this relay's loaded documents up to date with what other relays
 /// store in the shared database: on each announcement, after the listener
-/// (re)subscribed, and on a slow timer. One round at a time, on a blocking
-/// thread; announcements for one document in a round collapse into one.
+/// (re)subscribed, and on a slow timer. One round at a time; in a round,
+/// announcements for one document collapse into one, and documents catch
+/// up side by side on blocking threads.
 async fn follow_other_relays(
     hub: Arc<Hub>,
     mut feed: tokio::sync::mpsc::Receiver<crate::storage::FeedEvent>,
@@ -323,16 +327,21 @@ async fn follow_other_relays(
                 *entry = (*entry).max(seq);
             }
         }
-        let hub = hub.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            for ((user, doc), seq) in newest {
-                hub.on_stored_change(&user, doc, seq);
-            }
-            if resync {
-                hub.catch_up_all();
-            }
-        })
-        .await;
+        // Documents catch up side by side (each waits on the database), a
+        // bounded number at once; one document appears once per round.
+        use futures_util::StreamExt;
+        futures_util::stream::iter(newest)
+            .for_each_concurrent(CATCH_UP_CONCURRENCY, |((user, doc), seq)| {
+                let hub = hub.clone();
+                async move {
+                    let _ = tokio::task::spawn_blocking(move || hub.on_stored_change(&user, doc, seq)).await;
+                }
+            })
+            .await;
+        if resync {
+            let hub = hub.clone();
+            let _ = tokio::task::spawn_blocking(move || hub.catch_up_all()).await;
+        }
     }
 }
 
@@ -370,7 +379,7 @@ pub async fn start(config: Config) -> Result<RunningRelay, RelayError> {
         None => None,
     };
     let storage: Arc<dyn DocStorage> = match &pg {
-        Some(pg) => Arc::new(PgStorage::on(pg.clone())),
+        Some(pg) => Arc::new(PgStorage::on(pg.clone(), config.limits.max_storage_queue_bytes)?),
         None => Arc::new(SqliteStorage::open_with(
             &config.data_dir.join("relay.sqlite3"),
             config.limits.max_storage_queue_bytes,

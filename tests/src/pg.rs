@@ -105,6 +105,33 @@ impl PgCluster {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
+    /// CPU seconds the whole server has used: the postmaster and its live
+    /// children, plus what its ended children used (the kernel adds that
+    /// to the parent when it reaps them), from `/proc`.
+    pub fn cpu_seconds(&self) -> f64 {
+        let pid_file = std::fs::read_to_string(self.dir.path().join("data/postmaster.pid")).unwrap_or_default();
+        let Some(postmaster) = pid_file.lines().next().and_then(|l| l.trim().parse::<u32>().ok()) else {
+            return 0.0;
+        };
+        let mut ticks = 0u64;
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let fields: Vec<u64> = stat
+                .rsplit_once(')')
+                .map(|(_, rest)| rest.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect())
+                .unwrap_or_default();
+            // After ')': ppid is field 4 (index 1); utime, stime, cutime, cstime 14-17 (11-14).
+            let field = |i: usize| fields.get(i).copied().unwrap_or(0);
+            if pid == postmaster {
+                ticks += field(11) + field(12) + field(13) + field(14);
+            } else if field(1) == u64::from(postmaster) {
+                ticks += field(11) + field(12);
+            }
+        }
+        ticks as f64 / clock_ticks()
+    }
+
     /// The server's log so far (for a failing test's message).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
@@ -115,6 +142,12 @@ impl Drop for PgCluster {
     fn drop(&mut self) {
         let _ = self.pg("pg_ctl", &["-D", &self.data(), "-m", "immediate", "-w", "stop"]);
     }
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf only reads a system constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as f64 } else { 100.0 }
 }
 
 fn run(cmd: &mut Command) -> Result<Output, String> {

@@ -63,11 +63,14 @@ fn sync_states_are_per_install_and_other_installs_are_forgotten() {
         storage.save_sync_state("alice", device, &doc(1), device.as_bytes(), &heads(1)).expect("save");
     }
     storage.save_sync_state("alice", "phone#new", &doc(1), b"newer", &heads(2)).expect("save again");
+    // Written behind, in order: flushed, the last save of a key is the one kept.
+    storage.flush().expect("flush");
     assert_eq!(storage.load_sync_state("alice", "phone#new", &doc(1)).expect("load"), Some(b"newer".to_vec()));
     assert_eq!(storage.shared_heads("alice", "phone#new").expect("shared"), [(doc(1), heads(2))].into_iter().collect());
     assert_eq!(storage.load_sync_state("bob", "phone#new", &doc(1)).expect("load"), None);
 
     storage.forget_other_installs("alice", "phone", "phone#new").expect("forget");
+    storage.flush().expect("flush");
     let left = pg.psql("SELECT string_agg(device_id, ',' ORDER BY device_id) FROM sync_states").expect("psql");
     assert_eq!(left, "phone#new,phonebook", "only the kept install and another device remain");
 }

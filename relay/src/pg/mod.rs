@@ -116,7 +116,12 @@ impl Pg {
         rx.recv().map_err(|_| PgError::from_display("database runtime stopped"))?
     }
 
-    /// Spawns a task on the connection's runtime (a listener).
+    /// The pool, for tasks of their own on this runtime.
+    pub fn pool(&self) -> Pool {
+        self.pool.clone()
+    }
+
+    /// Spawns a task on the connection's runtime (a listener, a writer).
     pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) -> bool {
         self.runtime.as_ref().map(|r| drop(r.spawn(task))).is_some()
     }

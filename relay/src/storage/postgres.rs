@@ -15,6 +15,7 @@
 //! ([`DocStorage::change_feed`]) and catches its loaded documents up by seq
 //! ([`DocStorage::changes_after`]).
 
+use super::pg_sync_states::{StateWrite, StateWriter};
 use super::{Appended, CatchUp, DocStorage, EncodedHeads, FeedEvent, Result, StorageError, StoredDoc};
 use deadpool_postgres::Pool;
 use protocol::DocumentId;
@@ -46,17 +47,22 @@ fn parse_id_map(rows: Vec<tokio_postgres::Row>) -> HashMap<DocumentId, EncodedHe
 
 pub struct PgStorage {
     pg: std::sync::Arc<crate::pg::Pg>,
+    /// Sync states and forgets, written behind in order.
+    states: StateWriter,
 }
 
 impl PgStorage {
     /// Connects (see [`crate::pg::Pg::connect`]) and migrates the schema.
     pub fn connect(url: &str) -> Result<PgStorage> {
-        Ok(PgStorage::on(std::sync::Arc::new(crate::pg::Pg::connect(url)?)))
+        PgStorage::on(std::sync::Arc::new(crate::pg::Pg::connect(url)?), 64 << 20)
     }
 
-    /// Documents on an open connection (shared with the release registry).
-    pub fn on(pg: std::sync::Arc<crate::pg::Pg>) -> PgStorage {
-        PgStorage { pg }
+    /// Documents on an open connection (shared with the release registry);
+    /// at most `max_queue_bytes` of sync states wait to be written.
+    pub fn on(pg: std::sync::Arc<crate::pg::Pg>, max_queue_bytes: usize) -> Result<PgStorage> {
+        let states = StateWriter::start(&pg, max_queue_bytes)
+            .ok_or_else(|| StorageError::Postgres("database connection closed".into()))?;
+        Ok(PgStorage { pg, states })
     }
 
     fn run<T, F>(&self, f: impl FnOnce(Pool) -> F) -> Result<T>
@@ -142,33 +148,26 @@ impl DocStorage for PgStorage {
     fn load(&self, user: &str, doc: &DocumentId) -> Result<Option<StoredDoc>> {
         let (user, doc) = (user.to_owned(), doc.to_string());
         self.run(|pool| async move {
-            let mut client = pool.get().await?;
-            // One snapshot of the database: the document row and its chunks
-            // from the same commit, never a snapshot from before a
-            // compaction with the chunks from after it.
-            let tx = crate::pg::read_snapshot(&mut client).await?;
-            let Some(row) = tx
+            let client = pool.get().await?;
+            // One statement, one snapshot of the database: the document row
+            // and its chunks from the same commit, never a snapshot from
+            // before a compaction with the chunks from after it.
+            let row = client
                 .query_opt(
-                    "SELECT snapshot, heads, snapshot_seq, last_seq FROM docs WHERE user_id = $1 AND doc_id = $2",
+                    "SELECT d.snapshot, d.heads, d.last_seq,
+                       ARRAY(SELECT c.data FROM doc_chunks c
+                             WHERE c.user_id = d.user_id AND c.doc_id = d.doc_id AND c.seq > d.snapshot_seq
+                             ORDER BY c.seq)
+                     FROM docs d WHERE d.user_id = $1 AND d.doc_id = $2",
                     &[&user, &doc],
                 )
-                .await?
-            else {
-                return Ok(None);
-            };
-            let snapshot_seq: i64 = row.get(2);
-            let chunks = tx
-                .query(
-                    "SELECT data FROM doc_chunks WHERE user_id = $1 AND doc_id = $2 AND seq > $3 ORDER BY seq",
-                    &[&user, &doc, &snapshot_seq],
-                )
-                .await?
-                .into_iter()
-                .map(|r| r.get::<_, Vec<u8>>(0))
-                .collect();
-            tx.commit().await?;
-            let seq: i64 = row.get(3);
-            Ok(Some(StoredDoc { snapshot: row.get(0), chunks, heads: row.get(1), seq: seq as u64 }))
+                .await?;
+            Ok(row.map(|row| StoredDoc {
+                snapshot: row.get(0),
+                heads: row.get(1),
+                seq: row.get::<_, i64>(2).max(0) as u64,
+                chunks: row.get(3),
+            }))
         })
     }
 
@@ -183,30 +182,28 @@ impl DocStorage for PgStorage {
         let (user, doc, chunk, heads) = (user.to_owned(), doc.to_string(), chunk.to_vec(), heads.clone());
         let base = base_seq as i64;
         self.run(|pool| async move {
-            let mut client = pool.get().await?;
-            let tx = client.transaction().await?;
-            // The row's lock orders appends to one document: seq order is
-            // commit order. Heads from a copy that missed another relay's
-            // chunks would be wrong: they are recorded as unknown (empty).
-            let row = tx
+            let client = pool.get().await?;
+            // One statement (its own transaction, one round trip). The row's
+            // lock orders appends to one document: seq order is commit order.
+            // Heads from a copy that missed another relay's chunks would be
+            // wrong: they are recorded as unknown (empty). The announcement
+            // is delivered to listeners only once this commits.
+            let row = client
                 .query_one(
-                    "INSERT INTO docs(user_id, doc_id, heads, last_seq) VALUES ($1, $2, $3, 1)
-                     ON CONFLICT (user_id, doc_id) DO UPDATE
-                       SET heads = CASE WHEN docs.last_seq = $4 THEN excluded.heads ELSE ''::bytea END,
-                           last_seq = docs.last_seq + 1, updated_at = now()
-                     RETURNING last_seq, snapshot_seq",
-                    &[&user, &doc, &heads, &base],
+                    "WITH d AS (
+                       INSERT INTO docs(user_id, doc_id, heads, last_seq) VALUES ($1, $2, $3, 1)
+                       ON CONFLICT (user_id, doc_id) DO UPDATE
+                         SET heads = CASE WHEN docs.last_seq = $4 THEN excluded.heads ELSE ''::bytea END,
+                             last_seq = docs.last_seq + 1, updated_at = now()
+                       RETURNING last_seq, snapshot_seq
+                     ), c AS (
+                       INSERT INTO doc_chunks(user_id, doc_id, seq, data) SELECT $1, $2, last_seq, $5 FROM d
+                     )
+                     SELECT last_seq, snapshot_seq, pg_notify($6, $1 || ' ' || $2 || ' ' || last_seq)::text FROM d",
+                    &[&user, &doc, &heads, &base, &chunk, &CHANGES_CHANNEL],
                 )
                 .await?;
             let (seq, snapshot_seq): (i64, i64) = (row.get(0), row.get(1));
-            tx.execute(
-                "INSERT INTO doc_chunks(user_id, doc_id, seq, data) VALUES ($1, $2, $3, $4)",
-                &[&user, &doc, &seq, &chunk],
-            )
-            .await?;
-            // Delivered to listeners only once this transaction commits.
-            tx.execute("SELECT pg_notify($1, $2)", &[&CHANGES_CHANNEL, &format!("{user} {doc} {seq}")]).await?;
-            tx.commit().await?;
             Ok(Appended { since_snapshot: (seq - snapshot_seq).max(0) as u64, seq: seq as u64 })
         })
     }
@@ -241,41 +238,29 @@ impl DocStorage for PgStorage {
         let (user, doc) = (user.to_owned(), doc.to_string());
         let after = seq as i64;
         self.run(|pool| async move {
-            let mut client = pool.get().await?;
-            let tx = crate::pg::read_snapshot(&mut client).await?;
-            let Some(row) = tx
+            let client = pool.get().await?;
+            // One statement, one snapshot. A compaction past `seq` took
+            // chunks this copy lacks into the snapshot: it comes along.
+            let row = client
                 .query_opt(
-                    "SELECT snapshot_seq, last_seq, heads = ''::bytea FROM docs WHERE user_id = $1 AND doc_id = $2",
-                    &[&user, &doc],
+                    "SELECT d.last_seq, d.heads = ''::bytea,
+                       CASE WHEN d.snapshot_seq > $3 THEN d.snapshot END,
+                       ARRAY(SELECT c.data FROM doc_chunks c
+                             WHERE c.user_id = d.user_id AND c.doc_id = d.doc_id
+                               AND c.seq > greatest($3, d.snapshot_seq) AND c.seq <= d.last_seq
+                             ORDER BY c.seq)
+                     FROM docs d WHERE d.user_id = $1 AND d.doc_id = $2",
+                    &[&user, &doc, &after],
                 )
-                .await?
-            else {
-                return Ok(Some(CatchUp { seq, ..CatchUp::default() }));
-            };
-            let (snapshot_seq, last_seq, heads_unknown): (i64, i64, bool) = (row.get(0), row.get(1), row.get(2));
-            if last_seq <= after {
-                return Ok(Some(CatchUp { seq: last_seq.max(0) as u64, heads_unknown, ..CatchUp::default() }));
-            }
-            // A compaction past `seq` took chunks this copy lacks into the snapshot.
-            let snapshot: Option<Vec<u8>> = if snapshot_seq > after {
-                tx.query_one("SELECT snapshot FROM docs WHERE user_id = $1 AND doc_id = $2", &[&user, &doc])
-                    .await?
-                    .get(0)
-            } else {
-                None
-            };
-            let chunks = tx
-                .query(
-                    "SELECT data FROM doc_chunks WHERE user_id = $1 AND doc_id = $2 AND seq > $3 AND seq <= $4
-                     ORDER BY seq",
-                    &[&user, &doc, &after.max(snapshot_seq), &last_seq],
-                )
-                .await?
-                .into_iter()
-                .map(|r| r.get::<_, Vec<u8>>(0))
-                .collect();
-            tx.commit().await?;
-            Ok(Some(CatchUp { snapshot, chunks, seq: last_seq as u64, heads_unknown }))
+                .await?;
+            let Some(row) = row else { return Ok(Some(CatchUp { seq, ..CatchUp::default() })) };
+            let last_seq: i64 = row.get(0);
+            Ok(Some(CatchUp {
+                seq: last_seq.max(0) as u64,
+                heads_unknown: row.get(1),
+                snapshot: row.get(2),
+                chunks: row.get(3),
+            }))
         })
     }
 
@@ -349,38 +334,25 @@ impl DocStorage for PgStorage {
         state: &[u8],
         shared_heads: &EncodedHeads,
     ) -> Result<()> {
-        let (user, device, doc) = (user.to_owned(), device.to_owned(), doc.to_string());
-        let (state, shared_heads) = (state.to_vec(), shared_heads.clone());
-        // Written through (not behind): each save is committed before the
-        // next one of the same connection starts, so none overtakes another.
-        self.run(|pool| async move {
-            let client = pool.get().await?;
-            client
-                .execute(
-                    "INSERT INTO sync_states(user_id, device_id, doc_id, state, shared_heads) VALUES ($1, $2, $3, $4, $5)
-                     ON CONFLICT (user_id, device_id, doc_id) DO UPDATE
-                       SET state = excluded.state, shared_heads = excluded.shared_heads",
-                    &[&user, &device, &doc, &state, &shared_heads],
-                )
-                .await
-                ?;
-            Ok(())
+        self.states.submit(StateWrite::Save {
+            user: user.to_owned(),
+            device: device.to_owned(),
+            doc: doc.to_string(),
+            state: state.to_vec(),
+            shared_heads: shared_heads.clone(),
         })
     }
 
     fn forget_other_installs(&self, user: &str, device: &str, keep: &str) -> Result<()> {
-        let (user, device, keep) = (user.to_owned(), device.to_owned(), keep.to_owned());
-        self.run(|pool| async move {
-            let client = pool.get().await?;
-            client
-                .execute(
-                    "DELETE FROM sync_states WHERE user_id = $1 AND device_id <> $3
-                       AND (device_id = $2 OR left(device_id, length($2) + 1) = $2 || '#')",
-                    &[&user, &device, &keep],
-                )
-                .await?;
-            Ok(())
+        self.states.submit(StateWrite::Forget {
+            user: user.to_owned(),
+            device: device.to_owned(),
+            keep: keep.to_owned(),
         })
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.states.flush()
     }
 
     fn storage_id(&self) -> Result<String> {

@@ -103,7 +103,7 @@ pub enum Pace {
 }
 
 async fn pair(
-    url: String,
+    (url_a, url_b): (String, String),
     i: usize,
     edits: usize,
     pace: (Pace, usize),
@@ -113,8 +113,8 @@ async fn pair(
     let (pace, pairs) = pace;
     let user = format!("load-{i}");
     let connected = async {
-        let a = TestPeer::connect(&url, &token(&user, "a"), &format!("a-{i}")).await?;
-        let b = TestPeer::connect(&url, &token(&user, "b"), &format!("b-{i}")).await?;
+        let a = TestPeer::connect(&url_a, &token(&user, "a"), &format!("a-{i}")).await?;
+        let b = TestPeer::connect(&url_b, &token(&user, "b"), &format!("b-{i}")).await?;
         Ok::<_, String>((a, b))
     }
     .await;
@@ -193,6 +193,17 @@ async fn pair(
 /// `pairs` pairs of devices (one user each) make `edits` sequential edits to
 /// their shared document, all pairs at once, paced by `pace`.
 pub async fn run(url: &str, pairs: usize, edits: usize, pace: Pace) -> LoadResult {
+    run_across(|_| (url.to_owned(), url.to_owned()), pairs, edits, pace).await
+}
+
+/// [`run`] with each pair's two devices on the servers `urls(i)` names
+/// (sender, receiver): several relays behind one database.
+pub async fn run_across(
+    urls: impl Fn(usize) -> (String, String),
+    pairs: usize,
+    edits: usize,
+    pace: Pace,
+) -> LoadResult {
     let barrier = Arc::new(Barrier::new(pairs + 1));
     let mut tasks = Vec::with_capacity(pairs);
     // Few handshakes at once: a pair reads one socket at a time while it sets up,
@@ -200,14 +211,14 @@ pub async fn run(url: &str, pairs: usize, edits: usize, pace: Pace) -> LoadResul
     // missed ping.
     let limit = Arc::new(tokio::sync::Semaphore::new(16));
     for i in 0..pairs {
-        let (url, barrier, limit) = (url.to_owned(), barrier.clone(), limit.clone());
+        let (urls, barrier, limit) = (urls(i), barrier.clone(), limit.clone());
         tasks.push(tokio::spawn(async move {
             // Bound concurrent handshakes; the permit is released before the measured phase.
             let Ok(permit) = limit.acquire_owned().await else {
                 barrier.wait().await;
                 return Err("semaphore closed".to_string());
             };
-            pair(url, i, edits, (pace, pairs), barrier, permit).await
+            pair(urls, i, edits, (pace, pairs), barrier, permit).await
         }));
     }
     barrier.wait().await;

@@ -5,7 +5,7 @@
 //! load against automerge-repo's Node sync server with the throughput ratio,
 //! and the relay's memory per idle connected device with 10,000 devices.
 //!
-//! Sections can be chosen: `cargo bench ... -- scale load js idle` (default all;
+//! Sections can be chosen: `cargo bench ... -- scale load multi js idle` (default all;
 //! `import` runs only the first part of `scale`, for profiling).
 //! Environment: SYNC_BENCH_REVIEWS (default 400000), SYNC_BENCH_IDLE (10000).
 
@@ -13,6 +13,7 @@ mod engine_open;
 mod history;
 mod js_fetch;
 mod load;
+mod multi_relay;
 mod report;
 mod review_format;
 mod wire;
@@ -52,6 +53,10 @@ fn main() {
         }
         if want("load") {
             load(&mut report).await;
+        }
+        if want("multi") {
+            let dir = tempfile::tempdir().expect("tempdir");
+            multi_relay::run(&mut report, dir.path()).await;
         }
         if want("js") {
             let dir = tempfile::tempdir().expect("tempdir");
