@@ -200,15 +200,19 @@ async fn a_relay_on_postgres_keeps_what_it_acknowledged_for_the_next_relay() {
             .expect("review");
     }
     eventually("relay A acknowledged every review", WAIT, || settled(&phone)).await;
-    phone.stop_sync();
     relay.kill().expect("SIGKILL");
     relay.wait().expect("reaped");
+    phone.stop_sync();
 
-    // A second relay, nothing on its disk: the database is the truth.
+    // A second relay, nothing on its disk: the database is the truth. The
+    // phone reconnects there (as a load balancer would send it) and goes on.
     let (mut relay, url) = spawn_relay_on(&pg.url, &dir.path().join("relay-b"));
+    phone.start_sync(relay_config(&url, "alice", "phone")).expect("sync to B");
+    phone.record_review(review(500)).expect("review after the move");
+    eventually("relay B acknowledged the phone's next review", WAIT, || settled(&phone)).await;
     let tablet = open_engine(&dir.path().join("tablet"), "alice", "tablet");
     tablet.start_sync(relay_config(&url, "alice", "tablet")).expect("sync");
-    eventually("the tablet gets all 120 reviews from relay B", WAIT, || tablet.review_count().ok() == Some(120)).await;
+    eventually("the tablet gets all 121 reviews from relay B", WAIT, || tablet.review_count().ok() == Some(121)).await;
     assert_eq!(tablet.memory_states().expect("states"), phone.memory_states().expect("states"));
     assert_eq!(tablet.document_heads().expect("heads"), phone.document_heads().expect("heads"));
 
@@ -241,12 +245,27 @@ async fn edits_on_one_relay_reach_devices_on_another() {
     let ((mut relay_a, _), (mut relay_b, url_b), phone, tablet) = two_relays_and_two_devices(&pg, dir.path()).await;
     let mallory = open_engine(&dir.path().join("mallory"), "mallory", "laptop");
     mallory.start_sync(relay_config(&url_b, "mallory", "laptop")).expect("sync");
+    // Another user on B asks for alice's document by id: doc-unavailable.
+    let alice_doc: protocol::DocumentId = phone.document_heads().expect("heads")[0].0.parse().expect("a document id");
+    let mut script = integration_tests::peer::TestPeer::connect(&url_b, &token("mallory", "script"), "script")
+        .await
+        .expect("connect");
+    let (mut empty, mut state) = (automerge::Automerge::new(), automerge::sync::State::new());
+    edit(&mut empty, 0);
+    let served = script.sync_doc(alice_doc, &mut empty, &mut state, true).await.expect("an answer");
+    assert!(!served, "mallory gets doc-unavailable for alice's document");
 
     // Both devices stay connected, each document loaded on both relays.
     for i in 1..=20 {
         phone.record_review(review(i)).expect("review on A");
     }
     eventually("edits on A reach the tablet on B", WAIT, || tablet.review_count().ok() == Some(21)).await;
+    // B has handled alice's changes (the tablet on B has them): mallory's
+    // socket on B got no frame of them.
+    match script.recv(Duration::from_millis(300)).await {
+        Ok(None) => {}
+        other => panic!("mallory's connection got a frame when alice wrote: {other:?}"),
+    }
     for i in 21..=40 {
         tablet.record_review(review(i)).expect("review on B");
     }
