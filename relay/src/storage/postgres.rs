@@ -20,6 +20,8 @@ use super::{Appended, CatchUp, DocStorage, EncodedHeads, FeedEvent, Result, Stor
 use deadpool_postgres::Pool;
 use protocol::DocumentId;
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio_postgres::NoTls;
 
 /// The channel appends are announced on (payload `user doc seq`).
@@ -86,12 +88,24 @@ async fn listen(config: tokio_postgres::Config, feed: tokio::sync::mpsc::Sender<
     while !feed.is_closed() {
         match config.connect(NoTls).await {
             Ok((client, mut connection)) => {
-                let (notes_tx, mut notes) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
+                // Announcements go straight to the relay's bounded queue;
+                // one that does not fit turns into a `Resync` (sent as soon
+                // as there is room), so nothing here grows with the rate.
+                let missed = Arc::new(AtomicBool::new(false));
+                let (to_relay, missed_here) = (feed.clone(), missed.clone());
                 let driver = tokio::spawn(async move {
                     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
                     while let Some(Ok(message)) = messages.next().await {
-                        if let tokio_postgres::AsyncMessage::Notification(n) = message {
-                            let _ = notes_tx.send((n.channel().to_owned(), n.payload().to_owned()));
+                        let tokio_postgres::AsyncMessage::Notification(n) = message else { continue };
+                        let Some(event) = parse_note(n.payload()) else { continue };
+                        if missed_here.load(Ordering::Relaxed) && to_relay.try_send(FeedEvent::Resync).is_ok() {
+                            missed_here.store(false, Ordering::Relaxed);
+                        }
+                        if !missed_here.load(Ordering::Relaxed) && to_relay.try_send(event).is_err() {
+                            missed_here.store(true, Ordering::Relaxed);
+                        }
+                        if to_relay.is_closed() {
+                            return;
                         }
                     }
                 });
@@ -100,19 +114,14 @@ async fn listen(config: tokio_postgres::Config, feed: tokio::sync::mpsc::Sender<
                     driver.abort();
                 } else {
                     backoff = std::time::Duration::from_millis(100);
-                    let mut missed = feed.try_send(FeedEvent::Resync).is_err();
-                    // Ends when the connection does (the driver drops its sender).
-                    while let Some((_, payload)) = notes.recv().await {
-                        let Some(event) = parse_note(&payload) else { continue };
-                        if missed {
-                            missed = feed.try_send(FeedEvent::Resync).is_err();
-                        }
-                        if !missed && feed.try_send(event).is_err() {
-                            missed = true;
-                        }
-                        if feed.is_closed() {
-                            return;
-                        }
+                    // Listening: what was committed while nobody listened is caught up now.
+                    if feed.try_send(FeedEvent::Resync).is_err() {
+                        missed.store(true, Ordering::Relaxed);
+                    }
+                    // Ends when the connection does.
+                    let _ = driver.await;
+                    if feed.is_closed() {
+                        return;
                     }
                     tracing::warn!("lost the connection listening for other relays' changes; reconnecting");
                 }
