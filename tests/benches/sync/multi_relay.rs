@@ -55,17 +55,14 @@ async fn measured(
     Run { result, relay_us, pg_us }
 }
 
-/// Like [`range`], with one decimal.
-fn range_f(values: impl Iterator<Item = f64>, unit: &str) -> String {
-    let v: Vec<f64> = values.collect();
-    let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
-    if v.is_empty() { "-".into() } else { format!("{lo:.1}..{hi:.1} {unit}") }
+/// A range of figures with a unit (the section's runs), as `crate::range` prints it.
+fn range(values: impl Iterator<Item = f64>, unit: &str) -> String {
+    crate::range(values, |v| format!("{v:.0} {unit}"))
 }
 
-fn range(values: impl Iterator<Item = f64>, unit: &str) -> String {
-    let v: Vec<f64> = values.collect();
-    let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
-    if v.is_empty() { "-".into() } else { format!("{lo:.0}..{hi:.0} {unit}") }
+/// [`range`] with one decimal.
+fn range_f(values: impl Iterator<Item = f64>, unit: &str) -> String {
+    crate::range(values, |v| format!("{v:.1} {unit}"))
 }
 
 pub async fn run(report: &mut Report, dir: &Path) {
