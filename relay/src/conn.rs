@@ -96,6 +96,16 @@ fn lock(slot: &Arc<std::sync::Mutex<DocSlot>>) -> MutexGuard<'_, DocSlot> {
     }
 }
 
+/// The slot's lock if no one holds it (a poisoned lock is taken as
+/// `lock` takes it); `None` if it is held.
+fn lock_if_free(slot: &Arc<std::sync::Mutex<DocSlot>>) -> Option<MutexGuard<'_, DocSlot>> {
+    match slot.try_lock() {
+        Ok(g) => Some(g),
+        Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
+}
+
 pub struct ConnCore {
     hub: Arc<Hub>,
     pub reg: Registration,
@@ -121,6 +131,9 @@ pub struct ConnCore {
     never_synced: std::collections::HashSet<DocumentId>,
     /// Documents offered whole whose answer has not come yet.
     offered_whole: std::collections::HashSet<DocumentId>,
+    /// Documents whose sync state moved on an async thread while the
+    /// write-behind queue was full: saved by [`ConnCore::maintain`].
+    unsaved: std::collections::BTreeSet<DocumentId>,
 }
 
 impl ConnCore {
@@ -140,6 +153,7 @@ impl ConnCore {
             takes_whole_offers: false,
             never_synced: Default::default(),
             offered_whole: Default::default(),
+            unsaved: Default::default(),
         }
     }
 
@@ -182,13 +196,20 @@ impl ConnCore {
 
     /// Whether [`ConnCore::maintain`] has work.
     pub fn has_maintenance(&self) -> bool {
-        !self.compact_due.is_empty()
+        !self.compact_due.is_empty() || !self.unsaved.is_empty()
     }
 
     /// Work done after the replies left: compacting documents past the
     /// threshold (a snapshot replaces their chunks). A failure keeps the
     /// chunks, which are complete on their own.
     pub fn maintain(&mut self) {
+        for doc_id in std::mem::take(&mut self.unsaved) {
+            if let Some(state) = self.states.remove(&doc_id)
+                && let Err(reason) = self.finish(doc_id, state)
+            {
+                tracing::warn!(reason = %reason.text, "sync state not saved");
+            }
+        }
         for doc_id in std::mem::take(&mut self.compact_due) {
             let slot = self.hub.slot(&self.reg.user, doc_id);
             let guard = lock(&slot);
@@ -541,6 +562,10 @@ impl ConnCore {
         Ok(())
     }
 }
+
+#[path = "conn_inline.rs"]
+mod inline;
+pub use inline::Inline;
 
 #[cfg(test)]
 #[path = "conn_tests.rs"]

@@ -73,3 +73,188 @@ fn whole_offers_in_flight_are_bounded_in_bytes_per_connection_and_in_all() {
     drop(ann);
     assert_eq!(hub.whole_offer_bytes.in_use(), 0, "a connection's end gives its offers' bytes back");
 }
+
+/// A device's side of one document: its automerge copy and sync state.
+struct Device {
+    doc: Automerge,
+    state: sync::State,
+}
+
+impl Device {
+    fn new(actor: u8) -> Device {
+        Device {
+            doc: Automerge::new().with_actor(automerge::ActorId::from(vec![actor; 16])),
+            state: sync::State::new(),
+        }
+    }
+
+    fn edit(&mut self, key: &str, value: i64) {
+        let _ = self.doc.transact::<_, _, automerge::AutomergeError>(|tx| tx.put(automerge::ROOT, key, value));
+    }
+
+    /// The device's next message for `doc`, if it has one.
+    fn message(&mut self, doc: DocumentId) -> Option<Message> {
+        let m = self.doc.generate_sync_message(&mut self.state)?;
+        Some(Message::Sync {
+            sender_id: "device".into(),
+            target_id: "relay".into(),
+            document_id: doc,
+            data: m.encode(),
+        })
+    }
+
+    fn receive(&mut self, out: &[Message]) {
+        for m in out {
+            if let Message::Sync { data, .. } = m {
+                let m = sync::Message::decode(data).expect("relay's message decodes");
+                self.doc.receive_sync_message(&mut self.state, m).expect("relay's message applies");
+            }
+        }
+    }
+}
+
+/// How the conversation below hands work to the core.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Path {
+    BlockingOnly,
+    InlineFirst,
+}
+
+fn deliver(core: &mut ConnCore, msg: Message, path: Path) -> Vec<Message> {
+    let msg = match path {
+        Path::BlockingOnly => msg,
+        Path::InlineFirst => match core.handle_inline(msg, Instant::now()) {
+            Inline::Done(result) => return result.expect("handled"),
+            Inline::Blocking(msg) => msg,
+        },
+    };
+    let out = core.handle(msg, Instant::now()).expect("handled");
+    core.maintain();
+    out
+}
+
+fn push(core: &mut ConnCore, doc: DocumentId, path: Path) -> Vec<Message> {
+    let inline = match path {
+        Path::BlockingOnly => None,
+        Path::InlineFirst => core.push_inline(doc, Instant::now()),
+    };
+    let pushed = match inline {
+        Some(pushed) => pushed,
+        None => core.push(doc, Instant::now()),
+    };
+    pushed.expect("pushed").into_iter().collect()
+}
+
+/// `from` edits; both sides talk until neither has anything to say.
+fn exchange(
+    (from, from_core): &mut (Device, ConnCore),
+    (to, to_core): &mut (Device, ConnCore),
+    doc: DocumentId,
+    i: i64,
+    path: Path,
+    sent: &mut Vec<Vec<u8>>,
+) {
+    from.edit("n", i);
+    for _ in 0..10 {
+        let mut quiet = true;
+        if let Some(m) = from.message(doc) {
+            quiet = false;
+            let out = deliver(from_core, m, path);
+            sent.extend(out.iter().map(Message::encode));
+            from.receive(&out);
+        }
+        for changed in to_core.take_changed() {
+            let out = push(to_core, changed, path);
+            sent.extend(out.iter().map(Message::encode));
+            to.receive(&out);
+        }
+        if let Some(m) = to.message(doc) {
+            quiet = false;
+            let out = deliver(to_core, m, path);
+            sent.extend(out.iter().map(Message::encode));
+            to.receive(&out);
+        }
+        if quiet {
+            break;
+        }
+    }
+    assert_eq!(from.doc.get_heads(), to.doc.get_heads(), "edit {i} reached the other device ({path:?})");
+}
+
+/// Runs a phone and a tablet of one user through 20 edits each way and
+/// returns every message the relay sent, the sync states it stored, and
+/// how many messages it handled inline.
+fn conversation(path: Path) -> (Vec<Vec<u8>>, Vec<Option<Vec<u8>>>, u64) {
+    let storage = Arc::new(MemStorage::new("relay"));
+    let hub = Arc::new(Hub::new(storage.clone(), Limits::default(), "relay".into()));
+    let doc = DocumentId::derive(&["ann", "progress"]);
+    let mut phone_core = ConnCore::new(hub.clone(), hub.register("ann").expect("registered"), "phone".into());
+    let mut tablet_core = ConnCore::new(hub.clone(), hub.register("ann").expect("registered"), "tablet".into());
+    join(&mut phone_core);
+    join(&mut tablet_core);
+    let mut phone = (Device::new(1), phone_core);
+    let mut tablet = (Device::new(2), tablet_core);
+    let mut sent = Vec::new();
+    for i in 0..20 {
+        exchange(&mut phone, &mut tablet, doc, i, path, &mut sent);
+        exchange(&mut tablet, &mut phone, doc, i, path, &mut sent);
+    }
+    storage.flush().expect("flushed");
+    let states = ["phone#install-1", "tablet#install-1"]
+        .iter()
+        .map(|peer| storage.load_sync_state("ann", peer, &doc).expect("read"))
+        .collect();
+    (sent, states, hub.metrics.handled_inline.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+/// Acknowledgements and pushes handled on the caller's thread give exactly
+/// what the blocking path gives: the same messages, byte for byte, and the
+/// same stored sync states.
+#[test]
+fn inline_handling_says_and_stores_what_the_blocking_path_does() {
+    let (blocking, blocking_states, none_inline) = conversation(Path::BlockingOnly);
+    let (inline, inline_states, handled_inline) = conversation(Path::InlineFirst);
+    assert_eq!(none_inline, 0);
+    assert!(handled_inline >= 40, "acknowledgements and pushes went inline: {handled_inline}");
+    assert_eq!(inline, blocking);
+    assert!(blocking_states.iter().all(Option::is_some));
+    assert_eq!(inline_states, blocking_states);
+}
+
+/// What may wait on storage is handed back untouched: a change to store,
+/// a document whose lock is held, a connection before its join.
+#[test]
+fn what_may_wait_on_storage_is_handed_back_untouched() {
+    let storage = Arc::new(MemStorage::new("relay"));
+    let hub = Arc::new(Hub::new(storage, Limits::default(), "relay".into()));
+    let doc = DocumentId::derive(&["ann", "progress"]);
+    let mut core = ConnCore::new(hub.clone(), hub.register("ann").expect("registered"), "phone".into());
+    let mut phone = Device::new(1);
+    phone.edit("n", 1);
+    let change = phone.message(doc).expect("a change to send");
+
+    let before_join = match core.handle_inline(change.clone(), Instant::now()) {
+        Inline::Blocking(m) => m,
+        Inline::Done(_) => panic!("handled before the join"),
+    };
+    assert_eq!(before_join, change);
+    join(&mut core);
+    let with_changes = match core.handle_inline(change.clone(), Instant::now()) {
+        Inline::Blocking(m) => m,
+        Inline::Done(_) => panic!("a change was handled where storing it cannot wait"),
+    };
+    assert_eq!(with_changes, change);
+    phone.receive(&core.handle(with_changes, Instant::now()).expect("stored"));
+
+    // A message with heads and no changes (a device's first word after a
+    // reconnect); with the document's lock held elsewhere (another
+    // connection storing), it goes to a blocking thread.
+    phone.state = sync::State::new();
+    let ack = phone.message(doc).expect("heads to announce");
+    let slot = hub.slot(&core.reg.user, doc);
+    let held = slot.lock().expect("lock");
+    assert!(matches!(core.handle_inline(ack.clone(), Instant::now()), Inline::Blocking(ref m) if *m == ack));
+    assert!(core.push_inline(doc, Instant::now()).is_none(), "no push while the lock is held");
+    drop(held);
+    assert!(matches!(core.handle_inline(ack, Instant::now()), Inline::Done(Ok(_))));
+}

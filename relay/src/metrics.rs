@@ -68,6 +68,9 @@ pub struct Metrics {
     pub whole_docs_from_storage: AtomicU64,
     /// Answers to whole offers taken without loading the document.
     pub acks_without_doc: AtomicU64,
+    /// Messages and pushes handled on the connection's own task (no
+    /// blocking thread: nothing on their way could wait on storage).
+    pub handled_inline: AtomicU64,
     /// Times the idle sweeper gave memory back (page caches, allocator).
     pub memory_releases: AtomicU64,
     pub docs_evicted: AtomicU64,
@@ -182,6 +185,12 @@ impl Metrics {
                 "counter",
                 "A new install's acknowledgements of whole offers, taken without loading the document",
                 self.acks_without_doc.load(Relaxed),
+            ),
+            (
+                "relay_handled_inline_total",
+                "counter",
+                "Acknowledgements and pushes handled on the connection's task, without a blocking thread",
+                self.handled_inline.load(Relaxed),
             ),
             (
                 "relay_memory_releases_total",

@@ -96,6 +96,11 @@ impl PeerSession {
         }
     }
 
+    /// Whether the handshake is done.
+    pub fn is_ready(&self) -> bool {
+        self.phase != Phase::AwaitingJoin
+    }
+
     pub fn sync(&self, doc: DocumentId, data: Vec<u8>) -> Message {
         Message::Sync { sender_id: self.relay_peer_id.clone(), target_id: self.remote(), document_id: doc, data }
     }

@@ -1,10 +1,13 @@
 //! The WebSocket adapter: one task per connection. It reads frames, hands
-//! decoded messages to the sans-IO [`ConnCore`] on a blocking thread (the
-//! core does synchronous, fsyncing storage work), and writes what the core
-//! answers under the outbound byte budgets and the send timeout. Protocol
-//! decisions are the core's; sockets, timers and budgets are this file's.
+//! decoded messages to the sans-IO [`ConnCore`], and writes what the core
+//! answers under the outbound byte budgets and the send timeout. Work that
+//! may wait on storage (the core's storage is synchronous and fsyncs) runs
+//! on a blocking thread; what cannot (acknowledgements, pushes of a loaded
+//! document: [`ConnCore::handle_inline`]) runs on this task, which saves
+//! two thread hand-offs per change. Protocol decisions are the core's;
+//! sockets, timers and budgets are this file's.
 
-use crate::conn::{CloseReason, ConnCore, close_code};
+use crate::conn::{CloseReason, ConnCore, Inline, close_code};
 use crate::hub::{Hub, Registration};
 use crate::metrics::Metrics;
 use axum::extract::ws::{Message as WsMessage, WebSocket};
@@ -120,7 +123,7 @@ pub async fn run(socket: WebSocket, hub: Arc<Hub>, claims: DeviceClaims, reg: Re
                         Metrics::inc(&hub.metrics.messages_in);
                         Metrics::add(&hub.metrics.bytes_in, bytes.len() as u64);
                         match Message::decode(&bytes) {
-                            Ok(msg) => match conn.with_core(move |core| core.handle(msg, Instant::now())).await {
+                            Ok(msg) => match conn.handle(msg).await {
                                 Ok(out) => match conn.send_all(&mut sink, out).await {
                                     Ok(()) => conn.maintain().await.map_err(|reason| Ok(Some(reason))),
                                     Err(failure) => Err(Err(failure)),
@@ -216,7 +219,20 @@ impl Connection {
         }
     }
 
-    /// Runs the core's deferred work (compactions) once the replies are out.
+    /// Hands `msg` to the core: on this task if nothing on its way can
+    /// wait on storage, else on a blocking thread.
+    async fn handle(&mut self, msg: Message) -> Result<Vec<Message>, CloseReason> {
+        let Some(core) = self.core.as_mut() else {
+            return Err(CloseReason::new(close_code::INTERNAL, "connection state lost"));
+        };
+        match core.handle_inline(msg, Instant::now()) {
+            Inline::Done(result) => result,
+            Inline::Blocking(msg) => self.with_core(move |core| core.handle(msg, Instant::now())).await,
+        }
+    }
+
+    /// Runs the core's deferred work (compactions, sync states the queue
+    /// had no room for) once the replies are out.
     async fn maintain(&mut self) -> Result<(), CloseReason> {
         if self.core.as_ref().is_some_and(|c| c.has_maintenance()) {
             self.with_core(|core| {
@@ -281,12 +297,17 @@ impl Connection {
             self.send(sink, Outgoing::Ephemeral(m)).await.map_err(Err)?;
         }
         for doc in docs {
-            match self.with_core(move |core| core.push(doc, Instant::now())).await {
+            let inline = self.core.as_mut().and_then(|core| core.push_inline(doc, Instant::now()));
+            let pushed = match inline {
+                Some(pushed) => pushed,
+                None => self.with_core(move |core| core.push(doc, Instant::now())).await,
+            };
+            match pushed {
                 Ok(Some(m)) => self.send(sink, Outgoing::Message(m)).await.map_err(Err)?,
                 Ok(None) => {}
                 Err(reason) => return Err(Ok(Some(reason))),
             }
         }
-        Ok(())
+        self.maintain().await.map_err(|reason| Ok(Some(reason)))
     }
 }

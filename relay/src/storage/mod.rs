@@ -147,6 +147,19 @@ pub trait DocStorage: Send + Sync + 'static {
         state: &[u8],
         shared_heads: &EncodedHeads,
     ) -> Result<()>;
+    /// [`DocStorage::save_sync_state`] without waiting: `Ok(false)` when the
+    /// write-behind queue is full, so a caller on an async thread can leave
+    /// the save to a blocking one. Storage that never waits saves at once.
+    fn try_save_sync_state(
+        &self,
+        user: &str,
+        device: &str,
+        doc: &DocumentId,
+        state: &[u8],
+        shared_heads: &EncodedHeads,
+    ) -> Result<bool> {
+        self.save_sync_state(user, device, doc, state, shared_heads).map(|()| true)
+    }
     /// Forgets the sync states of `device`'s other installs (sync peers
     /// named `device` or `device#<storage id>`), keeping `keep`'s. May be
     /// written behind, ordered with the saves.

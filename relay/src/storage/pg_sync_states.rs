@@ -66,6 +66,19 @@ impl StateWriter {
         })
     }
 
+    /// [`StateWriter::submit`] when the queue has room now: false (and
+    /// nothing queued) when it would wait.
+    pub(super) fn try_submit(&self, write: StateWrite) -> Result<bool> {
+        let size = write.size();
+        if !self.queued.try_reserve(size) {
+            return Ok(false);
+        }
+        self.queue.send(write).map(|()| true).map_err(|_| {
+            self.queued.release(size);
+            StorageError::Writer("the sync-state writer stopped".into())
+        })
+    }
+
     /// Waits until every write queued before is committed.
     pub(super) fn flush(&self) -> Result<()> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);

@@ -352,6 +352,23 @@ impl DocStorage for PgStorage {
         })
     }
 
+    fn try_save_sync_state(
+        &self,
+        user: &str,
+        device: &str,
+        doc: &DocumentId,
+        state: &[u8],
+        shared_heads: &EncodedHeads,
+    ) -> Result<bool> {
+        self.states.try_submit(StateWrite::Save {
+            user: user.to_owned(),
+            device: device.to_owned(),
+            doc: doc.to_string(),
+            state: state.to_vec(),
+            shared_heads: shared_heads.clone(),
+        })
+    }
+
     fn forget_other_installs(&self, user: &str, device: &str, keep: &str) -> Result<()> {
         self.states.submit(StateWrite::Forget {
             user: user.to_owned(),

@@ -81,8 +81,10 @@ pub struct SqliteStorage {
     /// Bytes queued for the writer thread: a submitter waits while it is full,
     /// so write-behind sync states cannot pile up without bound.
     queued: Arc<BlockingBudget>,
-    writer: Mutex<Option<mpsc::Sender<WriteRequest>>>,
-    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// `None` once dropped. No lock around it: every append passed through
+    /// one, and its contention was a futex call per change under load.
+    writer: Option<mpsc::Sender<WriteRequest>>,
+    writer_thread: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Every connection to the relay database: WAL, `synchronous=FULL` (what is
@@ -114,12 +116,7 @@ impl SqliteStorage {
             .name("relay-storage-writer".into())
             .spawn(move || writer_loop(writer_conn, rx, &writer_budget))
             .map_err(|e| StorageError::Writer(e.to_string()))?;
-        Ok(SqliteStorage {
-            reader: Mutex::new(reader),
-            queued,
-            writer: Mutex::new(Some(tx)),
-            writer_thread: Mutex::new(Some(thread)),
-        })
+        Ok(SqliteStorage { reader: Mutex::new(reader), queued, writer: Some(tx), writer_thread: Some(thread) })
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
@@ -128,13 +125,26 @@ impl SqliteStorage {
     }
 
     fn submit(&self, request: WriteRequest) -> Result<()> {
+        self.queued.reserve(request.size());
+        self.send(request)
+    }
+
+    /// [`SqliteStorage::submit`] when the queue has room now: false (and
+    /// nothing queued) when it would wait.
+    fn try_submit(&self, request: WriteRequest) -> Result<bool> {
+        if !self.queued.try_reserve(request.size()) {
+            return Ok(false);
+        }
+        self.send(request).map(|()| true)
+    }
+
+    /// Sends a request whose bytes are reserved.
+    fn send(&self, request: WriteRequest) -> Result<()> {
         let size = request.size();
-        self.queued.reserve(size);
-        let sent = (|| {
-            let writer = self.writer.lock().map_err(|_| StorageError::Poisoned)?;
-            let sender = writer.as_ref().ok_or_else(|| StorageError::Writer("storage is closed".into()))?;
-            sender.send(request).map_err(|_| StorageError::Writer("storage writer stopped".into()))
-        })();
+        let sent = match &self.writer {
+            Some(sender) => sender.send(request).map_err(|_| StorageError::Writer("storage writer stopped".into())),
+            None => Err(StorageError::Writer("storage is closed".into())),
+        };
         if sent.is_err() {
             self.queued.release(size);
         }
@@ -160,12 +170,8 @@ impl SqliteStorage {
 
 impl Drop for SqliteStorage {
     fn drop(&mut self) {
-        if let Ok(mut w) = self.writer.lock() {
-            w.take(); // closing the channel ends the writer loop after it drains
-        }
-        if let Ok(mut t) = self.writer_thread.lock()
-            && let Some(handle) = t.take()
-        {
+        self.writer.take(); // closing the channel ends the writer loop after it drains
+        if let Some(handle) = self.writer_thread.take() {
             let _ = handle.join();
         }
     }
@@ -337,6 +343,22 @@ fn parse_id_map(rows: Vec<(String, Vec<u8>)>) -> HashMap<DocumentId, EncodedHead
     rows.into_iter().filter_map(|(id, heads)| Some((id.parse().ok()?, heads))).collect()
 }
 
+fn sync_state_request(
+    user: &str,
+    device: &str,
+    doc: &DocumentId,
+    state: &[u8],
+    shared_heads: &EncodedHeads,
+) -> WriteRequest {
+    WriteRequest::SaveSyncState {
+        user: user.to_owned(),
+        device: device.to_owned(),
+        doc: doc.to_string(),
+        state: state.to_vec(),
+        shared_heads: shared_heads.clone(),
+    }
+}
+
 impl DocStorage for SqliteStorage {
     fn forget_other_installs(&self, user: &str, device: &str, keep: &str) -> Result<()> {
         self.submit(WriteRequest::ForgetOtherInstalls {
@@ -449,13 +471,18 @@ impl DocStorage for SqliteStorage {
         state: &[u8],
         shared_heads: &EncodedHeads,
     ) -> Result<()> {
-        self.submit(WriteRequest::SaveSyncState {
-            user: user.to_owned(),
-            device: device.to_owned(),
-            doc: doc.to_string(),
-            state: state.to_vec(),
-            shared_heads: shared_heads.clone(),
-        })
+        self.submit(sync_state_request(user, device, doc, state, shared_heads))
+    }
+
+    fn try_save_sync_state(
+        &self,
+        user: &str,
+        device: &str,
+        doc: &DocumentId,
+        state: &[u8],
+        shared_heads: &EncodedHeads,
+    ) -> Result<bool> {
+        self.try_submit(sync_state_request(user, device, doc, state, shared_heads))
     }
 }
 

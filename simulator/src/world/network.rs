@@ -111,7 +111,12 @@ impl World {
         };
         let d = *d;
         let result = match Message::decode(bytes) {
-            Ok(msg) => core.handle(msg, now),
+            // As the adapter does: on the connection's task if nothing on
+            // the way can wait on storage, else as a blocking call.
+            Ok(msg) => match core.handle_inline(msg, now) {
+                relay::conn::Inline::Done(result) => result,
+                relay::conn::Inline::Blocking(msg) => core.handle(msg, now),
+            },
             Err(e) => Err(format!("malformed: {e}").into()),
         };
         self.trace.hash(self.now, "relay<", bytes);
@@ -176,7 +181,11 @@ impl World {
         for (&conn, (_, core)) in self.relay.conns.iter_mut() {
             let _ = core.take_ephemeral();
             for doc in core.take_changed() {
-                match core.push(doc, now) {
+                let pushed = match core.push_inline(doc, now) {
+                    Some(pushed) => pushed,
+                    None => core.push(doc, now),
+                };
+                match pushed {
                     Ok(Some(m)) => out.push((conn, m.encode())),
                     Ok(None) => {}
                     Err(_) => failed.push(conn),
