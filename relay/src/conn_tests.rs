@@ -181,10 +181,17 @@ fn exchange(
     assert_eq!(from.doc.get_heads(), to.doc.get_heads(), "edit {i} reached the other device ({path:?})");
 }
 
+/// Every message the relay sent, the sync states it stored, and how many
+/// messages it handled inline.
+struct Conversation {
+    sent: Vec<Vec<u8>>,
+    states: Vec<Option<Vec<u8>>>,
+    handled_inline: u64,
+}
+
 /// Runs a phone and a tablet of one user through 20 edits each way and
-/// returns every message the relay sent, the sync states it stored, and
-/// how many messages it handled inline.
-fn conversation(path: Path) -> (Vec<Vec<u8>>, Vec<Option<Vec<u8>>>, u64) {
+/// tells what the relay did.
+fn conversation(path: Path) -> Conversation {
     let storage = Arc::new(MemStorage::new("relay"));
     let hub = Arc::new(Hub::new(storage.clone(), Limits::default(), "relay".into()));
     let doc = DocumentId::derive(&["ann", "progress"]);
@@ -204,7 +211,7 @@ fn conversation(path: Path) -> (Vec<Vec<u8>>, Vec<Option<Vec<u8>>>, u64) {
         .iter()
         .map(|peer| storage.load_sync_state("ann", peer, &doc).expect("read"))
         .collect();
-    (sent, states, hub.metrics.handled_inline.load(std::sync::atomic::Ordering::Relaxed))
+    Conversation { sent, states, handled_inline: hub.metrics.handled_inline.load(std::sync::atomic::Ordering::Relaxed) }
 }
 
 /// Acknowledgements and pushes handled on the caller's thread give exactly
@@ -212,13 +219,13 @@ fn conversation(path: Path) -> (Vec<Vec<u8>>, Vec<Option<Vec<u8>>>, u64) {
 /// same stored sync states.
 #[test]
 fn inline_handling_says_and_stores_what_the_blocking_path_does() {
-    let (blocking, blocking_states, none_inline) = conversation(Path::BlockingOnly);
-    let (inline, inline_states, handled_inline) = conversation(Path::InlineFirst);
-    assert_eq!(none_inline, 0);
-    assert!(handled_inline >= 40, "acknowledgements and pushes went inline: {handled_inline}");
-    assert_eq!(inline, blocking);
-    assert!(blocking_states.iter().all(Option::is_some));
-    assert_eq!(inline_states, blocking_states);
+    let blocking = conversation(Path::BlockingOnly);
+    let inline = conversation(Path::InlineFirst);
+    assert_eq!(blocking.handled_inline, 0);
+    assert!(inline.handled_inline >= 40, "acknowledgements and pushes went inline: {}", inline.handled_inline);
+    assert_eq!(inline.sent, blocking.sent);
+    assert!(blocking.states.iter().all(Option::is_some));
+    assert_eq!(inline.states, blocking.states);
 }
 
 /// What may wait on storage is handed back untouched: a change to store,
