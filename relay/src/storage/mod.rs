@@ -14,6 +14,7 @@ pub mod migrations;
 mod pg_sync_states;
 pub mod postgres;
 mod sqlite;
+mod sqlite_writer;
 
 pub use memory::MemStorage;
 pub use postgres::PgStorage;

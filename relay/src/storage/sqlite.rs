@@ -1,15 +1,15 @@
 //! [`DocStorage`] on one SQLite file in WAL mode with `synchronous=FULL`.
 //!
-//! Writes go through one writer thread that commits in groups: every request
-//! queued while the previous commit was being fsynced is committed together,
-//! so N devices writing at once cost one fsync, not N. `append` returns only
-//! after its group committed, which is what lets the relay acknowledge a
-//! change. Sync-state saves are write-behind (queued, not awaited): losing
-//! the last few on a crash only makes the next reconnect exchange a little
-//! more, never loses data.
+//! Writes go through one writer thread that commits in groups
+//! (`sqlite_writer.rs`). `append` returns only after its group committed,
+//! which is what lets the relay acknowledge a change. Sync-state saves are
+//! write-behind (kept in memory, the latest per key, and committed with the
+//! next group or within `STATES_DELAY`): losing the last few on a crash only
+//! makes the next reconnect exchange a little more, never loses data.
 //!
 //! Reads use their own connection; WAL lets them run beside the writer.
 
+use super::sqlite_writer::{AfterSave, PendingStates, WriteRequest, writer_loop};
 use super::{Appended, DocStorage, EncodedHeads, Result, StorageError, StoredDoc, migrations};
 use crate::budget::BlockingBudget;
 use protocol::DocumentId;
@@ -19,68 +19,14 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
-/// Most requests committed in one transaction.
-const MAX_GROUP: usize = 512;
-
-enum WriteRequest {
-    Append {
-        user: String,
-        doc: String,
-        chunk: Vec<u8>,
-        heads: EncodedHeads,
-        reply: mpsc::SyncSender<Result<u64>>,
-    },
-    Compact {
-        user: String,
-        doc: String,
-        snapshot: Vec<u8>,
-        reply: mpsc::SyncSender<Result<()>>,
-    },
-    SaveSyncState {
-        user: String,
-        device: String,
-        doc: String,
-        state: Vec<u8>,
-        shared_heads: EncodedHeads,
-    },
-    /// A readiness probe: a small real write, committed.
-    Probe {
-        reply: mpsc::SyncSender<Result<()>>,
-    },
-    ForgetOtherInstalls {
-        user: String,
-        device: String,
-        keep: String,
-    },
-    /// Replies once everything queued before it is committed.
-    Flush {
-        reply: mpsc::SyncSender<Result<()>>,
-    },
-    /// Frees the writer connection's unused page cache (after its group),
-    /// then replies, so a `malloc_trim` after it finds that memory free.
-    ReleaseMemory {
-        reply: mpsc::SyncSender<Result<()>>,
-    },
-}
-
-impl WriteRequest {
-    /// Bytes the request holds while queued, for the queue's byte budget.
-    fn size(&self) -> usize {
-        128 + match self {
-            WriteRequest::Append { chunk, heads, .. } => chunk.len() + heads.len(),
-            WriteRequest::Compact { snapshot, .. } => snapshot.len(),
-            WriteRequest::SaveSyncState { state, shared_heads, .. } => state.len() + shared_heads.len(),
-            WriteRequest::ForgetOtherInstalls { device, keep, .. } => device.len() + keep.len(),
-            WriteRequest::Flush { .. } | WriteRequest::Probe { .. } | WriteRequest::ReleaseMemory { .. } => 0,
-        }
-    }
-}
-
 pub struct SqliteStorage {
     reader: Mutex<Connection>,
-    /// Bytes queued for the writer thread: a submitter waits while it is full,
-    /// so write-behind sync states cannot pile up without bound.
+    /// Bytes queued for the writer thread (requests and pending sync
+    /// states): a submitter waits while it is full, so write-behind sync
+    /// states cannot pile up without bound.
     queued: Arc<BlockingBudget>,
+    /// Sync states waiting for the writer.
+    states: Arc<PendingStates>,
     /// `None` once dropped. No lock around it: every append passed through
     /// one, and its contention was a futex call per change under load.
     writer: Option<mpsc::Sender<WriteRequest>>,
@@ -111,12 +57,13 @@ impl SqliteStorage {
         let reader = open_connection(path)?;
         let (tx, rx) = mpsc::channel();
         let queued = Arc::new(BlockingBudget::new(max_queue_bytes));
-        let writer_budget = queued.clone();
+        let states = Arc::new(PendingStates::default());
+        let (writer_budget, writer_states) = (queued.clone(), states.clone());
         let thread = std::thread::Builder::new()
             .name("relay-storage-writer".into())
-            .spawn(move || writer_loop(writer_conn, rx, &writer_budget))
+            .spawn(move || writer_loop(writer_conn, rx, &writer_budget, &writer_states))
             .map_err(|e| StorageError::Writer(e.to_string()))?;
-        Ok(SqliteStorage { reader: Mutex::new(reader), queued, writer: Some(tx), writer_thread: Some(thread) })
+        Ok(SqliteStorage { reader: Mutex::new(reader), queued, states, writer: Some(tx), writer_thread: Some(thread) })
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
@@ -129,13 +76,32 @@ impl SqliteStorage {
         self.send(request)
     }
 
-    /// [`SqliteStorage::submit`] when the queue has room now: false (and
-    /// nothing queued) when it would wait.
-    fn try_submit(&self, request: WriteRequest) -> Result<bool> {
-        if !self.queued.try_reserve(request.size()) {
-            return Ok(false);
+    /// Puts a sync state among the pending ones. With `wait`, waits for
+    /// room (waking the writer to make it); else returns false when there
+    /// is none.
+    fn put_state(
+        &self,
+        user: &str,
+        device: &str,
+        doc: &DocumentId,
+        state: &[u8],
+        shared_heads: &EncodedHeads,
+        wait: bool,
+    ) -> Result<bool> {
+        let size = PendingStates::size_of(state, shared_heads);
+        if !self.queued.try_reserve(size) {
+            if !wait {
+                return Ok(false);
+            }
+            self.send(WriteRequest::Wake { now: true })?;
+            self.queued.reserve(size);
         }
-        self.send(request).map(|()| true)
+        let (replaced, after) = self.states.put(user, device, &doc.to_string(), state, shared_heads);
+        self.queued.release(replaced);
+        if let AfterSave::Wake = after {
+            self.send(WriteRequest::Wake { now: false })?;
+        }
+        Ok(true)
     }
 
     /// Sends a request whose bytes are reserved.
@@ -177,186 +143,8 @@ impl Drop for SqliteStorage {
     }
 }
 
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<WriteRequest>, queued: &BlockingBudget) {
-    while let Ok(first) = rx.recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(r) => group.push(r),
-                Err(_) => break,
-            }
-        }
-        let bytes: usize = group.iter().map(WriteRequest::size).sum();
-        let (releases, group): (Vec<WriteRequest>, Vec<WriteRequest>) =
-            group.into_iter().partition(|r| matches!(r, WriteRequest::ReleaseMemory { .. }));
-        if !group.is_empty() {
-            commit_group(&mut conn, group);
-        }
-        queued.release(bytes);
-        if !releases.is_empty() {
-            let released = conn.release_memory().map_err(|e| e.to_string());
-            for request in releases {
-                if let WriteRequest::ReleaseMemory { reply } = request {
-                    let _ = reply.send(released.clone().map_err(StorageError::Writer));
-                }
-            }
-        }
-    }
-}
-
-/// Replies a request gets once its group is committed.
-enum Outcome {
-    Appended(mpsc::SyncSender<Result<u64>>, Result<u64>),
-    Compacted(mpsc::SyncSender<Result<()>>, Result<()>),
-    Flushed(mpsc::SyncSender<Result<()>>),
-    None,
-}
-
-fn commit_group(conn: &mut Connection, group: Vec<WriteRequest>) {
-    let mut outcomes = Vec::with_capacity(group.len());
-    let committed = (|| -> Result<()> {
-        let mut tx = conn.transaction()?;
-        for request in group {
-            // A savepoint per request: one failing statement fails that request only.
-            let sp = tx.savepoint()?;
-            let outcome = match request {
-                WriteRequest::Append { user, doc, chunk, heads, reply } => {
-                    Outcome::Appended(reply, append(&sp, &user, &doc, &chunk, &heads))
-                }
-                WriteRequest::Compact { user, doc, snapshot, reply } => {
-                    Outcome::Compacted(reply, compact(&sp, &user, &doc, &snapshot))
-                }
-                WriteRequest::SaveSyncState { user, device, doc, state, shared_heads } => {
-                    if let Err(e) = save_sync_state(&sp, &user, &device, &doc, &state, &shared_heads) {
-                        tracing::warn!(error = %e, "sync state not saved");
-                    }
-                    Outcome::None
-                }
-                WriteRequest::ForgetOtherInstalls { user, device, keep } => {
-                    if let Err(e) = forget_other_installs(&sp, &user, &device, &keep) {
-                        tracing::warn!(error = %e, "old installs' sync states not removed");
-                    }
-                    Outcome::None
-                }
-                WriteRequest::Flush { reply } => Outcome::Flushed(reply),
-                // Taken out of the group by the writer loop; nothing to write.
-                WriteRequest::ReleaseMemory { .. } => Outcome::None,
-                WriteRequest::Probe { reply } => Outcome::Compacted(
-                    reply,
-                    sp.execute(
-                        "INSERT INTO relay_meta(key, value) VALUES ('ready_probe', unixepoch())
-                         ON CONFLICT(key) DO UPDATE SET value = excluded.value || ''",
-                        [],
-                    )
-                    .map(|_| ())
-                    .map_err(StorageError::from),
-                ),
-            };
-            let failed = matches!(&outcome, Outcome::Appended(_, Err(_)) | Outcome::Compacted(_, Err(_)));
-            if failed {
-                drop(sp); // rolls back this request's statements
-            } else {
-                sp.commit()?;
-            }
-            outcomes.push(outcome);
-        }
-        tx.commit()?;
-        Ok(())
-    })();
-    for outcome in outcomes {
-        let commit_error = || committed.as_ref().err().map(|e| StorageError::Writer(format!("commit failed: {e}")));
-        match outcome {
-            Outcome::Appended(reply, r) => {
-                let _ = reply.send(match commit_error() {
-                    Some(e) => Err(e),
-                    None => r,
-                });
-            }
-            Outcome::Compacted(reply, r) => {
-                let _ = reply.send(match commit_error() {
-                    Some(e) => Err(e),
-                    None => r,
-                });
-            }
-            Outcome::Flushed(reply) => {
-                let _ = reply.send(match commit_error() {
-                    Some(e) => Err(e),
-                    None => Ok(()),
-                });
-            }
-            Outcome::None => {}
-        }
-    }
-}
-
-fn append(conn: &Connection, user: &str, doc: &str, chunk: &[u8], heads: &EncodedHeads) -> Result<u64> {
-    // Cached statements: the writer runs these for every acknowledged
-    // change, and preparing them each time was 6 % of the relay's CPU under
-    // the 1,000-device load.
-    conn.prepare_cached(
-        "INSERT INTO docs(user_id, doc_id, heads) VALUES (?1, ?2, ?3)
-         ON CONFLICT(user_id, doc_id) DO UPDATE SET heads = excluded.heads, updated_at = unixepoch()",
-    )?
-    .execute(params![user, doc, heads])?;
-    conn.prepare_cached("INSERT INTO doc_chunks(user_id, doc_id, data) VALUES (?1, ?2, ?3)")?
-        .execute(params![user, doc, chunk])?;
-    let n: i64 = conn
-        .prepare_cached("SELECT count(*) FROM doc_chunks WHERE user_id = ?1 AND doc_id = ?2")?
-        .query_row(params![user, doc], |r| r.get(0))?;
-    Ok(n as u64)
-}
-
-fn compact(conn: &Connection, user: &str, doc: &str, snapshot: &[u8]) -> Result<()> {
-    conn.prepare_cached("UPDATE docs SET snapshot = ?3 WHERE user_id = ?1 AND doc_id = ?2")?
-        .execute(params![user, doc, snapshot])?;
-    conn.prepare_cached("DELETE FROM doc_chunks WHERE user_id = ?1 AND doc_id = ?2")?.execute(params![user, doc])?;
-    Ok(())
-}
-
-fn save_sync_state(
-    conn: &Connection,
-    user: &str,
-    device: &str,
-    doc: &str,
-    state: &[u8],
-    shared_heads: &EncodedHeads,
-) -> Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO sync_states(user_id, device_id, doc_id, state, shared_heads) VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT(user_id, device_id, doc_id) DO UPDATE SET state = excluded.state,
-           shared_heads = excluded.shared_heads",
-    )?
-    .execute(params![user, device, doc, state, shared_heads])?;
-    Ok(())
-}
-
-fn forget_other_installs(conn: &Connection, user: &str, device: &str, keep: &str) -> Result<()> {
-    conn.execute(
-        "DELETE FROM sync_states WHERE user_id = ?1 AND device_id != ?3
-           AND (device_id = ?2 OR substr(device_id, 1, length(?2) + 1) = ?2 || '#')",
-        params![user, device, keep],
-    )?;
-    Ok(())
-}
-
 fn parse_id_map(rows: Vec<(String, Vec<u8>)>) -> HashMap<DocumentId, EncodedHeads> {
     rows.into_iter().filter_map(|(id, heads)| Some((id.parse().ok()?, heads))).collect()
-}
-
-fn sync_state_request(
-    user: &str,
-    device: &str,
-    doc: &DocumentId,
-    state: &[u8],
-    shared_heads: &EncodedHeads,
-) -> WriteRequest {
-    WriteRequest::SaveSyncState {
-        user: user.to_owned(),
-        device: device.to_owned(),
-        doc: doc.to_string(),
-        state: state.to_vec(),
-        shared_heads: shared_heads.clone(),
-    }
 }
 
 impl DocStorage for SqliteStorage {
@@ -442,6 +230,9 @@ impl DocStorage for SqliteStorage {
     }
 
     fn load_sync_state(&self, user: &str, device: &str, doc: &DocumentId) -> Result<Option<Vec<u8>>> {
+        if let Some(pending) = self.states.get(user, device, &doc.to_string()) {
+            return Ok(Some(pending));
+        }
         self.read(|conn| {
             Ok(conn
                 .query_row(
@@ -457,8 +248,10 @@ impl DocStorage for SqliteStorage {
         self.read(|conn| {
             let mut stmt = conn
                 .prepare_cached("SELECT doc_id, shared_heads FROM sync_states WHERE user_id = ?1 AND device_id = ?2")?;
-            let rows =
+            let mut rows =
                 stmt.query_map([user, device], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<Vec<_>, _>>()?;
+            // Pending states are newer than any stored: they come last and win.
+            rows.extend(self.states.shared_heads(user, device));
             Ok(parse_id_map(rows))
         })
     }
@@ -471,7 +264,7 @@ impl DocStorage for SqliteStorage {
         state: &[u8],
         shared_heads: &EncodedHeads,
     ) -> Result<()> {
-        self.submit(sync_state_request(user, device, doc, state, shared_heads))
+        self.put_state(user, device, doc, state, shared_heads, true).map(|_| ())
     }
 
     fn try_save_sync_state(
@@ -482,7 +275,7 @@ impl DocStorage for SqliteStorage {
         state: &[u8],
         shared_heads: &EncodedHeads,
     ) -> Result<bool> {
-        self.try_submit(sync_state_request(user, device, doc, state, shared_heads))
+        self.put_state(user, device, doc, state, shared_heads, false)
     }
 }
 
@@ -534,5 +327,62 @@ mod tests {
         assert_eq!(s.count_docs("u").unwrap(), 16);
         assert_eq!(s.load("u", &doc).unwrap().unwrap().chunks.len(), 20);
         assert_eq!(s.shared_heads("u", "phone").unwrap().get(&doc), Some(&vec![7; 32]));
+    }
+
+    /// The stored sync state of (user, device, doc), read through a
+    /// connection of its own (what another process would see).
+    fn committed_state(path: &Path, device: &str, doc: &DocumentId) -> Option<Vec<u8>> {
+        let conn = open_connection(path).unwrap();
+        conn.query_row(
+            "SELECT state FROM sync_states WHERE user_id = 'u' AND device_id = ?1 AND doc_id = ?2",
+            params![device, doc.to_string()],
+            |r| r.get(0),
+        )
+        .optional()
+        .unwrap()
+    }
+
+    #[test]
+    fn pending_sync_states_read_back_at_once_keep_the_latest_and_commit_without_an_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.sqlite3");
+        let s = SqliteStorage::open(&path).unwrap();
+        let doc = DocumentId::derive(&["d"]);
+        for i in 0..50u8 {
+            s.save_sync_state("u", "phone", &doc, &[i; 40], &vec![i; 32]).unwrap();
+        }
+        // Read back before the writer committed anything: the latest.
+        assert_eq!(s.load_sync_state("u", "phone", &doc).unwrap(), Some(vec![49; 40]));
+        assert_eq!(s.shared_heads("u", "phone").unwrap().get(&doc), Some(&vec![49; 32]));
+        // No append comes: the states are committed within their delay.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while committed_state(&path, "phone", &doc).is_none() {
+            assert!(std::time::Instant::now() < deadline, "a pending sync state was never committed");
+            std::thread::yield_now();
+        }
+        assert_eq!(committed_state(&path, "phone", &doc), Some(vec![49; 40]), "only the latest is written");
+        assert_eq!(s.queued_bytes(), 0, "their bytes are given back");
+    }
+
+    #[test]
+    fn sync_states_beyond_the_queue_budget_wait_for_room_and_all_arrive() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.sqlite3");
+        // Room for about one state: every save past the first needs the
+        // writer to commit.
+        let s = SqliteStorage::open_with(&path, 1500).unwrap();
+        let docs: Vec<DocumentId> = (0..40).map(|i| DocumentId::derive(&[&i.to_string()])).collect();
+        for (i, doc) in docs.iter().enumerate() {
+            s.save_sync_state("u", "phone", doc, &[i as u8; 1000], &vec![1; 32]).unwrap();
+            assert!(s.queued_bytes() <= 1500 + 1200, "pending states stay within the budget");
+        }
+        s.flush().unwrap();
+        for (i, doc) in docs.iter().enumerate() {
+            assert_eq!(committed_state(&path, "phone", doc), Some(vec![i as u8; 1000]));
+        }
+        // A save that cannot wait is refused while the queue is full.
+        s.save_sync_state("u", "phone", &docs[0], &[7; 1400], &vec![1; 32]).unwrap();
+        let refused = !s.try_save_sync_state("u", "phone", &docs[1], &[7; 1000], &vec![1; 32]).unwrap();
+        assert!(refused || s.queued_bytes() < 1500, "refused unless the writer had already made room");
     }
 }
