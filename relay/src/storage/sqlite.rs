@@ -3,8 +3,8 @@
 //! Writes go through one writer thread that commits in groups
 //! (`sqlite_writer.rs`). `append` returns only after its group committed,
 //! which is what lets the relay acknowledge a change. Sync-state saves are
-//! write-behind (kept in memory, the latest per key, and committed with the
-//! next group or within `STATES_DELAY`): losing the last few on a crash only
+//! write-behind (kept in memory, the latest per key, and committed within
+//! `STATES_DELAY`, 1 s): losing the last second of them on a crash only
 //! makes the next reconnect exchange a little more, never loses data.
 //!
 //! Reads use their own connection; WAL lets them run beside the writer.
@@ -72,8 +72,19 @@ impl SqliteStorage {
     }
 
     fn submit(&self, request: WriteRequest) -> Result<()> {
-        self.queued.reserve(request.size());
+        self.make_room(request.size())?;
         self.send(request)
+    }
+
+    /// Reserves `size` bytes of the queue, waiting for room if needed. Pending
+    /// sync states hold bytes until they are due: the writer is woken to
+    /// write them at once rather than keep a waiter for their delay.
+    fn make_room(&self, size: usize) -> Result<()> {
+        if !self.queued.try_reserve(size) {
+            self.send(WriteRequest::Wake { now: true })?;
+            self.queued.reserve(size);
+        }
+        Ok(())
     }
 
     /// Puts a sync state among the pending ones. With `wait`, waits for
@@ -89,12 +100,10 @@ impl SqliteStorage {
         wait: bool,
     ) -> Result<bool> {
         let size = PendingStates::size_of(state, shared_heads);
-        if !self.queued.try_reserve(size) {
-            if !wait {
-                return Ok(false);
-            }
-            self.send(WriteRequest::Wake { now: true })?;
-            self.queued.reserve(size);
+        if wait {
+            self.make_room(size)?;
+        } else if !self.queued.try_reserve(size) {
+            return Ok(false);
         }
         let (replaced, after) = self.states.put(user, device, &doc.to_string(), state, shared_heads);
         self.queued.release(replaced);
