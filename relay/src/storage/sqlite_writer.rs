@@ -82,6 +82,7 @@ impl WriteRequest {
 }
 
 /// A sync state waiting for the writer.
+#[derive(Clone)]
 pub(super) struct PendingState {
     user: String,
     device: String,
@@ -112,6 +113,11 @@ pub(super) struct PendingStates {
 #[derive(Default)]
 struct Pending {
     states: HashMap<(String, String, String), PendingState>,
+    /// States taken by the writer and not yet committed: still read from
+    /// here (after `states`), or a reconnect in that window would find its
+    /// install's states neither here nor in the database and be taken for
+    /// a new install.
+    writing: HashMap<(String, String, String), PendingState>,
     /// The writer sleeps with no deadline: the next save must wake it.
     writer_asleep: bool,
 }
@@ -160,27 +166,42 @@ impl PendingStates {
         128 + state.len() + shared_heads.len()
     }
 
-    /// The pending state of one key, if any.
+    /// The pending state of one key, if any (the latest: a state being
+    /// written is older than one saved since).
     pub(super) fn get(&self, user: &str, device: &str, doc: &str) -> Option<Vec<u8>> {
         let key = (user.to_owned(), device.to_owned(), doc.to_owned());
-        self.lock().states.get(&key).map(|s| s.state.clone())
+        let pending = self.lock();
+        pending.states.get(&key).or_else(|| pending.writing.get(&key)).map(|s| s.state.clone())
     }
 
-    /// Pending shared heads of (user, device), by document id text.
+    /// Pending shared heads of (user, device), by document id text, oldest
+    /// first (a caller collecting them into a map keeps the latest).
     pub(super) fn shared_heads(&self, user: &str, device: &str) -> Vec<(String, EncodedHeads)> {
-        self.lock()
-            .states
+        let pending = self.lock();
+        pending
+            .writing
             .values()
+            .chain(pending.states.values())
             .filter(|s| s.user == user && s.device == device)
             .map(|s| (s.doc.clone(), s.shared_heads.clone()))
             .collect()
     }
 
-    /// Everything pending, and its bytes.
+    /// Everything pending, to write, and its bytes. The states stay
+    /// readable until [`PendingStates::written`].
     fn take(&self) -> (Vec<PendingState>, usize) {
-        let states: Vec<PendingState> = self.lock().states.drain().map(|(_, s)| s).collect();
-        let bytes = states.iter().map(PendingState::size).sum();
-        (states, bytes)
+        let mut pending = self.lock();
+        let taken = std::mem::take(&mut pending.states);
+        let copies: Vec<PendingState> = taken.values().map(PendingState::clone).collect();
+        pending.writing = taken;
+        let bytes = copies.iter().map(PendingState::size).sum();
+        (copies, bytes)
+    }
+
+    /// The states last taken are committed (or failed, which loses them
+    /// as a crash would): no longer read from memory.
+    fn written(&self) {
+        self.lock().writing.clear();
     }
 
     /// Called by the writer before it sleeps: true if states are pending
@@ -244,6 +265,7 @@ pub(super) fn writer_loop(
         if !group.is_empty() || !saves.is_empty() {
             commit_group(&mut conn, saves, group);
         }
+        states.written();
         queued.release(bytes + state_bytes);
         if drain || states_due.is_none() {
             states_due = states.sleep_until_woken().then(|| Instant::now() + STATES_DELAY);
@@ -262,6 +284,7 @@ pub(super) fn writer_loop(
     if !saves.is_empty() {
         commit_group(&mut conn, saves, Vec::new());
     }
+    states.written();
     queued.release(state_bytes);
 }
 
@@ -400,4 +423,36 @@ fn forget_other_installs(conn: &Connection, user: &str, device: &str, keep: &str
         params![user, device, keep],
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(p: &PendingStates) -> (Option<Vec<u8>>, HashMap<String, EncodedHeads>) {
+        (p.get("u", "phone", "d"), p.shared_heads("u", "phone").into_iter().collect())
+    }
+
+    /// Between the writer taking the pending states and its commit, they
+    /// are in neither place unless kept readable: a device reconnecting
+    /// then was taken for a new install (found by `tests/tests/sync.rs`
+    /// under load).
+    #[test]
+    fn states_being_written_stay_readable_until_committed_and_newer_ones_win() {
+        let p = PendingStates::default();
+        p.put("u", "phone", "d", b"old", &vec![1; 32]);
+        let (taken, bytes) = p.take();
+        assert_eq!(taken.len(), 1);
+        assert_eq!(bytes, PendingStates::size_of(b"old", &vec![1; 32]));
+        assert_eq!(read(&p), (Some(b"old".to_vec()), HashMap::from([("d".to_owned(), vec![1; 32])])));
+
+        p.put("u", "phone", "d", b"new", &vec![2; 32]);
+        assert_eq!(read(&p), (Some(b"new".to_vec()), HashMap::from([("d".to_owned(), vec![2; 32])])));
+        p.written();
+        assert_eq!(read(&p).0, Some(b"new".to_vec()), "the newer one is still pending");
+
+        let _ = p.take();
+        p.written();
+        assert_eq!(read(&p), (None, HashMap::new()), "once committed, read from the database");
+    }
 }
