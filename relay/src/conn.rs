@@ -6,8 +6,9 @@
 //! offer the documents whose heads moved since this install last synced.
 //! It owns no socket, spawns nothing and reads no clock (`now` is an
 //! argument). Storage is the synchronous [`DocStorage`](crate::storage::DocStorage):
-//! the tokio adapter (`ws.rs`) calls the core on a blocking thread, and the
-//! simulator calls it directly, in a deterministic order.
+//! the tokio adapter (`ws.rs`) calls the core on a blocking thread, except
+//! for what cannot wait (`conn_inline.rs`), and the simulator calls it
+//! directly, in a deterministic order, trying the inline path first too.
 //!
 //! Ordering rule: a change is acknowledged or forwarded only after
 //! `DocStorage::append` returned, i.e. after it is durable. If storage

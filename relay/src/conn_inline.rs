@@ -8,9 +8,9 @@
 //! 200-pair load that hop was about a fifth of the relay's CPU (wake-ups of
 //! the blocking pool and of the connection task; 40 futex calls per edit).
 //! Here they are done on the caller's thread when nothing on the way can
-//! wait: the document is loaded and its lock free, this connection holds
-//! its sync state, nothing needs reading from storage, and the sync state is
-//! queued only if the writer's queue has room now. Anything else is handed
+//! wait: the document is loaded, small, and its lock free, this connection
+//! holds its sync state, nothing needs reading from storage, and the sync
+//! state is queued only if the writer's queue has room now. Anything else is handed
 //! back for [`ConnCore::handle`] / [`ConnCore::push`] on a blocking thread,
 //! untouched.
 
@@ -21,6 +21,14 @@ use crate::storage::encode_heads;
 use automerge::sync::{self, SyncDoc};
 use protocol::{DocumentId, Message};
 use std::time::Instant;
+
+/// Largest document (estimated memory, as [`DocSlot::bytes`](crate::hub::DocSlot))
+/// worked on inline. Generating a message for a big document can take
+/// milliseconds (a push after another device uploaded a month re-encodes
+/// every change of it), which would stall the other connections sharing
+/// this runtime thread; those go to a blocking thread as before. 1 MiB is
+/// about 85 KiB stored, a month of some 3,500 reviews.
+const INLINE_MAX_DOC_BYTES: usize = 1 << 20;
 
 /// What [`ConnCore::handle_inline`] did with a message.
 pub enum Inline {
@@ -53,7 +61,7 @@ impl ConnCore {
         };
         let slot = self.hub.slot(&self.reg.user, doc_id);
         let Some(mut guard) = lock_if_free(&slot) else { return Inline::Blocking(msg) };
-        if !guard.loaded || guard.doc.is_none() {
+        if !guard.loaded || guard.doc.is_none() || guard.bytes > INLINE_MAX_DOC_BYTES {
             return Inline::Blocking(msg);
         }
         // Committed to handling it here.
@@ -96,7 +104,7 @@ impl ConnCore {
         }
         let slot = self.hub.slot(&self.reg.user, doc_id);
         let mut guard = lock_if_free(&slot)?;
-        if !guard.loaded {
+        if !guard.loaded || guard.bytes > INLINE_MAX_DOC_BYTES {
             return None;
         }
         guard.last_used = now;

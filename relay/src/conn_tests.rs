@@ -228,8 +228,9 @@ fn inline_handling_says_and_stores_what_the_blocking_path_does() {
     assert_eq!(inline.states, blocking.states);
 }
 
-/// What may wait on storage is handed back untouched: a change to store,
-/// a document whose lock is held, a connection before its join.
+/// What may wait (on storage, or on a big document's work) is handed back
+/// untouched: a change to store, a document whose lock is held, a big
+/// document, a connection before its join.
 #[test]
 fn what_may_wait_on_storage_is_handed_back_untouched() {
     let storage = Arc::new(MemStorage::new("relay"));
@@ -263,5 +264,10 @@ fn what_may_wait_on_storage_is_handed_back_untouched() {
     assert!(matches!(core.handle_inline(ack.clone(), Instant::now()), Inline::Blocking(ref m) if *m == ack));
     assert!(core.push_inline(doc, Instant::now()).is_none(), "no push while the lock is held");
     drop(held);
+    // A big document: generating its messages may take milliseconds.
+    let bytes = std::mem::replace(&mut slot.lock().expect("lock").bytes, 2 << 20);
+    assert!(matches!(core.handle_inline(ack.clone(), Instant::now()), Inline::Blocking(_)));
+    assert!(core.push_inline(doc, Instant::now()).is_none(), "no inline push of a big document");
+    slot.lock().expect("lock").bytes = bytes;
     assert!(matches!(core.handle_inline(ack, Instant::now()), Inline::Done(Ok(_))));
 }
