@@ -9,6 +9,7 @@
 use super::{EncodedHeads, Result, StorageError};
 use crate::budget::BlockingBudget;
 use deadpool_postgres::Pool;
+use protocol::DocumentId;
 use std::sync::Arc;
 
 /// Writes committed in one transaction at most.
@@ -32,6 +33,23 @@ pub(super) enum StateWrite {
 }
 
 impl StateWrite {
+    /// A save of one sync state.
+    pub(super) fn save(
+        user: &str,
+        device: &str,
+        doc: &DocumentId,
+        state: &[u8],
+        shared_heads: &EncodedHeads,
+    ) -> StateWrite {
+        StateWrite::Save {
+            user: user.to_owned(),
+            device: device.to_owned(),
+            doc: doc.to_string(),
+            state: state.to_vec(),
+            shared_heads: shared_heads.clone(),
+        }
+    }
+
     fn size(&self) -> usize {
         match self {
             StateWrite::Save { user, device, doc, state, shared_heads } => {

@@ -343,13 +343,7 @@ impl DocStorage for PgStorage {
         state: &[u8],
         shared_heads: &EncodedHeads,
     ) -> Result<()> {
-        self.states.submit(StateWrite::Save {
-            user: user.to_owned(),
-            device: device.to_owned(),
-            doc: doc.to_string(),
-            state: state.to_vec(),
-            shared_heads: shared_heads.clone(),
-        })
+        self.states.submit(StateWrite::save(user, device, doc, state, shared_heads))
     }
 
     fn try_save_sync_state(
@@ -360,13 +354,7 @@ impl DocStorage for PgStorage {
         state: &[u8],
         shared_heads: &EncodedHeads,
     ) -> Result<bool> {
-        self.states.try_submit(StateWrite::Save {
-            user: user.to_owned(),
-            device: device.to_owned(),
-            doc: doc.to_string(),
-            state: state.to_vec(),
-            shared_heads: shared_heads.clone(),
-        })
+        self.states.try_submit(StateWrite::save(user, device, doc, state, shared_heads))
     }
 
     fn forget_other_installs(&self, user: &str, device: &str, keep: &str) -> Result<()> {
