@@ -7,13 +7,15 @@
 //! It owns no socket, spawns nothing and reads no clock (`now` is an
 //! argument). Storage is the synchronous [`DocStorage`](crate::storage::DocStorage):
 //! the tokio adapter (`ws.rs`) calls the core on a blocking thread, except
-//! for what cannot wait (`conn_inline.rs`), and the simulator calls it
+//! for what need not block (`conn_inline.rs`), and the simulator calls it
 //! directly, in a deterministic order, trying the inline path first too.
 //!
-//! Ordering rule: a change is acknowledged or forwarded only after
-//! `DocStorage::append` returned, i.e. after it is durable. If storage
-//! fails, the in-memory document is discarded and the connection closed,
-//! so nothing unstored is ever acknowledged or forwarded.
+//! Ordering rule: a change is acknowledged or forwarded only after its
+//! append is durable (`DocStorage::append` returned, or a queued append's
+//! ticket said so). While a queued append is on its way, nothing generated
+//! from that document leaves the relay ([`Storing`](crate::hub::Storing)).
+//! If storage fails, the in-memory document is discarded and the
+//! connection closed, so nothing unstored is ever acknowledged or forwarded.
 
 use crate::hub::{DocSlot, Hub, Registration};
 use crate::metrics::Metrics;
@@ -88,6 +90,13 @@ impl From<String> for CloseReason {
     fn from(text: String) -> CloseReason {
         CloseReason::new(close_code::PROTOCOL_ERROR, text)
     }
+}
+
+/// Loaded into an empty document, a message's changes reload to exactly
+/// that document: they are stored as they came rather than saving the
+/// whole document again (a first upload is mostly this).
+fn received_as_stored(before: &[automerge::ChangeHash], message: &sync::Message) -> Option<Vec<u8>> {
+    (before.is_empty() && !message.changes.is_empty()).then(|| message.changes.iter().flatten().copied().collect())
 }
 
 fn lock(slot: &Arc<std::sync::Mutex<DocSlot>>) -> MutexGuard<'_, DocSlot> {
@@ -213,7 +222,8 @@ impl ConnCore {
         }
         for doc_id in std::mem::take(&mut self.compact_due) {
             let slot = self.hub.slot(&self.reg.user, doc_id);
-            let guard = lock(&slot);
+            let mut guard = lock(&slot);
+            self.settle(&mut guard, &doc_id);
             let Some(doc) = guard.doc.as_ref().filter(|_| guard.loaded) else { continue };
             let snapshot = doc.save();
             if let Err(e) = self.hub.storage.compact(&self.reg.user, &doc_id, &snapshot, guard.seq) {
@@ -414,6 +424,17 @@ impl ConnCore {
         Ok(slot.doc.is_some())
     }
 
+    /// Waits while another connection's change to this document is on its
+    /// way to storage (see [`Storing`](crate::hub::Storing)): what this
+    /// call generates from the document may then leave the relay. If that
+    /// append failed, the in-memory document is discarded (and reloaded).
+    fn settle(&self, slot: &mut DocSlot, doc_id: &DocumentId) {
+        let storing = slot.storing.clone();
+        if storing.wait() {
+            self.discard(slot, doc_id);
+        }
+    }
+
     /// Forgets an in-memory document whose state is unknown (a failed apply
     /// or store): the next use reloads it from storage.
     fn discard(&self, slot: &mut DocSlot, doc_id: &DocumentId) {
@@ -439,6 +460,7 @@ impl ConnCore {
         }
         let slot = self.hub.slot(&self.reg.user, doc_id);
         let mut guard = lock(&slot);
+        self.settle(&mut guard, &doc_id);
         if !self.ensure_loaded(&mut guard, doc_id, now)? {
             if request {
                 Metrics::inc(&self.hub.metrics.docs_unavailable);
@@ -457,11 +479,7 @@ impl ConnCore {
         let mut state = self.sync_state(doc_id)?;
         let Some(doc) = guard.doc.as_mut() else { return Ok(Vec::new()) };
         let before = doc.get_heads();
-        // Loaded into an empty document, the message's bytes reload to
-        // exactly that document: store them as they are rather than save
-        // the whole document again (a first upload is mostly this).
-        let received: Option<Vec<u8>> = (before.is_empty() && !message.changes.is_empty())
-            .then(|| message.changes.iter().flatten().copied().collect());
+        let received = received_as_stored(&before, &message);
         if let Err(e) = doc.receive_sync_message(&mut state, message) {
             // The in-memory copy may hold part of it; reload from storage next time.
             self.discard(&mut guard, &doc_id);
@@ -481,17 +499,10 @@ impl ConnCore {
                     let grown = chunk_len.saturating_mul(crate::hub::MEMORY_PER_STORED_BYTE);
                     guard.bytes = guard.bytes.saturating_add(grown);
                     self.hub.note_resident_growth(grown);
-                    Metrics::inc(&self.hub.metrics.changes_stored);
-                    self.hub.note_storage(true);
-                    if appended.since_snapshot >= COMPACT_AFTER_CHUNKS {
-                        // After the reply: saving a heavy month takes
-                        // milliseconds the acknowledgement should not wait for.
-                        self.compact_due.insert(doc_id);
-                    }
                     if std::mem::take(&mut guard.provisional) {
                         self.hub.settle_provisional(&self.reg.user, &doc_id);
                     }
-                    self.hub.notify_others(&self.reg.user, self.reg.id, doc_id);
+                    self.stored(doc_id, appended);
                 }
                 Err(e) => {
                     self.discard(&mut guard, &doc_id);
@@ -511,6 +522,19 @@ impl ConnCore {
             self.fill_offer_window(now, &mut out)?;
         }
         Ok(out)
+    }
+
+    /// A change is durable: count it, compact later if due, and tell the
+    /// user's other connections.
+    fn stored(&mut self, doc_id: DocumentId, appended: crate::storage::Appended) {
+        Metrics::inc(&self.hub.metrics.changes_stored);
+        self.hub.note_storage(true);
+        if appended.since_snapshot >= COMPACT_AFTER_CHUNKS {
+            // After the reply: saving a heavy month takes milliseconds
+            // the acknowledgement should not wait for.
+            self.compact_due.insert(doc_id);
+        }
+        self.hub.notify_others(&self.reg.user, self.reg.id, doc_id);
     }
 
     /// The reply to a peer's sync message. To a peer that has none of the
@@ -538,6 +562,7 @@ impl ConnCore {
     pub fn push(&mut self, doc_id: DocumentId, now: Instant) -> Result<Option<Message>, CloseReason> {
         let slot = self.hub.slot(&self.reg.user, doc_id);
         let mut guard = lock(&slot);
+        self.settle(&mut guard, &doc_id);
         if !self.ensure_loaded(&mut guard, doc_id, now)? {
             return Ok(None);
         }
@@ -566,7 +591,7 @@ impl ConnCore {
 
 #[path = "conn_inline.rs"]
 mod inline;
-pub use inline::Inline;
+pub use inline::{Inline, StoringChange};
 
 #[cfg(test)]
 #[path = "conn_tests.rs"]

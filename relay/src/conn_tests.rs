@@ -1,9 +1,10 @@
 //! Tests of [`ConnCore`](super::ConnCore)'s offer windows, fed messages
 //! directly (no socket), over the in-memory storage.
 
+use super::StoringChange;
 use super::*;
 use crate::limits::Limits;
-use crate::storage::{DocStorage, MemStorage, encode_heads};
+use crate::storage::{DocStorage, MemStorage, StoredDoc, encode_heads};
 use automerge::transaction::Transactable;
 use protocol::PeerMetadata;
 
@@ -120,17 +121,25 @@ enum Path {
     InlineFirst,
 }
 
+std::thread_local! {
+    /// Changes [`deliver`] saw stored by way of [`Inline::Storing`].
+    static CHANGES_INLINE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 fn deliver(core: &mut ConnCore, msg: Message, path: Path) -> Vec<Message> {
-    let msg = match path {
-        Path::BlockingOnly => msg,
+    let out = match path {
+        Path::BlockingOnly => core.handle(msg, Instant::now()),
         Path::InlineFirst => match core.handle_inline(msg, Instant::now()) {
-            Inline::Done(result) => return result.expect("handled"),
-            Inline::Blocking(msg) => msg,
+            Inline::Done(result) => result,
+            Inline::Storing(change) => {
+                CHANGES_INLINE.with(|c| c.set(c.get() + 1));
+                core.store_and_finish(change, Instant::now())
+            }
+            Inline::Blocking(msg) => core.handle(msg, Instant::now()),
         },
     };
-    let out = core.handle(msg, Instant::now()).expect("handled");
     core.maintain();
-    out
+    out.expect("handled")
 }
 
 fn push(core: &mut ConnCore, doc: DocumentId, path: Path) -> Vec<Message> {
@@ -186,12 +195,15 @@ fn exchange(
 struct Conversation {
     sent: Vec<Vec<u8>>,
     states: Vec<Option<Vec<u8>>>,
+    stored: Option<StoredDoc>,
     handled_inline: u64,
+    changes_inline: usize,
 }
 
 /// Runs a phone and a tablet of one user through 20 edits each way and
 /// tells what the relay did.
 fn conversation(path: Path) -> Conversation {
+    CHANGES_INLINE.with(|c| c.set(0));
     let storage = Arc::new(MemStorage::new("relay"));
     let hub = Arc::new(Hub::new(storage.clone(), Limits::default(), "relay".into()));
     let doc = DocumentId::derive(&["ann", "progress"]);
@@ -204,26 +216,43 @@ fn conversation(path: Path) -> Conversation {
     let mut sent = Vec::new();
     for i in 0..20 {
         exchange(&mut phone, &mut tablet, doc, i, path, &mut sent);
-        exchange(&mut tablet, &mut phone, doc, i, path, &mut sent);
+        // A value of its own: writing the value a key has makes no change.
+        exchange(&mut tablet, &mut phone, doc, 100 + i, path, &mut sent);
     }
     storage.flush().expect("flushed");
     let states = ["phone#install-1", "tablet#install-1"]
         .iter()
         .map(|peer| storage.load_sync_state("ann", peer, &doc).expect("read"))
         .collect();
-    Conversation { sent, states, handled_inline: hub.metrics.handled_inline.load(std::sync::atomic::Ordering::Relaxed) }
+    Conversation {
+        sent,
+        states,
+        stored: storage.load("ann", &doc).expect("read"),
+        handled_inline: hub.metrics.handled_inline.load(std::sync::atomic::Ordering::Relaxed),
+        changes_inline: CHANGES_INLINE.with(|c| c.get()),
+    }
 }
 
-/// Acknowledgements and pushes handled on the caller's thread give exactly
-/// what the blocking path gives: the same messages, byte for byte, and the
-/// same stored sync states.
+/// Changes, acknowledgements and pushes handled on the caller's thread
+/// give exactly what the blocking path gives: the same messages, byte for
+/// byte, the same stored chunks and the same stored sync states.
 #[test]
 fn inline_handling_says_and_stores_what_the_blocking_path_does() {
     let blocking = conversation(Path::BlockingOnly);
     let inline = conversation(Path::InlineFirst);
     assert_eq!(blocking.handled_inline, 0);
-    assert!(inline.handled_inline >= 40, "acknowledgements and pushes went inline: {}", inline.handled_inline);
+    assert!(
+        inline.handled_inline >= 110,
+        "changes, acknowledgements and pushes went inline: {} ({} changes)",
+        inline.handled_inline,
+        inline.changes_inline
+    );
+    // All but the first change, which creates the document.
+    assert_eq!(inline.changes_inline, 39);
     assert_eq!(inline.sent, blocking.sent);
+    let chunks = |c: &Conversation| c.stored.as_ref().map(|d| (d.snapshot.clone(), d.chunks.clone(), d.heads.clone()));
+    assert!(chunks(&blocking).is_some_and(|(_, c, _)| c.len() == 40));
+    assert_eq!(chunks(&inline), chunks(&blocking));
     assert!(blocking.states.iter().all(Option::is_some));
     assert_eq!(inline.states, blocking.states);
 }
@@ -239,20 +268,31 @@ fn what_may_wait_on_storage_is_handed_back_untouched() {
     let mut core = ConnCore::new(hub.clone(), hub.register("ann").expect("registered"), "phone".into());
     let mut phone = Device::new(1);
     phone.edit("n", 1);
-    let change = phone.message(doc).expect("a change to send");
+    let first = phone.message(doc).expect("heads to announce");
 
-    let before_join = match core.handle_inline(change.clone(), Instant::now()) {
+    let before_join = match core.handle_inline(first.clone(), Instant::now()) {
         Inline::Blocking(m) => m,
-        Inline::Done(_) => panic!("handled before the join"),
+        _ => panic!("handled before the join"),
     };
-    assert_eq!(before_join, change);
+    assert_eq!(before_join, first);
     join(&mut core);
-    let with_changes = match core.handle_inline(change.clone(), Instant::now()) {
-        Inline::Blocking(m) => m,
-        Inline::Done(_) => panic!("a change was handled where storing it cannot wait"),
+    // No sync state held for the document: reading one may wait.
+    let first = match core.handle_inline(first.clone(), Instant::now()) {
+        Inline::Blocking(m) if m == first => m,
+        _ => panic!("handled without the document's sync state"),
     };
-    assert_eq!(with_changes, change);
-    phone.receive(&core.handle(with_changes, Instant::now()).expect("stored"));
+    phone.receive(&core.handle(first, Instant::now()).expect("answered"));
+    let change = phone.message(doc).expect("the change");
+    assert!(
+        matches!(&change, Message::Sync { data, .. } if !sync::Message::decode(data).expect("decodes").changes.is_empty())
+    );
+    // A new document, in memory only until its first change is stored.
+    let change = match core.handle_inline(change.clone(), Instant::now()) {
+        Inline::Blocking(m) if m == change => m,
+        _ => panic!("a new document's first change was handled inline"),
+    };
+    phone.receive(&core.handle(change, Instant::now()).expect("stored"));
+    assert!(hub.storage.load("ann", &doc).expect("read").is_some());
 
     // A message with heads and no changes (a device's first word after a
     // reconnect); with the document's lock held elsewhere (another
@@ -270,4 +310,113 @@ fn what_may_wait_on_storage_is_handed_back_untouched() {
     assert!(core.push_inline(doc, Instant::now()).is_none(), "no inline push of a big document");
     slot.lock().expect("lock").bytes = bytes;
     assert!(matches!(core.handle_inline(ack, Instant::now()), Inline::Done(Ok(_))));
+}
+
+/// A phone and a tablet of one user on a relay over `storage`, both in
+/// sync on one document the phone created.
+fn synced_pair(storage: Arc<dyn DocStorage>) -> (Arc<Hub>, DocumentId, (Device, ConnCore), (Device, ConnCore)) {
+    let hub = Arc::new(Hub::new(storage, Limits::default(), "relay".into()));
+    let doc = DocumentId::derive(&["ann", "progress"]);
+    let mut phone =
+        (Device::new(1), ConnCore::new(hub.clone(), hub.register("ann").expect("registered"), "phone".into()));
+    let mut tablet =
+        (Device::new(2), ConnCore::new(hub.clone(), hub.register("ann").expect("registered"), "tablet".into()));
+    join(&mut phone.1);
+    join(&mut tablet.1);
+    let mut sent = Vec::new();
+    exchange(&mut phone, &mut tablet, doc, 1, Path::BlockingOnly, &mut sent);
+    exchange(&mut tablet, &mut phone, doc, 2, Path::BlockingOnly, &mut sent);
+    (hub, doc, phone, tablet)
+}
+
+/// The phone's next edit, applied by its connection's inline path.
+fn change_in_flight(phone: &mut (Device, ConnCore), doc: DocumentId) -> Box<StoringChange> {
+    phone.0.edit("n", 3);
+    let change = phone.0.message(doc).expect("the change");
+    match phone.1.handle_inline(change, Instant::now()) {
+        Inline::Storing(change) => change,
+        _ => panic!("a change to a loaded, stored document is applied inline"),
+    }
+}
+
+/// A change applied in memory whose append is queued reaches no one until
+/// it is durable: the tablet is not told, its inline paths step aside, and
+/// its blocking push waits (holding the document's lock) until the phone's
+/// task finishes the change without needing that lock. Then the push
+/// carries the change, and storage has it.
+#[test]
+fn a_change_on_its_way_to_storage_leaves_the_relay_only_once_durable() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let storage = Arc::new(crate::storage::SqliteStorage::open(&dir.path().join("relay.db")).expect("opened"));
+    let (hub, doc, mut phone, mut tablet) = synced_pair(storage.clone());
+    let mut change = change_in_flight(&mut phone, doc);
+    let ticket = change.take_ticket().expect("queued: the writer's queue has room");
+
+    assert!(tablet.1.take_changed().is_empty(), "told of a change that may not be durable");
+    assert!(tablet.1.push_inline(doc, Instant::now()).is_none());
+    tablet.0.state = sync::State::new();
+    let hello = tablet.0.message(doc).expect("heads to announce");
+    let hello = match tablet.1.handle_inline(hello, Instant::now()) {
+        Inline::Blocking(m) => m,
+        _ => panic!("answered from a document with a change on its way"),
+    };
+    let storing = hub.slot(&tablet.1.reg.user, doc).lock().expect("lock").storing.clone();
+    let (mut tablet_device, mut tablet_core) = tablet;
+    let waiting = std::thread::spawn(move || {
+        let out = tablet_core.handle(hello, Instant::now()).expect("answered");
+        tablet_device.receive(&out);
+        tablet_device
+    });
+    storing.wait_for_waiters(1);
+
+    let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let stored = runtime.block_on(ticket.wait());
+    let ack = phone.1.finish_change(change, stored, Instant::now()).expect("acknowledged");
+    phone.0.receive(&ack);
+    let tablet_device = waiting.join().expect("the tablet's answer");
+    let phone_heads = phone.0.doc.get_heads();
+    assert_eq!(tablet_device.doc.get_heads(), phone_heads, "the change reached the tablet once durable");
+    let stored = storage.load("ann", &doc).expect("read").expect("stored");
+    assert_eq!(stored.heads, encode_heads(&phone_heads));
+}
+
+/// With no room in the writer's queue, the applied change is appended by
+/// a thread that may wait for room; the outcome is the same.
+#[test]
+fn a_change_with_no_room_in_the_queue_is_stored_by_a_thread_that_waits() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Room for one request: the sync states the pair left pending fill it.
+    let storage = Arc::new(crate::storage::SqliteStorage::open_with(&dir.path().join("relay.db"), 64).expect("opened"));
+    let (_hub, doc, mut phone, mut tablet) = synced_pair(storage.clone());
+    assert!(storage.queued_bytes() > 0, "pending sync states hold the queue");
+    let mut change = change_in_flight(&mut phone, doc);
+    assert!(change.take_ticket().is_none(), "no room: not queued");
+    let ack = phone.1.store_and_finish(change, Instant::now()).expect("stored and acknowledged");
+    phone.0.receive(&ack);
+    let pushed = push(&mut tablet.1, doc, Path::InlineFirst);
+    tablet.0.receive(&pushed);
+    assert_eq!(tablet.0.doc.get_heads(), phone.0.doc.get_heads());
+    let stored = storage.load("ann", &doc).expect("read").expect("stored");
+    assert_eq!(stored.heads, encode_heads(&phone.0.doc.get_heads()));
+}
+
+/// A change whose append fails is neither acknowledged nor forwarded, and
+/// the next user of the document reloads it from storage, without it.
+#[test]
+fn a_change_that_fails_to_store_is_dropped_from_memory_by_the_next_user() {
+    let storage = Arc::new(MemStorage::new("relay"));
+    let (hub, doc, mut phone, mut tablet) = synced_pair(storage.clone());
+    let stored_heads = tablet.0.doc.get_heads();
+    storage.set_fail_writes(true).expect("switch");
+    let change = change_in_flight(&mut phone, doc);
+    let failed = phone.1.store_and_finish(change, Instant::now()).expect_err("not acknowledged");
+    assert_eq!(failed.code, close_code::INTERNAL);
+    assert!(tablet.1.take_changed().is_empty(), "not forwarded");
+    storage.set_fail_writes(false).expect("switch");
+
+    assert!(tablet.1.push_inline(doc, Instant::now()).is_none(), "a failed append is settled on a blocking thread");
+    assert_eq!(tablet.1.push(doc, Instant::now()).expect("pushed"), None, "nothing new for the tablet");
+    let slot = hub.slot(&tablet.1.reg.user, doc);
+    let guard = slot.lock().expect("lock");
+    assert_eq!(guard.doc.as_ref().map(Automerge::get_heads), Some(stored_heads), "reloaded without the change");
 }

@@ -2,9 +2,10 @@
 //! decoded messages to the sans-IO [`ConnCore`], and writes what the core
 //! answers under the outbound byte budgets and the send timeout. Work that
 //! may wait on storage (the core's storage is synchronous and fsyncs) runs
-//! on a blocking thread; what cannot (acknowledgements, pushes of a loaded
-//! document: [`ConnCore::handle_inline`]) runs on this task, which saves
-//! two thread hand-offs per change. Protocol decisions are the core's;
+//! on a blocking thread; what need not (acknowledgements, pushes of a
+//! loaded document, and changes to one whose append can be queued and
+//! awaited: [`ConnCore::handle_inline`]) runs on this task, which saves
+//! two thread hand-offs per message. Protocol decisions are the core's;
 //! sockets, timers and budgets are this file's.
 
 use crate::conn::{CloseReason, ConnCore, Inline, close_code};
@@ -228,6 +229,17 @@ impl Connection {
         match core.handle_inline(msg, Instant::now()) {
             Inline::Done(result) => result,
             Inline::Blocking(msg) => self.with_core(move |core| core.handle(msg, Instant::now())).await,
+            Inline::Storing(mut change) => match change.take_ticket() {
+                Some(ticket) => {
+                    // No lock or thread is held while the group is fsynced.
+                    let stored = ticket.wait().await;
+                    match self.core.as_mut() {
+                        Some(core) => core.finish_change(change, stored, Instant::now()),
+                        None => Err(CloseReason::new(close_code::INTERNAL, "connection state lost")),
+                    }
+                }
+                None => self.with_core(move |core| core.store_and_finish(change, Instant::now())).await,
+            },
         }
     }
 

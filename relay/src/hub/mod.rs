@@ -1,8 +1,9 @@
 //! Shared relay state: loaded documents and who is connected.
 //!
-//! Documents are loaded on demand, one `tokio::Mutex` per (user, document)
-//! so connections of one user serialize on a document while different
-//! documents proceed in parallel, and dropped when idle (see
+//! Documents are loaded on demand, one `std::sync::Mutex` per (user,
+//! document) so connections of one user serialize on a document while
+//! different documents proceed in parallel (held on blocking threads, or
+//! only taken when free on async ones), and dropped when idle (see
 //! [`Hub::evict_idle`]) so an idle device costs its socket and a few sync
 //! heads, not its history.
 
@@ -19,6 +20,9 @@ use std::time::Instant;
 use tokio::sync::Notify;
 
 mod catch_up;
+mod storing;
+
+pub use storing::Storing;
 
 type DocKey = (Arc<str>, DocumentId);
 
@@ -53,6 +57,9 @@ pub struct DocSlot {
     /// chunks other relays appended after it are fetched by
     /// [`Hub::catch_up`]; 0 where the storage keeps no seqs).
     pub seq: u64,
+    /// A change applied to `doc` whose append is not durable yet: see
+    /// [`Storing`]. Shared with the connection that waits for the append.
+    pub storing: Arc<Storing>,
 }
 
 /// Presence messages waiting for one connection, oldest first, bounded in
@@ -365,6 +372,7 @@ impl Hub {
                     last_used: Instant::now(),
                     provisional: false,
                     seq: 0,
+                    storing: Arc::default(),
                 }))
             })
             .clone()

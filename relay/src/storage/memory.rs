@@ -9,7 +9,7 @@
 //! identity, no sync states, as `relay restore` does). Ordered maps only,
 //! so iteration never depends on hashing.
 
-use super::{Appended, DocStorage, EncodedHeads, Result, StorageError, StoredDoc};
+use super::{AppendTicket, Appended, DocStorage, EncodedHeads, Result, StorageError, StoredDoc};
 use protocol::DocumentId;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -198,6 +198,21 @@ impl DocStorage for MemStorage {
             Ok(d.chunks.len() as u64)
         })??;
         Ok(Appended { since_snapshot, seq: 0 })
+    }
+
+    /// Writes at once: the ticket is ready when it is returned.
+    fn queues_appends(&self) -> bool {
+        true
+    }
+
+    fn try_append_queued(
+        &self,
+        user: &str,
+        doc: &DocumentId,
+        chunk: &[u8],
+        heads: &EncodedHeads,
+    ) -> Result<Option<AppendTicket>> {
+        Ok(Some(AppendTicket::ready(self.append(user, doc, chunk, heads, 0))))
     }
 
     fn compact(&self, user: &str, doc: &DocumentId, snapshot: &[u8], _covers_seq: u64) -> Result<()> {

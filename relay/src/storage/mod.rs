@@ -67,6 +67,45 @@ pub struct Appended {
     pub seq: u64,
 }
 
+/// The outcome of an append queued with [`DocStorage::try_append_queued`]:
+/// it arrives once the append's group is committed (or has failed), so a
+/// caller on an async task can await durability without holding a thread.
+pub struct AppendTicket(tokio::sync::oneshot::Receiver<Result<Appended>>);
+
+/// Where a queued append's outcome is sent.
+pub type AppendReply = tokio::sync::oneshot::Sender<Result<Appended>>;
+
+impl AppendTicket {
+    /// A ticket and the sender its outcome goes to.
+    pub fn channel() -> (AppendReply, AppendTicket) {
+        let (reply, outcome) = tokio::sync::oneshot::channel();
+        (reply, AppendTicket(outcome))
+    }
+
+    /// A ticket whose outcome is known already (storage that writes at once).
+    pub fn ready(result: Result<Appended>) -> AppendTicket {
+        let (reply, ticket) = AppendTicket::channel();
+        let _ = reply.send(result);
+        ticket
+    }
+
+    /// Waits for the outcome.
+    pub async fn wait(self) -> Result<Appended> {
+        self.0.await.unwrap_or_else(|_| Err(StorageError::Writer("storage writer stopped".into())))
+    }
+
+    /// The outcome if it has arrived, for a driver that does not await
+    /// (the simulator, whose storage writes at once).
+    pub fn try_take(&mut self) -> Option<Result<Appended>> {
+        use tokio::sync::oneshot::error::TryRecvError;
+        match self.0.try_recv() {
+            Ok(result) => Some(result),
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Closed) => Some(Err(StorageError::Writer("storage writer stopped".into()))),
+        }
+    }
+}
+
 /// An announcement from storage shared by several relays. It is only a
 /// doorbell: a relay catches up by seq, so a lost one costs latency.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,6 +190,26 @@ pub trait DocStorage: Send + Sync + 'static {
     /// [`DocStorage::save_sync_state`] without waiting: `Ok(false)` when the
     /// write-behind queue is full, so a caller on an async thread can leave
     /// the save to a blocking one. Storage that never waits saves at once.
+    /// Whether [`DocStorage::try_append_queued`] can queue appends. Only a
+    /// storage that keeps no seqs (one relay owns it) and commits its
+    /// writes in order may say yes: a caller applies a change in memory,
+    /// queues its append and answers only once the ticket says durable.
+    fn queues_appends(&self) -> bool {
+        false
+    }
+    /// [`DocStorage::append`] without waiting for the commit: the outcome
+    /// (with `seq` 0) arrives on the ticket. `Ok(None)` when the queue has
+    /// no room now; the caller then uses `append` on a thread that may wait.
+    fn try_append_queued(
+        &self,
+        user: &str,
+        doc: &DocumentId,
+        chunk: &[u8],
+        heads: &EncodedHeads,
+    ) -> Result<Option<AppendTicket>> {
+        let _ = (user, doc, chunk, heads);
+        Ok(None)
+    }
     fn try_save_sync_state(
         &self,
         user: &str,

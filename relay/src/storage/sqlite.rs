@@ -9,8 +9,8 @@
 //!
 //! Reads use their own connection; WAL lets them run beside the writer.
 
-use super::sqlite_writer::{AfterSave, PendingStates, WriteRequest, writer_loop};
-use super::{Appended, DocStorage, EncodedHeads, Result, StorageError, StoredDoc, migrations};
+use super::sqlite_writer::{AfterSave, AppendReply, PendingStates, WriteRequest, writer_loop};
+use super::{AppendTicket, Appended, DocStorage, EncodedHeads, Result, StorageError, StoredDoc, migrations};
 use crate::budget::BlockingBudget;
 use protocol::DocumentId;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -215,8 +215,31 @@ impl DocStorage for SqliteStorage {
         _base_seq: u64,
     ) -> Result<Appended> {
         let (user, doc, chunk, heads) = (user.to_owned(), doc.to_string(), chunk.to_vec(), heads.clone());
-        let since_snapshot = self.call(|reply| WriteRequest::Append { user, doc, chunk, heads, reply })?;
+        let since_snapshot =
+            self.call(|reply| WriteRequest::Append { user, doc, chunk, heads, reply: AppendReply::Blocking(reply) })?;
         Ok(Appended { since_snapshot, seq: 0 })
+    }
+
+    /// The writer commits in queue order, and this storage keeps no seqs.
+    fn queues_appends(&self) -> bool {
+        true
+    }
+
+    fn try_append_queued(
+        &self,
+        user: &str,
+        doc: &DocumentId,
+        chunk: &[u8],
+        heads: &EncodedHeads,
+    ) -> Result<Option<AppendTicket>> {
+        let (reply, ticket) = AppendTicket::channel();
+        let (user, doc, chunk, heads) = (user.to_owned(), doc.to_string(), chunk.to_vec(), heads.clone());
+        let request = WriteRequest::Append { user, doc, chunk, heads, reply: AppendReply::Queued(reply) };
+        if !self.queued.try_reserve(request.size()) {
+            return Ok(None);
+        }
+        self.send(request)?;
+        Ok(Some(ticket))
     }
 
     fn compact(&self, user: &str, doc: &DocumentId, snapshot: &[u8], _covers_seq: u64) -> Result<()> {

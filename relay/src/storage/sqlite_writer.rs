@@ -29,7 +29,7 @@ pub(super) enum WriteRequest {
         doc: String,
         chunk: Vec<u8>,
         heads: EncodedHeads,
-        reply: mpsc::SyncSender<Result<u64>>,
+        reply: AppendReply,
     },
     Compact {
         user: String,
@@ -61,6 +61,26 @@ pub(super) enum WriteRequest {
     Wake {
         now: bool,
     },
+}
+
+/// Who waits for an append: a thread blocked on it, or an async task
+/// holding its [`AppendTicket`](super::AppendTicket).
+pub(super) enum AppendReply {
+    Blocking(mpsc::SyncSender<Result<u64>>),
+    Queued(super::AppendReply),
+}
+
+impl AppendReply {
+    fn send(self, result: Result<u64>) {
+        match self {
+            AppendReply::Blocking(reply) => {
+                let _ = reply.send(result);
+            }
+            AppendReply::Queued(reply) => {
+                let _ = reply.send(result.map(|since_snapshot| super::Appended { since_snapshot, seq: 0 }));
+            }
+        }
+    }
 }
 
 impl WriteRequest {
@@ -290,7 +310,7 @@ pub(super) fn writer_loop(
 
 /// Replies a request gets once its group is committed.
 enum Outcome {
-    Appended(mpsc::SyncSender<Result<u64>>, Result<u64>),
+    Appended(AppendReply, Result<u64>),
     Compacted(mpsc::SyncSender<Result<()>>, Result<()>),
     Flushed(mpsc::SyncSender<Result<()>>),
     None,
@@ -352,12 +372,10 @@ fn commit_group(conn: &mut Connection, saves: Vec<PendingState>, group: Vec<Writ
     for outcome in outcomes {
         let commit_error = || committed.as_ref().err().map(|e| StorageError::Writer(format!("commit failed: {e}")));
         match outcome {
-            Outcome::Appended(reply, r) => {
-                let _ = reply.send(match commit_error() {
-                    Some(e) => Err(e),
-                    None => r,
-                });
-            }
+            Outcome::Appended(reply, r) => reply.send(match commit_error() {
+                Some(e) => Err(e),
+                None => r,
+            }),
             Outcome::Compacted(reply, r) => {
                 let _ = reply.send(match commit_error() {
                     Some(e) => Err(e),

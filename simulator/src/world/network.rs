@@ -116,6 +116,9 @@ impl World {
             Ok(msg) => match core.handle_inline(msg, now) {
                 relay::conn::Inline::Done(result) => result,
                 relay::conn::Inline::Blocking(msg) => core.handle(msg, now),
+                // The simulator's storage writes at once: the append's
+                // ticket is answered when it is returned.
+                relay::conn::Inline::Storing(change) => core.store_and_finish(change, now),
             },
             Err(e) => Err(format!("malformed: {e}").into()),
         };
