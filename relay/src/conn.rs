@@ -21,6 +21,7 @@ use crate::hub::{DocSlot, Hub, Registration};
 use crate::metrics::Metrics;
 use crate::session::{Action, PeerSession};
 use crate::storage::{EncodedHeads, StorageError, encode_heads};
+use crate::stored_chunk::Received;
 use automerge::Automerge;
 use automerge::sync::{self, SyncDoc};
 use protocol::{DocumentId, Message, whole_doc};
@@ -90,13 +91,6 @@ impl From<String> for CloseReason {
     fn from(text: String) -> CloseReason {
         CloseReason::new(close_code::PROTOCOL_ERROR, text)
     }
-}
-
-/// Loaded into an empty document, a message's changes reload to exactly
-/// that document: they are stored as they came rather than saving the
-/// whole document again (a first upload is mostly this).
-fn received_as_stored(before: &[automerge::ChangeHash], message: &sync::Message) -> Option<Vec<u8>> {
-    (before.is_empty() && !message.changes.is_empty()).then(|| message.changes.iter().flatten().copied().collect())
 }
 
 fn lock(slot: &Arc<std::sync::Mutex<DocSlot>>) -> MutexGuard<'_, DocSlot> {
@@ -479,7 +473,7 @@ impl ConnCore {
         let mut state = self.sync_state(doc_id)?;
         let Some(doc) = guard.doc.as_mut() else { return Ok(Vec::new()) };
         let before = doc.get_heads();
-        let received = received_as_stored(&before, &message);
+        let received = Received::capture(doc, &message);
         if let Err(e) = doc.receive_sync_message(&mut state, message) {
             // The in-memory copy may hold part of it; reload from storage next time.
             self.discard(&mut guard, &doc_id);
@@ -487,7 +481,7 @@ impl ConnCore {
         }
         let after = doc.get_heads();
         if after != before {
-            let chunk = received.unwrap_or_else(|| doc.save_after(&before));
+            let chunk = Received::chunk(received, doc, &before);
             let chunk_len = chunk.len();
             match self.hub.storage.append(&self.reg.user, &doc_id, &chunk, &encode_heads(&after), guard.seq) {
                 Ok(appended) => {

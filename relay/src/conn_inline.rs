@@ -22,11 +22,12 @@
 //! document's [`Storing`](crate::hub::Storing) mark keeps everyone else
 //! from sending anything generated from it.
 
-use super::{CloseReason, ConnCore, lock_if_free, received_as_stored};
+use super::{CloseReason, ConnCore, lock_if_free};
 use crate::hub::{DocSlot, Storing};
 use crate::metrics::Metrics;
 use crate::session::Action;
 use crate::storage::{AppendTicket, Appended, EncodedHeads, StorageError, encode_heads};
+use crate::stored_chunk::Received;
 use automerge::sync::{self, SyncDoc};
 use protocol::{DocumentId, Message};
 use std::sync::{Arc, Mutex};
@@ -134,13 +135,13 @@ impl ConnCore {
         let Some(mut state) = self.states.remove(&doc_id) else { return Inline::Done(Ok(Vec::new())) };
         let Some(doc) = guard.doc.as_mut() else { return Inline::Done(Ok(Vec::new())) };
         let before = doc.get_heads();
-        let received = received_as_stored(&before, &message);
+        let received = Received::capture(doc, &message);
         if let Err(e) = doc.receive_sync_message(&mut state, message) {
             self.discard(&mut guard, &doc_id);
             return Inline::Done(Err(format!("invalid sync message for {doc_id}: {e}").into()));
         }
         let after = doc.get_heads();
-        let chunk = (after != before).then(|| received.unwrap_or_else(|| doc.save_after(&before)));
+        let chunk = (after != before).then(|| Received::chunk(received, doc, &before));
         let reply = doc.generate_sync_message(&mut state);
         let in_sync = reply.is_none() || Some(after.clone()) == state.their_heads;
         if let Some(chunk) = chunk {
@@ -199,7 +200,11 @@ impl ConnCore {
     /// append is made here, waiting for room and for its commit, when the
     /// queue had no room for it (a blocking call); a ticket must be
     /// answered already (storage that writes at once, as the simulator's).
-    pub fn store_and_finish(&mut self, mut change: Box<StoringChange>, now: Instant) -> Result<Vec<Message>, CloseReason> {
+    pub fn store_and_finish(
+        &mut self,
+        mut change: Box<StoringChange>,
+        now: Instant,
+    ) -> Result<Vec<Message>, CloseReason> {
         let stored = match change.take_ticket() {
             Some(mut ticket) => ticket
                 .try_take()

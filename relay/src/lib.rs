@@ -21,6 +21,7 @@ pub mod pg;
 pub mod server;
 pub mod session;
 pub mod storage;
+mod stored_chunk;
 pub mod tls_listener;
 pub mod ws;
 

@@ -105,7 +105,7 @@ impl SqliteStorage {
         } else if !self.queued.try_reserve(size) {
             return Ok(false);
         }
-        let (replaced, after) = self.states.put(user, device, &doc.to_string(), state, shared_heads);
+        let (replaced, after) = self.states.put(user, device, doc, state, shared_heads);
         self.queued.release(replaced);
         if let AfterSave::Wake = after {
             self.send(WriteRequest::Wake { now: false })?;
@@ -262,7 +262,7 @@ impl DocStorage for SqliteStorage {
     }
 
     fn load_sync_state(&self, user: &str, device: &str, doc: &DocumentId) -> Result<Option<Vec<u8>>> {
-        if let Some(pending) = self.states.get(user, device, &doc.to_string()) {
+        if let Some(pending) = self.states.get(user, device, doc) {
             return Ok(Some(pending));
         }
         self.read(|conn| {
@@ -280,11 +280,12 @@ impl DocStorage for SqliteStorage {
         self.read(|conn| {
             let mut stmt = conn
                 .prepare_cached("SELECT doc_id, shared_heads FROM sync_states WHERE user_id = ?1 AND device_id = ?2")?;
-            let mut rows =
+            let rows =
                 stmt.query_map([user, device], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<Vec<_>, _>>()?;
-            // Pending states are newer than any stored: they come last and win.
-            rows.extend(self.states.shared_heads(user, device));
-            Ok(parse_id_map(rows))
+            let mut heads = parse_id_map(rows);
+            // Pending states are newer than any stored: they win.
+            heads.extend(self.states.shared_heads(user, device));
+            Ok(heads)
         })
     }
 

@@ -8,6 +8,7 @@
 
 use super::{EncodedHeads, Result, StorageError};
 use crate::budget::BlockingBudget;
+use protocol::DocumentId;
 use rusqlite::{Connection, params};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -103,17 +104,63 @@ impl WriteRequest {
 
 /// A sync state waiting for the writer.
 #[derive(Clone)]
-pub(super) struct PendingState {
-    user: String,
-    device: String,
-    doc: String,
+struct PendingState {
     state: Vec<u8>,
     shared_heads: EncodedHeads,
 }
 
 impl PendingState {
     fn size(&self) -> usize {
-        128 + self.state.len() + self.shared_heads.len()
+        PendingStates::size_of(&self.state, &self.shared_heads)
+    }
+}
+
+/// A pending sync state as the writer saves it.
+pub(super) struct StateRow {
+    user: String,
+    device: String,
+    doc: DocumentId,
+    state: PendingState,
+}
+
+/// Pending states by user, then device (install), then document. A save
+/// looks its key up by reference (no key is allocated once its user and
+/// device have one), and a join reads one install's states without
+/// scanning anyone else's.
+#[derive(Default)]
+struct ByPeer(HashMap<String, HashMap<String, HashMap<DocumentId, PendingState>>>);
+
+impl ByPeer {
+    fn insert(&mut self, user: &str, device: &str, doc: DocumentId, state: PendingState) -> Option<PendingState> {
+        if !self.0.contains_key(user) {
+            self.0.insert(user.to_owned(), HashMap::new());
+        }
+        let devices = self.0.get_mut(user)?;
+        if !devices.contains_key(device) {
+            devices.insert(device.to_owned(), HashMap::new());
+        }
+        devices.get_mut(device)?.insert(doc, state)
+    }
+
+    fn docs(&self, user: &str, device: &str) -> Option<&HashMap<DocumentId, PendingState>> {
+        self.0.get(user)?.get(device)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn rows(&self) -> Vec<StateRow> {
+        let mut rows = Vec::new();
+        for (user, devices) in &self.0 {
+            for (device, docs) in devices {
+                for (doc, state) in docs {
+                    let (user, device) = (user.clone(), device.clone());
+                    rows.push(StateRow { user, device, doc: *doc, state: state.clone() });
+                }
+            }
+        }
+        rows
     }
 }
 
@@ -132,12 +179,12 @@ pub(super) struct PendingStates {
 
 #[derive(Default)]
 struct Pending {
-    states: HashMap<(String, String, String), PendingState>,
+    states: ByPeer,
     /// States taken by the writer and not yet committed: still read from
     /// here (after `states`), or a reconnect in that window would find its
     /// install's states neither here nor in the database and be taken for
     /// a new install.
-    writing: HashMap<(String, String, String), PendingState>,
+    writing: ByPeer,
     /// The writer sleeps with no deadline: the next save must wake it.
     writer_asleep: bool,
 }
@@ -164,20 +211,15 @@ impl PendingStates {
         &self,
         user: &str,
         device: &str,
-        doc: &str,
+        doc: &DocumentId,
         state: &[u8],
         shared_heads: &EncodedHeads,
     ) -> (usize, AfterSave) {
-        let s = PendingState {
-            user: user.to_owned(),
-            device: device.to_owned(),
-            doc: doc.to_owned(),
-            state: state.to_vec(),
-            shared_heads: shared_heads.clone(),
-        };
+        let s = PendingState { state: state.to_vec(), shared_heads: shared_heads.clone() };
         let mut pending = self.lock();
-        let replaced = pending.states.insert((s.user.clone(), s.device.clone(), s.doc.clone()), s);
+        let replaced = pending.states.insert(user, device, *doc, s);
         let wake = if std::mem::take(&mut pending.writer_asleep) { AfterSave::Wake } else { AfterSave::Nothing };
+        drop(pending);
         (replaced.map_or(0, |r| r.size()), wake)
     }
 
@@ -188,40 +230,42 @@ impl PendingStates {
 
     /// The pending state of one key, if any (the latest: a state being
     /// written is older than one saved since).
-    pub(super) fn get(&self, user: &str, device: &str, doc: &str) -> Option<Vec<u8>> {
-        let key = (user.to_owned(), device.to_owned(), doc.to_owned());
+    pub(super) fn get(&self, user: &str, device: &str, doc: &DocumentId) -> Option<Vec<u8>> {
         let pending = self.lock();
-        pending.states.get(&key).or_else(|| pending.writing.get(&key)).map(|s| s.state.clone())
+        let find = |by: &ByPeer| by.docs(user, device).and_then(|docs| docs.get(doc)).map(|s| s.state.clone());
+        find(&pending.states).or_else(|| find(&pending.writing))
     }
 
-    /// Pending shared heads of (user, device), by document id text, oldest
-    /// first (a caller collecting them into a map keeps the latest).
-    pub(super) fn shared_heads(&self, user: &str, device: &str) -> Vec<(String, EncodedHeads)> {
+    /// Pending shared heads of (user, device), the latest per document.
+    pub(super) fn shared_heads(&self, user: &str, device: &str) -> HashMap<DocumentId, EncodedHeads> {
         let pending = self.lock();
-        pending
-            .writing
-            .values()
-            .chain(pending.states.values())
-            .filter(|s| s.user == user && s.device == device)
-            .map(|s| (s.doc.clone(), s.shared_heads.clone()))
-            .collect()
+        let mut heads = HashMap::new();
+        // Oldest first, so the latest is kept.
+        for by in [&pending.writing, &pending.states] {
+            for (doc, s) in by.docs(user, device).into_iter().flatten() {
+                heads.insert(*doc, s.shared_heads.clone());
+            }
+        }
+        heads
     }
 
     /// Everything pending, to write, and its bytes. The states stay
     /// readable until [`PendingStates::written`].
-    fn take(&self) -> (Vec<PendingState>, usize) {
+    fn take(&self) -> (Vec<StateRow>, usize) {
         let mut pending = self.lock();
         let taken = std::mem::take(&mut pending.states);
-        let copies: Vec<PendingState> = taken.values().map(PendingState::clone).collect();
+        let rows = taken.rows();
         pending.writing = taken;
-        let bytes = copies.iter().map(PendingState::size).sum();
-        (copies, bytes)
+        drop(pending);
+        let bytes = rows.iter().map(|r| r.state.size()).sum();
+        (rows, bytes)
     }
 
     /// The states last taken are committed (or failed, which loses them
     /// as a crash would): no longer read from memory.
     fn written(&self) {
-        self.lock().writing.clear();
+        let old = std::mem::take(&mut self.lock().writing);
+        drop(old); // freed outside the lock
     }
 
     /// Called by the writer before it sleeps: true if states are pending
@@ -316,14 +360,14 @@ enum Outcome {
     None,
 }
 
-fn commit_group(conn: &mut Connection, saves: Vec<PendingState>, group: Vec<WriteRequest>) {
+fn commit_group(conn: &mut Connection, saves: Vec<StateRow>, group: Vec<WriteRequest>) {
     let mut outcomes = Vec::with_capacity(group.len());
     let committed = (|| -> Result<()> {
         let mut tx = conn.transaction()?;
         // Pending sync states first: a forget queued after them must win.
         for s in saves {
             let sp = tx.savepoint()?;
-            match save_sync_state(&sp, &s.user, &s.device, &s.doc, &s.state, &s.shared_heads) {
+            match save_sync_state(&sp, &s.user, &s.device, &s.doc.to_string(), &s.state.state, &s.state.shared_heads) {
                 Ok(()) => sp.commit()?,
                 Err(e) => tracing::warn!(error = %e, "sync state not saved"),
             }
@@ -447,8 +491,12 @@ fn forget_other_installs(conn: &Connection, user: &str, device: &str, keep: &str
 mod tests {
     use super::*;
 
-    fn read(p: &PendingStates) -> (Option<Vec<u8>>, HashMap<String, EncodedHeads>) {
-        (p.get("u", "phone", "d"), p.shared_heads("u", "phone").into_iter().collect())
+    fn doc() -> DocumentId {
+        DocumentId::derive(&["u", "d"])
+    }
+
+    fn read(p: &PendingStates) -> (Option<Vec<u8>>, HashMap<DocumentId, EncodedHeads>) {
+        (p.get("u", "phone", &doc()), p.shared_heads("u", "phone"))
     }
 
     /// Between the writer taking the pending states and its commit, they
@@ -458,18 +506,24 @@ mod tests {
     #[test]
     fn states_being_written_stay_readable_until_committed_and_newer_ones_win() {
         let p = PendingStates::default();
-        p.put("u", "phone", "d", b"old", &vec![1; 32]);
+        p.put("u", "phone", &doc(), b"old", &vec![1; 32]);
         let (taken, bytes) = p.take();
         assert_eq!(taken.len(), 1);
         assert_eq!(bytes, PendingStates::size_of(b"old", &vec![1; 32]));
-        assert_eq!(read(&p), (Some(b"old".to_vec()), HashMap::from([("d".to_owned(), vec![1; 32])])));
+        assert_eq!(read(&p), (Some(b"old".to_vec()), HashMap::from([(doc(), vec![1; 32])])));
 
-        p.put("u", "phone", "d", b"new", &vec![2; 32]);
-        assert_eq!(read(&p), (Some(b"new".to_vec()), HashMap::from([("d".to_owned(), vec![2; 32])])));
+        p.put("u", "phone", &doc(), b"new", &vec![2; 32]);
+        assert_eq!(read(&p), (Some(b"new".to_vec()), HashMap::from([(doc(), vec![2; 32])])));
         p.written();
         assert_eq!(read(&p).0, Some(b"new".to_vec()), "the newer one is still pending");
 
-        let _ = p.take();
+        // Another install of the same device, and another user: not read.
+        p.put("u", "tablet", &doc(), b"tablet's", &vec![3; 32]);
+        p.put("v", "phone", &doc(), b"v's", &vec![4; 32]);
+        assert_eq!(read(&p), (Some(b"new".to_vec()), HashMap::from([(doc(), vec![2; 32])])));
+
+        let (taken, _) = p.take();
+        assert_eq!(taken.len(), 3);
         p.written();
         assert_eq!(read(&p), (None, HashMap::new()), "once committed, read from the database");
     }
