@@ -41,6 +41,11 @@ use std::time::Instant;
 /// about 85 KiB stored, a month of some 3,500 reviews.
 const INLINE_MAX_DOC_BYTES: usize = 1 << 20;
 
+/// Largest set of changes applied inline. Applying a message's changes
+/// takes time in proportion to them (a device's first upload of a month
+/// is hundreds of kilobytes); an edit or a few are a few hundred bytes.
+const INLINE_MAX_CHANGE_BYTES: usize = 64 << 10;
+
 /// What [`ConnCore::handle_inline`] did with a message.
 pub enum Inline {
     /// Handled: the replies, or why the connection ends.
@@ -111,7 +116,14 @@ impl ConnCore {
         // document: a read), and changes only where their append can be
         // queued.
         let message = match sync::Message::decode(data) {
-            Ok(m) if !m.heads.is_empty() && (m.changes.is_empty() || self.hub.storage.queues_appends()) => m,
+            Ok(m)
+                if !m.heads.is_empty()
+                    && (m.changes.is_empty()
+                        || (self.hub.storage.queues_appends()
+                            && m.changes.iter().map(<[u8]>::len).sum::<usize>() <= INLINE_MAX_CHANGE_BYTES)) =>
+            {
+                m
+            }
             _ => return Inline::Blocking(msg),
         };
         let has_changes = !message.changes.is_empty();

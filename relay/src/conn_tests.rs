@@ -258,8 +258,8 @@ fn inline_handling_says_and_stores_what_the_blocking_path_does() {
 }
 
 /// What may wait (on storage, or on a big document's work) is handed back
-/// untouched: a change to store, a document whose lock is held, a big
-/// document, a connection before its join.
+/// untouched: a new document's change, a document whose lock is held, a
+/// big document, a large change, a connection before its join.
 #[test]
 fn what_may_wait_on_storage_is_handed_back_untouched() {
     let storage = Arc::new(MemStorage::new("relay"));
@@ -309,7 +309,37 @@ fn what_may_wait_on_storage_is_handed_back_untouched() {
     assert!(matches!(core.handle_inline(ack.clone(), Instant::now()), Inline::Blocking(_)));
     assert!(core.push_inline(doc, Instant::now()).is_none(), "no inline push of a big document");
     slot.lock().expect("lock").bytes = bytes;
-    assert!(matches!(core.handle_inline(ack, Instant::now()), Inline::Done(Ok(_))));
+    match core.handle_inline(ack, Instant::now()) {
+        Inline::Done(Ok(out)) => phone.receive(&out),
+        _ => panic!("an acknowledgement of a small, loaded document is handled inline"),
+    }
+
+    // A large change (applying it may take milliseconds): to a blocking thread.
+    let mut seed = 7u64;
+    let noise: String = (0..200_000)
+        .map(|_| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            char::from(b'a' + (seed >> 59) as u8)
+        })
+        .collect();
+    let _ = phone.doc.transact::<_, _, automerge::AutomergeError>(|tx| tx.put(automerge::ROOT, "big", noise.as_str()));
+    let change = phone.doc.get_last_local_change().expect("the large change").raw_bytes().to_vec();
+    let carrying = sync::Message {
+        heads: phone.doc.get_heads(),
+        need: Vec::new(),
+        have: Vec::new(),
+        changes: sync::ChunkList::from(vec![change]),
+        flags: None,
+        version: sync::MessageVersion::V1,
+    };
+    let big = Message::Sync {
+        sender_id: "device".into(),
+        target_id: "relay".into(),
+        document_id: doc,
+        data: carrying.encode(),
+    };
+    assert!(matches!(&big, Message::Sync { data, .. } if data.len() > 64 << 10));
+    assert!(matches!(core.handle_inline(big.clone(), Instant::now()), Inline::Blocking(ref m) if *m == big));
 }
 
 /// A phone and a tablet of one user on a relay over `storage`, both in
