@@ -75,6 +75,36 @@ fn sync_states_are_per_install_and_other_installs_are_forgotten() {
     assert_eq!(left, "phone#new,phonebook", "only the kept install and another device remain");
 }
 
+/// A sync state saved and not yet committed is read back from memory: a
+/// device reconnecting to this relay meanwhile would otherwise find no
+/// state, be taken for a new install and be offered whole months again.
+/// The writer is held back by a lock another session holds on the table
+/// (reads still pass), so the window is as wide as the test needs.
+#[test]
+fn sync_states_saved_and_not_yet_committed_are_read_back() {
+    let pg = cluster();
+    let storage = PgStorage::connect(&pg.url).expect("connects");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let locker = runtime.block_on(async {
+        let (client, connection) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls).await.expect("connect");
+        tokio::spawn(connection);
+        client.batch_execute("BEGIN; LOCK TABLE sync_states IN SHARE MODE").await.expect("lock");
+        client
+    });
+    for i in 1..=5u8 {
+        storage.save_sync_state("alice", "phone#a", &doc(1), &[i; 8], &heads(i)).expect("save");
+    }
+    assert_eq!(storage.load_sync_state("alice", "phone#a", &doc(1)).expect("load"), Some(vec![5; 8]));
+    assert_eq!(storage.shared_heads("alice", "phone#a").expect("shared"), [(doc(1), heads(5))].into_iter().collect());
+    assert_eq!(storage.load_sync_state("alice", "phone#b", &doc(1)).expect("load"), None, "another install's");
+    assert_eq!(pg.psql("SELECT count(*) FROM sync_states").expect("psql"), "0", "nothing committed yet");
+
+    runtime.block_on(locker.batch_execute("COMMIT")).expect("unlock");
+    storage.flush().expect("flush");
+    assert_eq!(pg.psql("SELECT encode(state, 'hex') FROM sync_states").expect("psql"), "0505050505050505");
+    assert_eq!(storage.load_sync_state("alice", "phone#a", &doc(1)).expect("load"), Some(vec![5; 8]));
+}
+
 #[test]
 fn the_schema_is_versioned_and_a_newer_one_is_refused() {
     let pg = cluster();

@@ -11,6 +11,7 @@
 
 pub mod memory;
 pub mod migrations;
+mod pending_states;
 mod pg_sync_states;
 pub mod postgres;
 mod sqlite;

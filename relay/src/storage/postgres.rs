@@ -15,7 +15,7 @@
 //! ([`DocStorage::change_feed`]) and catches its loaded documents up by seq
 //! ([`DocStorage::changes_after`]).
 
-use super::pg_sync_states::{StateWrite, StateWriter};
+use super::pg_sync_states::StateWriter;
 use super::{Appended, CatchUp, DocStorage, EncodedHeads, FeedEvent, Result, StorageError, StoredDoc};
 use deadpool_postgres::Pool;
 use protocol::DocumentId;
@@ -308,6 +308,9 @@ impl DocStorage for PgStorage {
     }
 
     fn load_sync_state(&self, user: &str, device: &str, doc: &DocumentId) -> Result<Option<Vec<u8>>> {
+        if let Some(pending) = self.states.pending(user, device, doc) {
+            return Ok(Some(pending));
+        }
         let (user, device, doc) = (user.to_owned(), device.to_owned(), doc.to_string());
         self.run(|pool| async move {
             let client = pool.get().await?;
@@ -322,17 +325,20 @@ impl DocStorage for PgStorage {
     }
 
     fn shared_heads(&self, user: &str, device: &str) -> Result<HashMap<DocumentId, EncodedHeads>> {
-        let (user, device) = (user.to_owned(), device.to_owned());
-        self.run(|pool| async move {
+        let (user_owned, device_owned) = (user.to_owned(), device.to_owned());
+        let mut heads = self.run(|pool| async move {
             let client = pool.get().await?;
             let rows = client
                 .query(
                     "SELECT doc_id, shared_heads FROM sync_states WHERE user_id = $1 AND device_id = $2",
-                    &[&user, &device],
+                    &[&user_owned, &device_owned],
                 )
                 .await?;
             Ok(parse_id_map(rows))
-        })
+        })?;
+        // Pending states are newer than any stored: they win.
+        heads.extend(self.states.pending_heads(user, device));
+        Ok(heads)
     }
 
     fn save_sync_state(
@@ -343,7 +349,7 @@ impl DocStorage for PgStorage {
         state: &[u8],
         shared_heads: &EncodedHeads,
     ) -> Result<()> {
-        self.states.submit(StateWrite::save(user, device, doc, state, shared_heads))
+        self.states.save(user, device, doc, state, shared_heads, true).map(|_| ())
     }
 
     fn try_save_sync_state(
@@ -354,15 +360,11 @@ impl DocStorage for PgStorage {
         state: &[u8],
         shared_heads: &EncodedHeads,
     ) -> Result<bool> {
-        self.states.try_submit(StateWrite::save(user, device, doc, state, shared_heads))
+        self.states.save(user, device, doc, state, shared_heads, false)
     }
 
     fn forget_other_installs(&self, user: &str, device: &str, keep: &str) -> Result<()> {
-        self.states.submit(StateWrite::Forget {
-            user: user.to_owned(),
-            device: device.to_owned(),
-            keep: keep.to_owned(),
-        })
+        self.states.forget(user, device, keep)
     }
 
     fn flush(&self) -> Result<()> {

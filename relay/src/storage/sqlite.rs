@@ -9,7 +9,8 @@
 //!
 //! Reads use their own connection; WAL lets them run beside the writer.
 
-use super::sqlite_writer::{AfterSave, AppendReply, PendingStates, WriteRequest, writer_loop};
+use super::pending_states::{AfterSave, PendingStates};
+use super::sqlite_writer::{AppendReply, WriteRequest, writer_loop};
 use super::{AppendTicket, Appended, DocStorage, EncodedHeads, Result, StorageError, StoredDoc, migrations};
 use crate::budget::BlockingBudget;
 use protocol::DocumentId;
