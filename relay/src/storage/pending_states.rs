@@ -3,6 +3,7 @@
 //! writer thread and the PostgreSQL sync-state task.
 
 use super::EncodedHeads;
+use crate::budget::BlockingBudget;
 use protocol::DocumentId;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -109,23 +110,25 @@ impl PendingStates {
         }
     }
 
-    /// Puts a state in, replacing an older one of the same key. Returns the
-    /// bytes of the replaced one (to give back to the queue's budget) and
-    /// whether the writer needs waking.
+    /// Puts a state in, replacing an older one of the same key, whose bytes
+    /// go back to `budget` (the caller reserved this one's, see
+    /// [`PendingStates::size_of`]). Returns whether the writer needs waking.
     pub(super) fn put(
         &self,
+        budget: &BlockingBudget,
         user: &str,
         device: &str,
         doc: &DocumentId,
         state: &[u8],
         shared_heads: &EncodedHeads,
-    ) -> (usize, AfterSave) {
+    ) -> AfterSave {
         let s = PendingState { state: state.to_vec(), shared_heads: shared_heads.clone() };
         let mut pending = self.lock();
         let replaced = pending.states.insert(user, device, *doc, s);
         let wake = if std::mem::take(&mut pending.writer_asleep) { AfterSave::Wake } else { AfterSave::Nothing };
         drop(pending);
-        (replaced.map_or(0, |r| r.size()), wake)
+        budget.release(replaced.map_or(0, |r| r.size()));
+        wake
     }
 
     /// Bytes a state of this size holds while pending.
@@ -203,20 +206,34 @@ mod tests {
     #[test]
     fn states_being_written_stay_readable_until_committed_and_newer_ones_win() {
         let p = PendingStates::default();
-        p.put("u", "phone", &doc(), b"old", &vec![1; 32]);
+        let budget = BlockingBudget::new(1 << 20);
+        let put = |user: &str, device: &str, state: &[u8], heads: u8| {
+            budget.reserve(PendingStates::size_of(state, &vec![heads; 32]));
+            p.put(&budget, user, device, &doc(), state, &vec![heads; 32]);
+        };
+        put("u", "phone", b"old", 1);
         let (taken, bytes) = p.take();
         assert_eq!(taken.len(), 1);
         assert_eq!(bytes, PendingStates::size_of(b"old", &vec![1; 32]));
         assert_eq!(read(&p), (Some(b"old".to_vec()), HashMap::from([(doc(), vec![1; 32])])));
 
-        p.put("u", "phone", &doc(), b"new", &vec![2; 32]);
+        put("u", "phone", b"new", 2);
+        assert_eq!(budget.in_use(), 2 * bytes, "the state being written still holds its bytes");
         assert_eq!(read(&p), (Some(b"new".to_vec()), HashMap::from([(doc(), vec![2; 32])])));
         p.written();
         assert_eq!(read(&p).0, Some(b"new".to_vec()), "the newer one is still pending");
 
         // Another install of the same device, and another user: not read.
-        p.put("u", "tablet", &doc(), b"tablet's", &vec![3; 32]);
-        p.put("v", "phone", &doc(), b"v's", &vec![4; 32]);
+        put("u", "tablet", b"tablet's", 3);
+        put("v", "phone", b"v's", 4);
+        put("v", "phone", b"v's, newer", 4);
+        assert_eq!(
+            budget.in_use(),
+            2 * bytes
+                + PendingStates::size_of(b"tablet's", &vec![3; 32])
+                + PendingStates::size_of(b"v's, newer", &vec![4; 32]),
+            "a replaced state gives its bytes back"
+        );
         assert_eq!(read(&p), (Some(b"new".to_vec()), HashMap::from([(doc(), vec![2; 32])])));
 
         let (taken, _) = p.take();

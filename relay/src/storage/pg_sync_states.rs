@@ -85,9 +85,7 @@ impl StateWriter {
         } else if !self.queued.try_reserve(size) {
             return Ok(false);
         }
-        let (replaced, after) = self.pending.put(user, device, doc, state, shared_heads);
-        self.queued.release(replaced);
-        if let AfterSave::Wake = after {
+        if let AfterSave::Wake = self.pending.put(&self.queued, user, device, doc, state, shared_heads) {
             self.send(StateWrite::Wake)?;
         }
         Ok(true)

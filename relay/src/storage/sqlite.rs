@@ -106,9 +106,7 @@ impl SqliteStorage {
         } else if !self.queued.try_reserve(size) {
             return Ok(false);
         }
-        let (replaced, after) = self.states.put(user, device, doc, state, shared_heads);
-        self.queued.release(replaced);
-        if let AfterSave::Wake = after {
+        if let AfterSave::Wake = self.states.put(&self.queued, user, device, doc, state, shared_heads) {
             self.send(WriteRequest::Wake { now: false })?;
         }
         Ok(true)
