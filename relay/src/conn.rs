@@ -418,25 +418,14 @@ impl ConnCore {
         Ok(slot.doc.is_some())
     }
 
-    /// Waits while another connection's change to this document is on its
-    /// way to storage (see [`Storing`](crate::hub::Storing)): what this
-    /// call generates from the document may then leave the relay. If that
-    /// append failed, the in-memory document is discarded (and reloaded).
+    /// [`Hub::settle_storing`] for this connection's user.
     fn settle(&self, slot: &mut DocSlot, doc_id: &DocumentId) {
-        let storing = slot.storing.clone();
-        if storing.wait() {
-            self.discard(slot, doc_id);
-        }
+        self.hub.settle_storing(&self.reg.user, doc_id, slot);
     }
 
-    /// Forgets an in-memory document whose state is unknown (a failed apply
-    /// or store): the next use reloads it from storage.
+    /// [`Hub::discard`] for this connection's user.
     fn discard(&self, slot: &mut DocSlot, doc_id: &DocumentId) {
-        slot.loaded = false;
-        slot.doc = None;
-        if std::mem::take(&mut slot.provisional) {
-            self.hub.settle_provisional(&self.reg.user, doc_id);
-        }
+        self.hub.discard(&self.reg.user, doc_id, slot);
     }
 
     /// Applies a peer's sync message, stores what it added, then replies.

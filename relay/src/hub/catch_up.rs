@@ -46,11 +46,7 @@ impl Hub {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if guard.storing.clone().wait() {
-            // A change that failed to store is in memory: reload.
-            guard.loaded = false;
-            guard.doc = None;
-        }
+        self.settle_storing(user, &doc, &mut guard);
         if !guard.loaded {
             // Not in memory (a lookup's empty slot, or one discarded): the
             // connections that need it load it fresh, once told.

@@ -346,6 +346,27 @@ impl Hub {
         Ok(())
     }
 
+    /// Forgets an in-memory document whose state is unknown (a failed apply
+    /// or store): the next use reloads it from storage.
+    pub fn discard(&self, user: &Arc<str>, doc: &DocumentId, slot: &mut DocSlot) {
+        slot.loaded = false;
+        slot.doc = None;
+        if std::mem::take(&mut slot.provisional) {
+            self.settle_provisional(user, doc);
+        }
+    }
+
+    /// Waits while a change to this document is on its way to storage
+    /// (see [`Storing`]), with the slot locked: what the caller generates
+    /// from the document may then leave the relay. If that append failed,
+    /// the in-memory document is discarded (and reloaded by its next use).
+    pub fn settle_storing(&self, user: &Arc<str>, doc: &DocumentId, slot: &mut DocSlot) {
+        let storing = slot.storing.clone();
+        if storing.wait() {
+            self.discard(user, doc, slot);
+        }
+    }
+
     /// The document is stored (or gone from memory): it no longer counts as provisional.
     pub fn settle_provisional(&self, user: &Arc<str>, doc: &DocumentId) {
         let mut users = self.users();
