@@ -5,8 +5,10 @@
 //! Map: [`server`] (routes, accept), [`auth`] (tokens at the upgrade),
 //! [`session`] (sans-IO protocol state per connection), [`ws`] (the
 //! connection task), [`hub`] (loaded documents, connected peers),
-//! [`storage`] (durable documents behind a trait), [`limits`], [`metrics`].
+//! [`storage`] (durable documents behind a trait), [`limits`], [`metrics`],
+//! [`allocator`] (glibc's allocator, tuned for bursts).
 
+pub mod allocator;
 pub mod auth;
 pub mod backup;
 pub mod budget;

@@ -367,7 +367,7 @@ pub struct ShutdownReport {
 
 /// Opens storage under `config.data_dir`, binds `config.listen` and serves.
 pub async fn start(config: Config) -> Result<RunningRelay, RelayError> {
-    Hub::limit_allocator_arenas();
+    crate::allocator::limit_arenas();
     // First: nothing in the directory is touched unless it is ours.
     let lock = crate::data_dir::DataDirLock::acquire(&config.data_dir)?;
     // One PostgreSQL connection for documents and releases, when configured.
@@ -421,7 +421,7 @@ pub async fn start(config: Config) -> Result<RunningRelay, RelayError> {
                         let hub = sweeper_hub.clone();
                         let _ = tokio::task::spawn_blocking(move || {
                             hub.storage.release_memory();
-                            Hub::release_freed_memory();
+                            crate::allocator::release_freed_memory();
                             Metrics::inc(&hub.metrics.memory_releases);
                         })
                         .await;

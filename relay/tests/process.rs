@@ -11,7 +11,18 @@ use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 
 /// Starts the relay binary on a free loopback port; returns it and its base URL.
 fn start(data: &Path, extra: &[&str]) -> (Child, String, BufReader<std::process::ChildStdout>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_relay"))
+    start_with(data, extra, |_| {})
+}
+
+/// [`start`], with the command adjusted by `env` before it is spawned.
+fn start_with(
+    data: &Path,
+    extra: &[&str],
+    env: impl FnOnce(&mut Command),
+) -> (Child, String, BufReader<std::process::ChildStdout>) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_relay"));
+    env(&mut command);
+    let mut child = command
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data)
         .args(extra)
@@ -148,4 +159,34 @@ fn logs_are_json_for_collectors_and_plain_text_without_a_terminal() {
     let _ = out.read_to_string(&mut rest);
     assert!(rest.contains("shutting down"), "{rest}");
     assert!(!rest.contains('\u{1b}'), "no colour codes when stdout is not a terminal: {rest:?}");
+}
+
+/// glibc's per-thread caches are kept small from the start (see
+/// `relay::allocator`): the relay starts itself again, same pid, with
+/// `GLIBC_TUNABLES` set. An operator's own value, even an empty one (their
+/// way to keep glibc's defaults), is left as it is.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn the_relay_runs_with_its_allocator_tunables_unless_the_operator_set_them() {
+    let environ = |relay: &Child| std::fs::read(format!("/proc/{}/environ", relay.id())).expect("environ");
+    let has = |env: &[u8], entry: &str| env.split(|b| *b == 0).any(|e| e == entry.as_bytes());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wanted = format!("GLIBC_TUNABLES={}", relay::allocator::TUNABLES);
+
+    let (mut relay, _, _out) = start_with(&dir.path().join("a"), &[], |c| {
+        c.env_remove("GLIBC_TUNABLES");
+    });
+    let env = environ(&relay);
+    let _ = relay.kill();
+    let _ = relay.wait();
+    assert!(has(&env, &wanted), "the serving process (the pid spawned) runs with {wanted}");
+
+    let (mut relay, _, _out) = start_with(&dir.path().join("b"), &[], |c| {
+        c.env("GLIBC_TUNABLES", "");
+    });
+    let env = environ(&relay);
+    let _ = relay.kill();
+    let _ = relay.wait();
+    assert!(has(&env, "GLIBC_TUNABLES="), "an operator's empty value is kept");
+    assert!(!has(&env, &wanted));
 }

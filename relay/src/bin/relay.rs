@@ -174,18 +174,30 @@ fn dev_admin_token(data_dir: &Path) -> std::io::Result<String> {
     }
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    let cli = Cli::parse();
+    // Serving: first, before any thread exists (this may start the process
+    // again with the allocator's tunables; see `relay::allocator`).
+    let tuning = cli.command.is_none().then(relay::allocator::run_with_tunables);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("relay: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
     // Errors are printed as sentences (Display), not as `Debug` structures.
-    if let Err(e) = run().await {
+    if let Err(e) = runtime.block_on(run(cli, tuning)) {
         eprintln!("relay: {e}");
         std::process::exit(1);
     }
 }
 
-async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let cli = Cli::parse();
+async fn run(cli: Cli, tuning: Option<relay::allocator::Tuning>) -> Result<(), Box<dyn std::error::Error>> {
     init_logging(cli.log_format);
+    if let Some(tuning) = tuning {
+        tracing::info!(%tuning, "allocator");
+    }
     let mut signals = StopSignals::install()?;
     match cli.command {
         Some(Command::DevToken { user, device, ttl }) => {

@@ -508,37 +508,6 @@ impl Hub {
         dropped
     }
 
-    /// Hands memory freed by dropped documents back to the kernel. glibc's
-    /// allocator keeps freed memory in its arenas for reuse; after a burst
-    /// (one heavy history synced) that would stay resident for good.
-    pub fn release_freed_memory() {
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: malloc_trim only walks the allocator's own free lists.
-        unsafe {
-            libc::malloc_trim(0);
-        }
-    }
-
-    /// Caps glibc's malloc arenas at two. glibc gives threads their own
-    /// arenas (up to eight per core); documents loaded and dropped on the
-    /// blocking pool's threads then leave freed memory scattered over many
-    /// arenas, where other threads cannot reuse it (measured: a 400k
-    /// history synced peaked 116 MiB above idle with the default, 92 MiB
-    /// with two). Blocks of 256 KiB and more (a month's frame, its stored
-    /// bytes, a load's buffers) are mapped on their own and unmapped when
-    /// freed: glibc otherwise raises that threshold as large blocks are
-    /// freed, and they end up in the heap, where they fragment it (peak
-    /// above idle 70–97 MiB before, 60–79 MiB after). Called once at start;
-    /// it affects arenas created after.
-    pub fn limit_allocator_arenas() {
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: mallopt only sets a tuning parameter of the allocator.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 2);
-            libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
-        }
-    }
-
     pub fn resident_docs(&self) -> usize {
         self.docs.lock().map(|d| d.len()).unwrap_or(0)
     }
