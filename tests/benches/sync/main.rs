@@ -6,11 +6,14 @@
 //! and the relay's memory per idle connected device with 10,000 devices.
 //!
 //! Sections can be chosen: `cargo bench ... -- scale load multi js idle` (default all;
-//! `import` runs only the first part of `scale`, for profiling).
+//! `import` runs only the first part of `scale`, for profiling;
+//! `instructions`, only when named, counts the relay's instructions per
+//! synced edit under valgrind: see `instructions.rs`).
 //! Environment: SYNC_BENCH_REVIEWS (default 400000), SYNC_BENCH_IDLE (10000).
 
 mod engine_open;
 mod history;
+mod instructions;
 mod js_fetch;
 mod load;
 mod multi_relay;
@@ -64,6 +67,10 @@ fn main() {
         }
         if want("idle") {
             idle(&mut report).await;
+        }
+        if sections.contains(&"instructions") {
+            let dir = tempfile::tempdir().expect("tempdir");
+            instructions::run(&mut report, dir.path()).await;
         }
     });
     report.print();
