@@ -4,9 +4,10 @@
 //!
 //! CPU time on a shared 2-core virtual machine drifts 10–20 % within an
 //! hour, which hides any change smaller than that however the runs are
-//! interleaved. An instruction count does not drift (two runs of the same
-//! relay differ by under 1 %), so two relays can be compared with one run
-//! each. It is a complement to the CPU rows, not a replacement:
+//! interleaved. An instruction count moves far less (runs of the same
+//! relay differ by 2–4 %, with how the writer's groups fall), so a change
+//! of 5 % or more shows with one run of each relay. It is a complement to
+//! the CPU rows, not a replacement:
 //! - only user space is counted: the kernel's share (sockets, fsync,
 //!   wake-ups; about a third of the relay's CPU under the pair load, from
 //!   `perf`) is not;
@@ -15,12 +16,12 @@
 //! - valgrind hides the CPU's SHA extensions, so SHA-256 runs in software
 //!   and is overcounted.
 //!
-//! The load is the CPU row's own, smaller: device pairs editing shared
-//! documents, 50 edits a pair, as fast as each pair can. Two runs, 20 and
-//! 40 pairs, each against a fresh relay; the figure is the difference in
-//! instructions over the difference in edits, so start-up and shutdown
-//! drop out, while each pair's connections and joins stay in, as in the
-//! CPU row. `SYNC_BENCH_RELAY` names another relay binary to count
+//! The load is the CPU row's own: device pairs editing shared documents,
+//! 50 edits a pair, as fast as each pair can. Two runs, 100 and 200 pairs
+//! (the CPU row's count), each against a fresh relay; the figure is the
+//! difference in instructions over the difference in edits, so start-up
+//! and shutdown drop out, while each pair's connections and joins stay in,
+//! as in the CPU row. About two minutes per relay. `SYNC_BENCH_RELAY` names another relay binary to count
 //! (another commit's `test-relay`), for an A/B with one run each.
 
 use crate::load;
@@ -30,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 const EDITS_PER_PAIR: usize = 50;
-const PAIRS: [usize; 2] = [20, 40];
+const PAIRS: [usize; 2] = [100, 200];
 
 pub async fn run(report: &mut Report, dir: &Path) {
     let relay = std::env::var_os("SYNC_BENCH_RELAY")
