@@ -99,44 +99,75 @@ impl FromStr for DocumentId {
 /// 11 % of its instructions counted with callgrind (`instructions` section
 /// of the sync bench). A small direct-mapped table per thread answers a
 /// repeat from memory; a miss computes as before and replaces the slot.
-/// Bounded: [`SLOTS`] entries of an id and its ~28 characters, each way,
-/// per thread. Only ids that parsed are kept, so a bad text is refused
-/// every time.
+/// Bounded: 64 entries of an id and its text (at most 28 bytes, inline),
+/// each way, per thread: under 6 KiB, none of it on the heap. Only ids
+/// that parsed are kept, so a bad text is refused every time.
 mod memo {
     use super::{DocumentId, DocumentIdError};
     use std::cell::RefCell;
 
     const SLOTS: usize = 64;
 
+    /// Longest bs58check text of 16 bytes (20 with the checksum: 160 bits
+    /// at 5.86 bits a character).
+    const TEXT_MAX: usize = 28;
+
+    /// An id's text, kept inline: the tables hold no heap memory, so they
+    /// pin no allocator pages once a burst of work is over.
+    #[derive(Clone, Copy)]
+    struct Text {
+        len: u8,
+        bytes: [u8; TEXT_MAX],
+    }
+
+    impl Text {
+        fn of(id: &DocumentId) -> Option<Text> {
+            let mut bytes = [0u8; TEXT_MAX];
+            let len = bs58::encode(&id.0).with_check().onto(&mut bytes[..]).ok()?;
+            Some(Text { len: len as u8, bytes })
+        }
+
+        fn from_str(text: &str) -> Option<Text> {
+            let mut bytes = [0u8; TEXT_MAX];
+            bytes.get_mut(..text.len())?.copy_from_slice(text.as_bytes());
+            Some(Text { len: text.len() as u8, bytes })
+        }
+
+        fn as_str(&self) -> &str {
+            std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or_default()
+        }
+    }
+
     type Slots<K, V> = RefCell<[Option<(K, V)>; SLOTS]>;
 
     thread_local! {
-        static TEXT: Slots<DocumentId, Box<str>> = const { RefCell::new([const { None }; SLOTS]) };
-        static PARSED: Slots<Box<str>, DocumentId> = const { RefCell::new([const { None }; SLOTS]) };
+        static TEXT: Slots<DocumentId, Text> = const { RefCell::new([None; SLOTS]) };
+        static PARSED: Slots<Text, DocumentId> = const { RefCell::new([None; SLOTS]) };
     }
 
-    fn encode(id: &DocumentId) -> Box<str> {
-        bs58::encode(&id.0).with_check().into_string().into()
+    fn encode(id: &DocumentId) -> String {
+        bs58::encode(&id.0).with_check().into_string()
     }
 
     /// Calls `f` with the bs58check text of `id`.
     pub(super) fn with_text<R>(id: &DocumentId, f: impl FnOnce(&str) -> R) -> R {
         // Ids are random or SHA-256 output: any byte spreads them evenly.
         let slot = id.0[0] as usize % SLOTS;
-        TEXT.with(|t| match t.try_borrow_mut() {
-            Ok(mut slots) => {
-                let entry = &mut slots[slot];
-                if !matches!(entry, Some((cached, _)) if cached == id) {
-                    *entry = Some((*id, encode(id)));
-                }
-                match entry {
-                    Some((_, text)) => f(text),
-                    None => f(&encode(id)),
+        let cached = TEXT.with(|t| {
+            let mut slots = t.try_borrow_mut().ok()?;
+            match slots[slot] {
+                Some((cached, text)) if cached == *id => Some(text),
+                _ => {
+                    let text = Text::of(id)?;
+                    slots[slot] = Some((*id, text));
+                    Some(text)
                 }
             }
-            // Entered again from `f` (a writer that formats another id).
-            Err(_) => f(&encode(id)),
-        })
+        });
+        match cached {
+            Some(text) => f(text.as_str()),
+            None => f(&encode(id)),
+        }
     }
 
     /// The id `text` names: from memory if parsed on this thread lately,
@@ -145,11 +176,13 @@ mod memo {
         text: &str,
         parse: impl FnOnce(&str) -> Result<DocumentId, DocumentIdError>,
     ) -> Result<DocumentId, DocumentIdError> {
+        // Longer than any id's text: parsed (and refused) every time.
+        let Some(key) = Text::from_str(text) else { return parse(text) };
         // FNV-1a: the first characters of base-58 text are not spread evenly.
         let hash = text.bytes().fold(0x811c_9dc5_u32, |h, b| (h ^ b as u32).wrapping_mul(0x0100_0193));
         let slot = hash as usize % SLOTS;
-        let hit = PARSED.with(|p| match p.try_borrow().as_deref().map(|slots| &slots[slot]) {
-            Ok(Some((cached, id))) if &**cached == text => Some(*id),
+        let hit = PARSED.with(|p| match p.try_borrow().ok()?[slot] {
+            Some((cached, id)) if cached.as_str() == text => Some(id),
             _ => None,
         });
         if let Some(id) = hit {
@@ -158,7 +191,7 @@ mod memo {
         let id = parse(text)?;
         PARSED.with(|p| {
             if let Ok(mut slots) = p.try_borrow_mut() {
-                slots[slot] = Some((text.into(), id));
+                slots[slot] = Some((key, id));
             }
         });
         Ok(id)
