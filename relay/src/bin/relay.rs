@@ -195,8 +195,11 @@ fn main() {
 
 async fn run(cli: Cli, tuning: Option<relay::allocator::Tuning>) -> Result<(), Box<dyn std::error::Error>> {
     init_logging(cli.log_format);
-    if let Some(tuning) = tuning {
-        tracing::info!(%tuning, "allocator");
+    match tuning {
+        // The relay runs, with glibc's defaults: worth an operator's look.
+        Some(tuning @ relay::allocator::Tuning::Failed(_)) => tracing::warn!(%tuning, "allocator"),
+        Some(tuning) => tracing::info!(%tuning, "allocator"),
+        None => {}
     }
     let mut signals = StopSignals::install()?;
     match cli.command {

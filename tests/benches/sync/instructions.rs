@@ -21,8 +21,9 @@
 //! (the CPU row's count), each against a fresh relay; the figure is the
 //! difference in instructions over the difference in edits, so start-up
 //! and shutdown drop out, while each pair's connections and joins stay in,
-//! as in the CPU row. About two minutes per relay. `SYNC_BENCH_RELAY` names another relay binary to count
-//! (another commit's `test-relay`), for an A/B with one run each.
+//! as in the CPU row. About two minutes per relay. `SYNC_BENCH_RELAY`
+//! names another relay binary to count (another commit's `test-relay`),
+//! for an A/B with one run each.
 
 use crate::load;
 use crate::report::Report;
