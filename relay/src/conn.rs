@@ -24,7 +24,7 @@ use crate::storage::{EncodedHeads, StorageError, encode_heads};
 use crate::stored_chunk::Received;
 use automerge::Automerge;
 use automerge::sync::{self, SyncDoc};
-use protocol::{DocumentId, Message, whole_doc};
+use protocol::{DocumentId, Message, sync_reply, whole_doc};
 use std::collections::HashMap;
 use std::sync::{Arc, MutexGuard};
 use std::time::Instant;
@@ -538,7 +538,7 @@ impl ConnCore {
                 return Ok(Some(message));
             }
         }
-        Ok(doc.generate_sync_message(state))
+        Ok(sync_reply::generate(doc, state))
     }
 
     /// Offers `doc`'s news to this peer (after another device changed it).
@@ -550,7 +550,7 @@ impl ConnCore {
             return Ok(None);
         }
         let mut state = self.sync_state(doc_id)?;
-        let reply = guard.doc.as_ref().and_then(|d| d.generate_sync_message(&mut state));
+        let reply = guard.doc.as_ref().and_then(|d| sync_reply::generate(d, &mut state));
         drop(guard);
         self.finish(doc_id, state)?;
         Ok(reply.map(|m| self.session.sync(doc_id, m.encode())))

@@ -29,7 +29,7 @@ use crate::session::Action;
 use crate::storage::{AppendTicket, Appended, EncodedHeads, StorageError, encode_heads};
 use crate::stored_chunk::Received;
 use automerge::sync::{self, SyncDoc};
-use protocol::{DocumentId, Message};
+use protocol::{DocumentId, Message, sync_reply};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -154,7 +154,7 @@ impl ConnCore {
         }
         let after = doc.get_heads();
         let chunk = (after != before).then(|| Received::chunk(received, doc, &before));
-        let reply = doc.generate_sync_message(&mut state);
+        let reply = sync_reply::generate(doc, &mut state);
         let in_sync = reply.is_none() || Some(after.clone()) == state.their_heads;
         if let Some(chunk) = chunk {
             let grown = chunk.len().saturating_mul(crate::hub::MEMORY_PER_STORED_BYTE);
@@ -264,7 +264,7 @@ impl ConnCore {
             return Some(Ok(None));
         }
         let mut state = self.states.remove(&doc_id)?;
-        let reply = guard.doc.as_ref().and_then(|d| d.generate_sync_message(&mut state));
+        let reply = guard.doc.as_ref().and_then(|d| sync_reply::generate(d, &mut state));
         drop(guard);
         if let Err(reason) = self.finish_without_waiting(doc_id, state) {
             return Some(Err(reason));

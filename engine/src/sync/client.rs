@@ -19,7 +19,7 @@ use crate::model::TimestampMs;
 use crate::replica::Replica;
 use crate::store;
 use automerge::sync::{self, SyncDoc};
-use protocol::{DocumentId, Message, PROTOCOL_VERSION, PeerMetadata, whole_doc};
+use protocol::{DocumentId, Message, PROTOCOL_VERSION, PeerMetadata, sync_reply, whole_doc};
 use std::collections::HashMap;
 
 /// Documents with local changes offered at once after the handshake. A
@@ -293,7 +293,7 @@ impl SyncClient {
         let doc = replica.doc(id)?;
         let message = match saved.and_then(|saved| whole_doc::reply_with_saved(doc, &mut state, saved)) {
             Some(message) => Some(message),
-            None => doc.generate_sync_message(&mut state),
+            None => sync_reply::generate(doc, &mut state),
         };
         self.states.insert(*id, state);
         if let Some(message) = message {
