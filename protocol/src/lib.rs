@@ -13,12 +13,13 @@
 //!   bytes already stored (automerge's own message, no second `save`), and
 //!   offering it whole to a peer that takes it.
 //! * [`heads`] — document heads in the one byte form both sides store.
-//! * [`sync_reply`] — automerge's next sync message, without its work when
-//!   the answer is known to be nothing (a peer acknowledging an edit).
+//! * [`automerge_sync`] — automerge's two sync calls, without work whose
+//!   outcome is known (answering a level peer; walking the whole history
+//!   for every received message).
 
+pub mod automerge_sync;
 pub mod doc_id;
 pub mod heads;
-pub mod sync_reply;
 pub mod token;
 pub mod whole_doc;
 pub mod wire;

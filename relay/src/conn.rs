@@ -23,8 +23,8 @@ use crate::session::{Action, PeerSession};
 use crate::storage::{EncodedHeads, StorageError, encode_heads};
 use crate::stored_chunk::Received;
 use automerge::Automerge;
-use automerge::sync::{self, SyncDoc};
-use protocol::{DocumentId, Message, sync_reply, whole_doc};
+use automerge::sync;
+use protocol::{DocumentId, Message, automerge_sync, whole_doc};
 use std::collections::HashMap;
 use std::sync::{Arc, MutexGuard};
 use std::time::Instant;
@@ -463,7 +463,7 @@ impl ConnCore {
         let Some(doc) = guard.doc.as_mut() else { return Ok(Vec::new()) };
         let before = doc.get_heads();
         let received = Received::capture(doc, &message);
-        if let Err(e) = doc.receive_sync_message(&mut state, message) {
+        if let Err(e) = automerge_sync::receive(doc, &mut state, message) {
             // The in-memory copy may hold part of it; reload from storage next time.
             self.discard(&mut guard, &doc_id);
             return Err(format!("invalid sync message for {doc_id}: {e}").into());
@@ -538,7 +538,7 @@ impl ConnCore {
                 return Ok(Some(message));
             }
         }
-        Ok(sync_reply::generate(doc, state))
+        Ok(automerge_sync::generate(doc, state))
     }
 
     /// Offers `doc`'s news to this peer (after another device changed it).
@@ -550,7 +550,7 @@ impl ConnCore {
             return Ok(None);
         }
         let mut state = self.sync_state(doc_id)?;
-        let reply = guard.doc.as_ref().and_then(|d| sync_reply::generate(d, &mut state));
+        let reply = guard.doc.as_ref().and_then(|d| automerge_sync::generate(d, &mut state));
         drop(guard);
         self.finish(doc_id, state)?;
         Ok(reply.map(|m| self.session.sync(doc_id, m.encode())))

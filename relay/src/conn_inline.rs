@@ -28,8 +28,8 @@ use crate::metrics::Metrics;
 use crate::session::Action;
 use crate::storage::{AppendTicket, Appended, EncodedHeads, StorageError, encode_heads};
 use crate::stored_chunk::Received;
-use automerge::sync::{self, SyncDoc};
-use protocol::{DocumentId, Message, sync_reply};
+use automerge::sync;
+use protocol::{DocumentId, Message, automerge_sync};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -148,13 +148,13 @@ impl ConnCore {
         let Some(doc) = guard.doc.as_mut() else { return Inline::Done(Ok(Vec::new())) };
         let before = doc.get_heads();
         let received = Received::capture(doc, &message);
-        if let Err(e) = doc.receive_sync_message(&mut state, message) {
+        if let Err(e) = automerge_sync::receive(doc, &mut state, message) {
             self.discard(&mut guard, &doc_id);
             return Inline::Done(Err(format!("invalid sync message for {doc_id}: {e}").into()));
         }
         let after = doc.get_heads();
         let chunk = (after != before).then(|| Received::chunk(received, doc, &before));
-        let reply = sync_reply::generate(doc, &mut state);
+        let reply = automerge_sync::generate(doc, &mut state);
         let in_sync = reply.is_none() || Some(after.clone()) == state.their_heads;
         if let Some(chunk) = chunk {
             let grown = chunk.len().saturating_mul(crate::hub::MEMORY_PER_STORED_BYTE);
@@ -264,7 +264,7 @@ impl ConnCore {
             return Some(Ok(None));
         }
         let mut state = self.states.remove(&doc_id)?;
-        let reply = guard.doc.as_ref().and_then(|d| sync_reply::generate(d, &mut state));
+        let reply = guard.doc.as_ref().and_then(|d| automerge_sync::generate(d, &mut state));
         drop(guard);
         if let Err(reason) = self.finish_without_waiting(doc_id, state) {
             return Some(Err(reason));

@@ -5,6 +5,7 @@ use super::StoringChange;
 use super::*;
 use crate::limits::Limits;
 use crate::storage::{DocStorage, MemStorage, StoredDoc, encode_heads};
+use automerge::sync::SyncDoc;
 use automerge::transaction::Transactable;
 use protocol::PeerMetadata;
 

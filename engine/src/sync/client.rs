@@ -18,8 +18,8 @@ use crate::error::Result;
 use crate::model::TimestampMs;
 use crate::replica::Replica;
 use crate::store;
-use automerge::sync::{self, SyncDoc};
-use protocol::{DocumentId, Message, PROTOCOL_VERSION, PeerMetadata, sync_reply, whole_doc};
+use automerge::sync;
+use protocol::{DocumentId, Message, PROTOCOL_VERSION, PeerMetadata, automerge_sync, whole_doc};
 use std::collections::HashMap;
 
 /// Documents with local changes offered at once after the handshake. A
@@ -221,12 +221,12 @@ impl SyncClient {
                             if preloaded {
                                 receive_preloaded(doc, &mut state, message)
                             } else {
-                                doc.receive_sync_message(&mut state, message)
+                                automerge_sync::receive(doc, &mut state, message)
                             }
                         })
                     }
                     (_, received) => replica.remote_change(&document_id, false, received, |doc| {
-                        doc.receive_sync_message(&mut state, message)
+                        automerge_sync::receive(doc, &mut state, message)
                     }),
                 };
                 match result {
@@ -293,7 +293,7 @@ impl SyncClient {
         let doc = replica.doc(id)?;
         let message = match saved.and_then(|saved| whole_doc::reply_with_saved(doc, &mut state, saved)) {
             Some(message) => Some(message),
-            None => sync_reply::generate(doc, &mut state),
+            None => automerge_sync::generate(doc, &mut state),
         };
         self.states.insert(*id, state);
         if let Some(message) = message {
@@ -421,7 +421,7 @@ fn receive_preloaded(
 ) -> Result<(), automerge::AutomergeError> {
     message.changes = sync::ChunkList::empty();
     let last_sent_heads = state.last_sent_heads.clone();
-    doc.receive_sync_message(state, message)?;
+    automerge_sync::receive(doc, state, message)?;
     state.last_sent_heads = last_sent_heads;
     Ok(())
 }
@@ -429,6 +429,7 @@ fn receive_preloaded(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use automerge::sync::SyncDoc;
     use automerge::transaction::Transactable;
     use automerge::{Automerge, ROOT};
 

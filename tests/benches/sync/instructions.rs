@@ -23,7 +23,9 @@
 //! and shutdown drop out, while each pair's connections and joins stay in,
 //! as in the CPU row. About two minutes per relay. `SYNC_BENCH_RELAY`
 //! names another relay binary to count (another commit's `test-relay`),
-//! for an A/B with one run each.
+//! for an A/B with one run each. `SYNC_BENCH_CALLGRIND_DIR` keeps each
+//! run's callgrind file there (`callgrind.<pairs>.out`), for
+//! `callgrind_annotate`.
 
 use crate::load;
 use crate::report::Report;
@@ -96,6 +98,10 @@ async fn count(relay: &Path, dir: &Path, pairs: usize) -> Result<(usize, u64), S
         return Err(format!("{} pairs failed: {:?}", r.failed_pairs, r.first_error));
     }
     let text = std::fs::read_to_string(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    if let Some(keep) = std::env::var_os("SYNC_BENCH_CALLGRIND_DIR") {
+        let kept = PathBuf::from(keep).join(format!("callgrind.{pairs}.out"));
+        std::fs::copy(&out, &kept).map_err(|e| format!("{}: {e}", kept.display()))?;
+    }
     let total = text
         .lines()
         .find_map(|l| l.strip_prefix("totals:").or_else(|| l.strip_prefix("summary:")))
