@@ -3,7 +3,7 @@
 //! walk that stops once the record is empty (automerge walks the whole
 //! history for every message).
 
-use automerge::sync::{self, Capability, MessageFlags};
+use automerge::sync::{self, Capability, MessageFlags, SyncDoc};
 use automerge::{Automerge, AutomergeError, ChangeHash};
 use std::collections::{BTreeSet, HashSet};
 
@@ -75,16 +75,28 @@ fn has_change(doc: &Automerge, hash: &ChangeHash) -> bool {
     doc.get_change_meta_by_hash(hash).is_some()
 }
 
+/// Changes the walk in [`forget_acknowledged`] visits before it hands the
+/// rest to automerge's own walk.
+const WALK_BUDGET: usize = 64;
+
 /// Removes from `sent` every change the peer has, by its heads: the heads'
 /// ancestors. automerge walks all of them; this stops when `sent` is
-/// empty, which is where it usually starts (a peer's acknowledgement
-/// trims the record to nothing) or soon after (what was sent is recent).
-/// The changes left are the same.
-fn forget_acknowledged(doc: &Automerge, heads: &[ChangeHash], sent: &mut BTreeSet<ChangeHash>) {
+/// empty, which is where it usually starts (nothing was sent since the
+/// peer's last acknowledgement) or soon after (what was sent is recent:
+/// usually a head itself). A sent change the peer does not have would keep
+/// the walk going through the whole history, and this walk's steps cost
+/// more than automerge's (a public lookup per change), so past
+/// [`WALK_BUDGET`] changes automerge's own walk finishes the job: the
+/// worst case costs automerge's plus the budget. The changes left are the
+/// same either way.
+fn forget_acknowledged(doc: &mut Automerge, heads: &[ChangeHash], sent: &mut BTreeSet<ChangeHash>) {
     let mut to_visit: Vec<ChangeHash> = heads.to_vec();
     let mut visited = HashSet::new();
     while !sent.is_empty() {
-        let Some(hash) = to_visit.pop() else { break };
+        let Some(hash) = to_visit.pop() else { return };
+        if visited.len() >= WALK_BUDGET {
+            return automerge_walk(doc, heads, sent);
+        }
         if !visited.insert(hash) {
             continue;
         }
@@ -94,6 +106,27 @@ fn forget_acknowledged(doc: &Automerge, heads: &[ChangeHash], sent: &mut BTreeSe
         sent.remove(&hash);
         to_visit.extend(meta.deps);
     }
+}
+
+/// automerge's own trimming of `sent` by `heads`, reached through its
+/// receive: a message with these heads and nothing else, received into a
+/// scratch state holding `sent`, trims that state's record and applies
+/// nothing.
+fn automerge_walk(doc: &mut Automerge, heads: &[ChangeHash], sent: &mut BTreeSet<ChangeHash>) {
+    let mut scratch = sync::State::new();
+    scratch.sent_hashes = std::mem::take(sent);
+    let heads_only = sync::Message {
+        heads: heads.to_vec(),
+        need: Vec::new(),
+        have: Vec::new(),
+        changes: sync::ChunkList::empty(),
+        flags: None,
+        version: sync::MessageVersion::V1,
+    };
+    // With no changes nothing is loaded into `doc`, and trimming cannot
+    // fail.
+    let _ = doc.receive_sync_message(&mut scratch, heads_only);
+    *sent = scratch.sent_hashes;
 }
 
 /// The shared heads after applying changes from the peer: our new heads
@@ -110,4 +143,56 @@ fn advance_heads(old_heads: &[ChangeHash], new_heads: &[ChangeHash], old_shared:
     advanced.sort();
     advanced.dedup();
     advanced
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use automerge::transaction::Transactable;
+    use automerge::{ActorId, ROOT};
+
+    fn edit(doc: &mut Automerge, value: i64) -> ChangeHash {
+        let mut tx = doc.transaction();
+        tx.put(ROOT, "k", value).expect("put");
+        tx.commit().0.expect("a change")
+    }
+
+    /// A sent change far below the heads, beside one the peer does not
+    /// have: the walk runs out of budget and automerge's own walk ends it,
+    /// with automerge's answer.
+    #[test]
+    fn a_long_walk_is_finished_by_automerges_own() {
+        let mut doc = Automerge::new().with_actor(ActorId::from(vec![1u8; 16]));
+        let early: Vec<ChangeHash> = (0..5).map(|v| edit(&mut doc, v)).collect();
+        let mut other = doc.fork().with_actor(ActorId::from(vec![2u8; 16]));
+        let beside = edit(&mut other, -1);
+        for v in 0..(WALK_BUDGET as i64 * 2) {
+            edit(&mut doc, v);
+        }
+        let heads = doc.get_heads();
+        doc.merge(&mut other).expect("merge");
+
+        let sent: BTreeSet<ChangeHash> = [early[1], beside].into_iter().collect();
+        let mut ours = sent.clone();
+        forget_acknowledged(&mut doc, &heads, &mut ours);
+        assert_eq!(ours, [beside].into_iter().collect(), "the early change is the peer's, the one beside is not");
+
+        let mut automerges = sent;
+        automerge_walk(&mut doc, &heads, &mut automerges);
+        assert_eq!(ours, automerges);
+    }
+
+    /// What was sent last is usually a head of the acknowledgement: found
+    /// at once, and the walk ends there.
+    #[test]
+    fn an_acknowledged_head_ends_the_walk_at_once() {
+        let mut doc = Automerge::new().with_actor(ActorId::from(vec![1u8; 16]));
+        for v in 0..10 {
+            edit(&mut doc, v);
+        }
+        let last = edit(&mut doc, 10);
+        let mut sent: BTreeSet<ChangeHash> = [last].into_iter().collect();
+        forget_acknowledged(&mut doc, &[last], &mut sent);
+        assert!(sent.is_empty());
+    }
 }
