@@ -103,9 +103,19 @@ async fn arrival(events: &mut tokio::sync::broadcast::Receiver<ChangeEvent>, ite
 /// Warm delivery: `n` reviews, alternately from each device, each timed
 /// from `record_review` on one device to the change event on the other. The
 /// first of each direction is left out (it may load the month's document).
-async fn warm_latency(report: &mut Report, a: &Engine, b: &Engine, n: usize, at: i64) {
+/// Also the CPU a review costs the relay and the devices' process (both
+/// engines), read from the kernel's per-thread accounting over the `n`
+/// reviews (the ticks of `cpu` are too coarse for a few milliseconds): they
+/// land in the history's last month, a heavy one.
+async fn warm_latency(report: &mut Report, a: &Engine, b: &Engine, relay_pid: &str, n: usize, at: i64) {
     let mut samples = Vec::new();
+    let fine = |pid: &str| integration_tests::admin::process_cpu_seconds_fine(pid);
+    let own = std::process::id().to_string();
+    let mut cpu0 = (0.0, 0.0);
     for i in 0..n + 2 {
+        if i == 2 {
+            cpu0 = (fine(relay_pid), fine(&own));
+        }
         let (from, to) = if i % 2 == 0 { (a, b) } else { (b, a) };
         let item = format!("warm-{i}");
         let mut events = to.subscribe();
@@ -119,6 +129,11 @@ async fn warm_latency(report: &mut Report, a: &Engine, b: &Engine, n: usize, at:
             samples.push(t0.elapsed());
         }
     }
+    let cpu1 = (fine(relay_pid), fine(&own));
+    report.figure(
+        format!("warm: CPU per review, relay / devices' process ({n} reviews into a heavy month)"),
+        format!("{:.0} us / {:.0} us", (cpu1.0 - cpu0.0) * 1e6 / n as f64, (cpu1.1 - cpu0.1) * 1e6 / n as f64),
+    );
     samples.sort();
     let p50 = crate::report::percentile(&samples, 0.5);
     let p99 = crate::report::percentile(&samples, 0.99);
@@ -210,7 +225,7 @@ pub async fn run(
 
     one_review(report, "warm", phone, tablet, "item-1", end + 1000).await;
     let n = std::env::var("SYNC_BENCH_WARM_REVIEWS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
-    warm_latency(report, phone, tablet, n, end + 5000).await;
+    warm_latency(report, phone, tablet, relay_pid, n, end + 5000).await;
 
     // Reconnect both (sync states restored from disk), then one review.
     phone.stop_sync();
