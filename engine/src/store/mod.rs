@@ -145,9 +145,15 @@ pub use protocol::heads::encode_heads;
 
 pub fn load_doc(conn: &Connection, doc: &DocumentId) -> Result<Option<StoredDoc>> {
     let id = doc.to_string();
-    let snapshot: Option<Option<Vec<u8>>> =
-        conn.query_row("SELECT snapshot FROM documents WHERE doc_id = ?1", [&id], |r| r.get(0)).optional()?;
-    let Some(snapshot) = snapshot else { return Ok(None) };
+    let known: Option<i64> =
+        conn.prepare_cached("SELECT 1 FROM documents WHERE doc_id = ?1")?.query_row([&id], |r| r.get(0)).optional()?;
+    if known.is_none() {
+        return Ok(None);
+    }
+    let snapshot: Option<Vec<u8>> = conn
+        .prepare_cached("SELECT snapshot FROM doc_snapshots WHERE doc_id = ?1")?
+        .query_row([&id], |r| r.get(0))
+        .optional()?;
     let mut stmt = conn.prepare_cached("SELECT data FROM doc_changes WHERE doc_id = ?1 ORDER BY seq")?;
     let chunks = stmt.query_map([&id], |r| r.get::<_, Vec<u8>>(0))?.collect::<Result<Vec<_>, _>>()?;
     Ok(Some(StoredDoc { snapshot, chunks }))
@@ -207,7 +213,11 @@ pub fn append_chunk(
 /// Replaces the chunks of a document with one snapshot.
 pub fn compact(conn: &Connection, doc: &DocumentId, snapshot: &[u8]) -> Result<()> {
     let id = doc.to_string();
-    conn.execute("UPDATE documents SET snapshot = ?2 WHERE doc_id = ?1", params![id, snapshot])?;
+    conn.prepare_cached(
+        "INSERT INTO doc_snapshots(doc_id, snapshot) VALUES (?1, ?2)
+         ON CONFLICT(doc_id) DO UPDATE SET snapshot = excluded.snapshot",
+    )?
+    .execute(params![id, snapshot])?;
     conn.execute("DELETE FROM doc_changes WHERE doc_id = ?1", [&id])?;
     Ok(())
 }

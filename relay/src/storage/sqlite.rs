@@ -191,11 +191,15 @@ impl DocStorage for SqliteStorage {
             // with the chunks from after it.
             let tx = conn.unchecked_transaction()?;
             let id = doc.to_string();
-            let row: Option<(Option<Vec<u8>>, Vec<u8>)> = tx
-                .prepare_cached("SELECT snapshot, heads FROM docs WHERE user_id = ?1 AND doc_id = ?2")?
-                .query_row(params![user, id], |r| Ok((r.get(0)?, r.get(1)?)))
+            let heads: Option<Vec<u8>> = tx
+                .prepare_cached("SELECT heads FROM docs WHERE user_id = ?1 AND doc_id = ?2")?
+                .query_row(params![user, id], |r| r.get(0))
                 .optional()?;
-            let Some((snapshot, heads)) = row else { return Ok(None) };
+            let Some(heads) = heads else { return Ok(None) };
+            let snapshot: Option<Vec<u8>> = tx
+                .prepare_cached("SELECT snapshot FROM doc_snapshots WHERE user_id = ?1 AND doc_id = ?2")?
+                .query_row(params![user, id], |r| r.get(0))
+                .optional()?;
             let mut stmt =
                 tx.prepare_cached("SELECT data FROM doc_chunks WHERE user_id = ?1 AND doc_id = ?2 ORDER BY seq")?;
             let chunks = stmt.query_map(params![user, id], |r| r.get(0))?.collect::<Result<Vec<Vec<u8>>, _>>()?;

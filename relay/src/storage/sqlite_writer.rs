@@ -295,8 +295,11 @@ fn append(conn: &Connection, user: &str, doc: &str, chunk: &[u8], heads: &Encode
 }
 
 fn compact(conn: &Connection, user: &str, doc: &str, snapshot: &[u8]) -> Result<()> {
-    conn.prepare_cached("UPDATE docs SET snapshot = ?3 WHERE user_id = ?1 AND doc_id = ?2")?
-        .execute(params![user, doc, snapshot])?;
+    conn.prepare_cached(
+        "INSERT INTO doc_snapshots(user_id, doc_id, snapshot) VALUES (?1, ?2, ?3)
+         ON CONFLICT(user_id, doc_id) DO UPDATE SET snapshot = excluded.snapshot",
+    )?
+    .execute(params![user, doc, snapshot])?;
     conn.prepare_cached("DELETE FROM doc_chunks WHERE user_id = ?1 AND doc_id = ?2")?.execute(params![user, doc])?;
     Ok(())
 }
