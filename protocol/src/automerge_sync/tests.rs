@@ -43,25 +43,31 @@ fn both(doc: &Automerge, state: &mut sync::State) -> (Option<sync::Message>, boo
     (we_say, skipped)
 }
 
+/// Syncs a relay and a device until neither has anything to send,
+/// comparing every call with automerge's.
+fn level(relay: &mut Automerge, relay_state: &mut sync::State, device: &mut Automerge, device_state: &mut sync::State) {
+    for _ in 0..10 {
+        let to_device = both(relay, relay_state).0;
+        if let Some(m) = &to_device {
+            receive_both(device, device_state, m.clone()).expect("device receives");
+        }
+        let to_relay = both(device, device_state).0;
+        if let Some(m) = &to_relay {
+            receive_both(relay, relay_state, m.clone()).expect("relay receives");
+        }
+        if to_device.is_none() && to_relay.is_none() {
+            return;
+        }
+    }
+    panic!("the peers did not level");
+}
+
 #[test]
 fn a_peer_acknowledging_an_edit_gets_nothing_without_automerge_looking() {
     let (mut relay, mut device) = (doc(1), doc(2));
     let (mut relay_state, mut device_state) = (sync::State::new(), sync::State::new());
     edit(&mut relay, "a", 1);
-    // Level first.
-    for _ in 0..10 {
-        let to_device = both(&relay, &mut relay_state).0;
-        if let Some(m) = &to_device {
-            receive_both(&mut device, &mut device_state, m.clone()).expect("device receives");
-        }
-        let to_relay = both(&device, &mut device_state).0;
-        if let Some(m) = &to_relay {
-            receive_both(&mut relay, &mut relay_state, m.clone()).expect("relay receives");
-        }
-        if to_device.is_none() && to_relay.is_none() {
-            break;
-        }
-    }
+    level(&mut relay, &mut relay_state, &mut device, &mut device_state);
     assert_eq!(relay.get_heads(), device.get_heads());
     // Another device's edit reaches the relay, which forwards it.
     edit(&mut relay, "b", 2);
@@ -85,19 +91,7 @@ fn a_peer_whose_summary_starts_elsewhere_is_left_to_automerge() {
     for value in 0..3 {
         edit(&mut relay, "a", value);
     }
-    for _ in 0..10 {
-        let to_device = both(&relay, &mut relay_state).0;
-        if let Some(m) = &to_device {
-            receive_both(&mut device, &mut device_state, m.clone()).expect("device receives");
-        }
-        let to_relay = both(&device, &mut device_state).0;
-        if let Some(m) = &to_relay {
-            receive_both(&mut relay, &mut relay_state, m.clone()).expect("relay receives");
-        }
-        if to_device.is_none() && to_relay.is_none() {
-            break;
-        }
-    }
+    level(&mut relay, &mut relay_state, &mut device, &mut device_state);
     let heads = relay.get_heads();
     assert!(nothing_to_send(&heads, &relay_state), "level: recognised");
     let odd = sync::Message {
