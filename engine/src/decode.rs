@@ -56,6 +56,14 @@ pub fn each_decoded<E>(
     )
 }
 
+/// The cores this process may use, asked of the system once: the answer
+/// reads cgroup files on Linux, and every received batch of frames comes
+/// through here (most of them one small message, decoded in place).
+fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 /// Runs `work` on each of `inputs` on worker threads, ahead of `consume`,
 /// which gets the results in order on the calling thread (`None`: `work`
 /// panicked on that input). Each worker holds at most one result waiting,
@@ -69,8 +77,7 @@ pub fn each_in_order<I: Sync, O: Send, E>(
     mut consume: impl FnMut(usize, Option<O>) -> Result<(), E>,
 ) -> Result<(), E> {
     let guarded = |input: &I| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(input))).ok();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let workers = if parallel { cores.min(MAX_WORKERS).min(inputs.len()) } else { 1 };
+    let workers = if parallel && inputs.len() > 1 { cores().min(MAX_WORKERS).min(inputs.len()) } else { 1 };
     if workers <= 1 {
         for (i, input) in inputs.iter().enumerate() {
             consume(i, guarded(input))?;
