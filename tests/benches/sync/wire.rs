@@ -130,9 +130,10 @@ async fn warm_latency(report: &mut Report, a: &Engine, b: &Engine, relay_pid: &s
         }
     }
     let cpu1 = (fine(relay_pid), fine(&own));
+    let reviews = n.max(1) as f64;
     report.figure(
         format!("warm: CPU per review, relay / devices' process ({n} reviews into a heavy month)"),
-        format!("{:.0} us / {:.0} us", (cpu1.0 - cpu0.0) * 1e6 / n as f64, (cpu1.1 - cpu0.1) * 1e6 / n as f64),
+        format!("{:.0} us / {:.0} us", (cpu1.0 - cpu0.0) * 1e6 / reviews, (cpu1.1 - cpu0.1) * 1e6 / reviews),
     );
     samples.sort();
     let p50 = crate::report::percentile(&samples, 0.5);
