@@ -7,10 +7,14 @@
 //                                          has a key starting with KEY_PREFIX
 //                                          (default `text`), then exits
 //   node client.mjs time-find WS_URL DOC_URL KEY_PREFIX
-//                                          the same, but prints only the
-//                                          milliseconds from creating the repo
-//                                          (it connects then) to having the
-//                                          key: node's start-up left out
+//                                          the same, but prints only two
+//                                          times in milliseconds: from creating
+//                                          the repo (it connects then) to having
+//                                          the key, node's start-up left out;
+//                                          and from the arrival of the last
+//                                          message before that to having the
+//                                          key: the client's own work on the
+//                                          document, which no server shortens
 //
 // WS_URL carries the device token as ?token=..., as a browser would.
 // Every wait is bounded: the script exits 1 after 30 s.
@@ -24,8 +28,15 @@ const deadline = setTimeout(() => {
   process.exit(1)
 }, 30_000)
 
+// Listening before the repo does, so this runs first for every message.
+const adapter = new WebSocketClientAdapter(url)
+let lastArrival = started
+adapter.on("message", () => {
+  lastArrival = performance.now()
+})
+
 const repo = new Repo({
-  network: [new WebSocketClientAdapter(url)],
+  network: [adapter],
   sharePolicy: async () => true,
 })
 
@@ -41,7 +52,7 @@ if (mode === "create") {
       done = true
       const out =
         mode === "time-find"
-          ? (performance.now() - started).toFixed(1)
+          ? `${(performance.now() - started).toFixed(1)} ${(performance.now() - lastArrival).toFixed(1)}`
           : JSON.stringify(doc, (_, v) => (typeof v === "bigint" ? Number(v) : v))
       clearTimeout(deadline)
       // Exit once the output is flushed: into a pipe, stdout is written

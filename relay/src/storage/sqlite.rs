@@ -335,6 +335,27 @@ mod tests {
         assert!(stored.chunks.is_empty());
     }
 
+    /// The count that makes compaction due: one per append, back to zero
+    /// at a compaction, per document, kept across a restart.
+    #[test]
+    fn appends_are_counted_from_the_last_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.sqlite3");
+        let s = SqliteStorage::open(&path).unwrap();
+        let (a, b) = (DocumentId::derive(&["a"]), DocumentId::derive(&["b"]));
+        let counts = |s: &SqliteStorage, doc: &DocumentId, n: u8| -> Vec<u64> {
+            (0..n).map(|i| s.append("u", doc, &[i], &vec![i; 32], 0).unwrap().since_snapshot).collect()
+        };
+        assert_eq!(counts(&s, &a, 3), [1, 2, 3]);
+        assert_eq!(counts(&s, &b, 1), [1]);
+        s.compact("u", &a, b"snap", 0).unwrap();
+        assert_eq!(counts(&s, &a, 2), [1, 2]);
+        drop(s);
+        let s = SqliteStorage::open(&path).unwrap();
+        assert_eq!(counts(&s, &a, 1), [3]);
+        assert_eq!(counts(&s, &b, 1), [2]);
+    }
+
     #[test]
     fn concurrent_appends_are_all_committed_and_sync_states_are_written_behind() {
         let dir = tempfile::tempdir().unwrap();

@@ -281,17 +281,19 @@ fn append(conn: &Connection, user: &str, doc: &str, chunk: &[u8], heads: &Encode
     // Cached statements: the writer runs these for every acknowledged
     // change, and preparing them each time was 6 % of the relay's CPU under
     // the 1,000-device load.
-    conn.prepare_cached(
-        "INSERT INTO docs(user_id, doc_id, heads) VALUES (?1, ?2, ?3)
-         ON CONFLICT(user_id, doc_id) DO UPDATE SET heads = excluded.heads, updated_at = unixepoch()",
-    )?
-    .execute(params![user, doc, heads])?;
+    // The row counts its chunks (schema 5): counting them here was 3 % of
+    // the relay's instructions under the pair load.
+    let n: i64 = conn
+        .prepare_cached(
+            "INSERT INTO docs(user_id, doc_id, heads, chunks_since_snapshot) VALUES (?1, ?2, ?3, 1)
+             ON CONFLICT(user_id, doc_id) DO UPDATE SET heads = excluded.heads, updated_at = unixepoch(),
+               chunks_since_snapshot = chunks_since_snapshot + 1
+             RETURNING chunks_since_snapshot",
+        )?
+        .query_row(params![user, doc, heads], |r| r.get(0))?;
     conn.prepare_cached("INSERT INTO doc_chunks(user_id, doc_id, data) VALUES (?1, ?2, ?3)")?
         .execute(params![user, doc, chunk])?;
-    let n: i64 = conn
-        .prepare_cached("SELECT count(*) FROM doc_chunks WHERE user_id = ?1 AND doc_id = ?2")?
-        .query_row(params![user, doc], |r| r.get(0))?;
-    Ok(n as u64)
+    Ok(n.max(0) as u64)
 }
 
 fn compact(conn: &Connection, user: &str, doc: &str, snapshot: &[u8]) -> Result<()> {
@@ -301,6 +303,8 @@ fn compact(conn: &Connection, user: &str, doc: &str, snapshot: &[u8]) -> Result<
     )?
     .execute(params![user, doc, snapshot])?;
     conn.prepare_cached("DELETE FROM doc_chunks WHERE user_id = ?1 AND doc_id = ?2")?.execute(params![user, doc])?;
+    conn.prepare_cached("UPDATE docs SET chunks_since_snapshot = 0 WHERE user_id = ?1 AND doc_id = ?2")?
+        .execute(params![user, doc])?;
     Ok(())
 }
 

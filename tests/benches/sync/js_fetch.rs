@@ -8,6 +8,11 @@
 //! Both servers hold the document in memory when the client asks (each just
 //! received it). The Node server runs automerge-repo's defaults, among them
 //! `syncDebounceRate` 100 ms (how often it sends a document's changes).
+//!
+//! The client also reports its own work from the arrival of the last message
+//! before it had the key (decoding the document, building its JS object):
+//! no server can take that away, so that time over Node's whole fetch is the
+//! best ratio any server could show with this client.
 
 use crate::report::{Report, ms};
 use automerge::transaction::Transactable;
@@ -35,17 +40,22 @@ fn big_doc() -> Automerge {
     doc
 }
 
+/// One timed fetch by the JS client.
+struct Fetch {
+    /// From creating the client's repo to having the key.
+    time: Duration,
+    /// From the arrival of the last message before that to having the key.
+    after_last_message: Duration,
+    /// The server process's CPU time meanwhile (the kernel's accounting).
+    server_cpu: Duration,
+    /// The client process's own CPU time, start-up included.
+    client_cpu: Duration,
+}
+
 /// Uploads `doc` through a Rust peer, then times the JS client finding it.
-/// Returns the client's time, the server process's CPU time meanwhile and
-/// the client process's own CPU time (start-up included), from the kernel's
+/// Beside the times, the CPU of both processes from the kernel's
 /// accounting: they say how much of the client's time a server could save.
-async fn one_run(
-    ws_url: &str,
-    js_url: &str,
-    token: &str,
-    doc: &Automerge,
-    server_pid: u32,
-) -> Result<(Duration, Duration, Duration), String> {
+async fn one_run(ws_url: &str, js_url: &str, token: &str, doc: &Automerge, server_pid: u32) -> Result<Fetch, String> {
     let id = DocumentId::from_random(uuid::Uuid::new_v4().into_bytes());
     // automerge-repo's Node server prints its address before its repo
     // listens: a socket accepted in between is reset. Retry, bounded.
@@ -83,8 +93,21 @@ async fn one_run(
     if !out.status.success() {
         return Err(String::from_utf8_lossy(&out.stderr).into_owned());
     }
-    let millis: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().map_err(|e| format!("client output: {e}"))?;
-    Ok((Duration::from_secs_f64(millis / 1000.0), cpu, client_cpu(&String::from_utf8_lossy(&out.stderr))))
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let millis: Vec<f64> = stdout
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("client output {stdout:?}: {e}"))?;
+    let [total, after_last_message] = millis[..] else {
+        return Err(format!("client output {stdout:?}: two times expected"));
+    };
+    Ok(Fetch {
+        time: Duration::from_secs_f64(total / 1000.0),
+        after_last_message: Duration::from_secs_f64(after_last_message / 1000.0),
+        server_cpu: cpu,
+        client_cpu: client_cpu(&String::from_utf8_lossy(&out.stderr)),
+    })
 }
 
 /// The children's user + system time from bash's `times` (its second line,
@@ -102,17 +125,12 @@ fn client_cpu(times: &str) -> Duration {
 pub async fn run(report: &mut Report, dir: &std::path::Path) {
     let doc = big_doc();
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-    let (mut our_cpu, mut their_cpu, mut client_cpus) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..RUNS {
         let (mut relay, url) = crate::spawn_relay(&dir.join(format!("js-relay-{round}")));
         let tok = token("js-bench", "uploader");
         let js_url = format!("{url}?token={}", token("js-bench", "js"));
         match one_run(&url, &js_url, &tok, &doc, relay.id()).await {
-            Ok((t, cpu, client)) => {
-                ours.push(t);
-                our_cpu.push(cpu);
-                client_cpus.push(client);
-            }
+            Ok(fetch) => ours.push(fetch),
             Err(e) => report.figure("JS client fetch from our relay failed", e),
         }
         let _ = relay.kill();
@@ -122,32 +140,38 @@ pub async fn run(report: &mut Report, dir: &std::path::Path) {
             return;
         };
         match one_run(&node_url, &node_url, "unused", &doc, node.id()).await {
-            Ok((t, cpu, client)) => {
-                theirs.push(t);
-                their_cpu.push(cpu);
-                client_cpus.push(client);
-            }
+            Ok(fetch) => theirs.push(fetch),
             Err(e) => report.figure("JS client fetch from the Node server failed", e),
         }
         let _ = node.kill();
         let _ = node.wait();
     }
-    let list = |v: &[Duration]| v.iter().map(|d| ms(*d)).collect::<Vec<_>>().join(", ");
-    report.figure(format!("JS client fetches a {CHANGES}-change document: our relay"), list(&ours));
+    let list = |v: &[Fetch], f: fn(&Fetch) -> Duration| v.iter().map(|x| ms(f(x))).collect::<Vec<_>>().join(", ");
+    report.figure(format!("JS client fetches a {CHANGES}-change document: our relay"), list(&ours, |f| f.time));
     report.figure(
         format!("JS client fetches a {CHANGES}-change document: Node server (syncDebounceRate 100 ms)"),
-        list(&theirs),
+        list(&theirs, |f| f.time),
     );
     report.figure(
         "JS client fetch: server CPU meanwhile, our relay / Node server",
-        format!("{} / {}", list(&our_cpu), list(&their_cpu)),
+        format!("{} / {}", list(&ours, |f| f.server_cpu), list(&theirs, |f| f.server_cpu)),
     );
-    report.figure("JS client fetch: the client's own CPU (node, start-up included), every run", list(&client_cpus));
+    report.figure(
+        "JS client fetch: the client's own CPU (node, start-up included), our relay / Node server",
+        format!("{} / {}", list(&ours, |f| f.client_cpu), list(&theirs, |f| f.client_cpu)),
+    );
+    report.figure(
+        "JS client fetch: the client's work after the last message arrived, our relay / Node server",
+        format!("{} / {}", list(&ours, |f| f.after_last_message), list(&theirs, |f| f.after_last_message)),
+    );
+    let ratio = |a: Duration, b: Duration| format!("{:.2}", a.as_secs_f64() / b.as_secs_f64());
+    let floors: Vec<String> = ours.iter().zip(&theirs).map(|(o, t)| ratio(o.after_last_message, t.time)).collect();
+    report
+        .figure("JS client fetch: the best ratio any server could reach (that work / Node's time)", floors.join(", "));
     let every_run_half = ours.len() == RUNS
         && theirs.len() == RUNS
-        && ours.iter().zip(&theirs).all(|(o, t)| o.as_secs_f64() <= t.as_secs_f64() / 2.0);
-    let ratios: Vec<String> =
-        ours.iter().zip(&theirs).map(|(o, t)| format!("{:.2}", o.as_secs_f64() / t.as_secs_f64())).collect();
+        && ours.iter().zip(&theirs).all(|(o, t)| o.time.as_secs_f64() <= t.time.as_secs_f64() / 2.0);
+    let ratios: Vec<String> = ours.iter().zip(&theirs).map(|(o, t)| ratio(o.time, t.time)).collect();
     report.target(
         "JS client fetch, ours / Node's time (per interleaved run)",
         "<= 0.5 every run",
