@@ -142,8 +142,8 @@ const STEPS: &[M<'static>] = &[
     ),
     // 5: how many chunks a document has had appended since its last
     // snapshot, kept by the append that adds one (compaction is due past a
-    // bound). Counting them on every append was 3 % of the relay's
-    // instructions under the pair load.
+    // bound). Counting them on every append walked the document's index
+    // entries, as many as the chunks not yet compacted.
     M::up(
         r#"
     ALTER TABLE docs ADD COLUMN chunks_since_snapshot INTEGER NOT NULL DEFAULT 0;
