@@ -109,7 +109,7 @@ async fn pair(
     pace: (Pace, usize),
     barrier: Arc<Barrier>,
     permit: tokio::sync::OwnedSemaphorePermit,
-) -> Result<(Vec<Duration>, Vec<Duration>), String> {
+) -> Result<Measured, String> {
     let (pace, pairs) = pace;
     let user = format!("load-{i}");
     let connected = async {
@@ -161,7 +161,7 @@ async fn pair(
         }
     }
 
-    let (mut acks, mut deliveries) = (Vec::with_capacity(edits), Vec::with_capacity(edits));
+    let mut measured = Measured { acks: Vec::with_capacity(edits), deliveries: Vec::with_capacity(edits), error: None };
     let start = tokio::time::Instant::now();
     for e in 1..=edits {
         let scheduled = match pace {
@@ -178,16 +178,40 @@ async fn pair(
         tx.commit();
         let target = da.get_heads();
         let t0 = scheduled.unwrap_or_else(Instant::now);
-        if let Some(m) = a.sync_message(doc_id, &da, &mut sa) {
-            a.send(m).await?;
+        if let Some(m) = a.sync_message(doc_id, &da, &mut sa)
+            && let Err(err) = a.send(m).await
+        {
+            measured.error = Some(format!("edit {e}, sending: {err}"));
+            break;
         }
         let wa = pump(&mut a, doc_id, &mut da, &mut sa, |_, s| contains_all(&s.shared_heads, &target));
         let wb = pump(&mut b, doc_id, &mut db, &mut sb, |d, _| contains_all(&d.get_heads(), &target));
-        let (ra, rb) = tokio::join!(wa, wb);
-        acks.push(ra.map_err(|err| format!("edit {e}, sender: {err}"))?.duration_since(t0));
-        deliveries.push(rb.map_err(|err| format!("edit {e}, receiver: {err}"))?.duration_since(t0));
+        match tokio::join!(wa, wb) {
+            (Ok(acked), Ok(delivered)) => {
+                measured.acks.push(acked.duration_since(t0));
+                measured.deliveries.push(delivered.duration_since(t0));
+            }
+            (Err(err), _) => {
+                measured.error = Some(format!("edit {e}, sender: {err}"));
+                break;
+            }
+            (_, Err(err)) => {
+                measured.error = Some(format!("edit {e}, receiver: {err}"));
+                break;
+            }
+        }
     }
-    Ok((acks, deliveries))
+    Ok(measured)
+}
+
+/// What one pair measured: an acknowledgement and a delivery per edit that
+/// completed, and what stopped it early, if anything. A pair that fails
+/// midway keeps the edits it completed: the server's CPU for them counts,
+/// so they count too.
+struct Measured {
+    acks: Vec<Duration>,
+    deliveries: Vec<Duration>,
+    error: Option<String>,
 }
 
 /// `pairs` pairs of devices (one user each) make `edits` sequential edits to
@@ -233,10 +257,13 @@ pub async fn run_across(
     };
     for t in tasks {
         match t.await {
-            Ok(Ok((acks, deliveries))) => {
-                result.edits += deliveries.len();
-                result.ack.extend(acks);
-                result.delivery.extend(deliveries);
+            Ok(Ok(measured)) => {
+                result.edits += measured.deliveries.len();
+                result.ack.extend(measured.acks);
+                result.delivery.extend(measured.deliveries);
+                if let Some(e) = measured.error {
+                    result.fail(e);
+                }
             }
             Ok(Err(e)) => result.fail(e),
             Err(e) => result.fail(e.to_string()),

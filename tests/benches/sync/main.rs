@@ -212,7 +212,13 @@ async fn load(report: &mut Report) {
     for (label, pace) in
         [("1 edit / 500 ms per sender, 1,000 edits/s", load::Pace::Every(every)), ("saturated", load::Pace::Saturated)]
     {
+        let cpu = || {
+            let of = |pid: u32| integration_tests::admin::process_cpu_seconds(&pid.to_string());
+            (of(relay.id()), of(std::process::id()), std::time::Instant::now())
+        };
+        let before = cpu();
         let r = load::run(&url, 500, 20, pace).await;
+        let after = cpu();
         let ack_p99 = percentile(&r.ack, 0.99);
         report.target(
             format!("1,000 devices ({label}): relay ack p50 / p99 ({} edits)", r.edits),
@@ -229,6 +235,24 @@ async fn load(report: &mut Report) {
                 r.throughput()
             ),
         );
+        if let load::Pace::Saturated = pace {
+            // What bounds a closed loop: with every pair's edit in flight,
+            // the mean wait is the edits in flight over the throughput
+            // (Little's law), whatever the server; and the throughput is
+            // bounded by the cores the relay and the devices share.
+            let wall = after.2.duration_since(before.2).as_secs_f64();
+            report.figure(
+                format!(
+                    "1,000 devices ({label}): CPU meanwhile, relay / the devices' process, of {wall:.1} s on {} cores",
+                    cores()
+                ),
+                format!("{:.1} s / {:.1} s", after.0 - before.0, after.1 - before.1),
+            );
+            report.figure(
+                format!("1,000 devices ({label}): 500 edits in flight / throughput (Little's law: the mean wait at this throughput)"),
+                ms(std::time::Duration::from_secs_f64(500.0 / r.throughput().max(1.0))),
+            );
+        }
         if r.failed_pairs > 0 {
             report.figure(
                 format!("1,000 devices ({label}): failed pairs"),
@@ -249,6 +273,7 @@ struct ServerRun {
     cpu_us_per_edit: f64,
     peak_rss: u64,
     failed_pairs: usize,
+    first_error: Option<String>,
 }
 
 async fn run_against(child: &mut Child, url: &str, pairs: usize, edits: usize) -> ServerRun {
@@ -265,6 +290,7 @@ async fn run_against(child: &mut Child, url: &str, pairs: usize, edits: usize) -
         cpu_us_per_edit: cpu * 1e6 / r.edits.max(1) as f64,
         peak_rss: peak,
         failed_pairs: r.failed_pairs,
+        first_error: r.first_error,
     }
 }
 
@@ -323,7 +349,10 @@ async fn compare_servers(report: &mut Report, dir: &tempfile::TempDir) {
         );
         let failed: usize = runs.iter().map(|r| r.failed_pairs).sum();
         if failed > 0 {
-            report.figure(format!("{label}: {name}: failed pairs"), failed.to_string());
+            // Their completed edits are counted (CPU per synced edit divides
+            // by every edit that reached the other device).
+            let first = runs.iter().find_map(|r| r.first_error.as_deref()).unwrap_or("");
+            report.figure(format!("{label}: {name}: failed pairs (first error)"), format!("{failed} ({first})"));
         }
     }
     if !theirs.is_empty() {
@@ -412,4 +441,9 @@ async fn idle(report: &mut Report) {
     drop(warm);
     let _ = relay.kill();
     let _ = relay.wait();
+}
+
+/// The cores this process may run on.
+fn cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
