@@ -222,7 +222,7 @@ impl Engine {
             check_id("session_id", s)?;
         }
         let review = Review {
-            id: self.replica(|r| Ok(r.new_id()))?,
+            id: self.replica(|r| Ok(r.new_review_id(new.reviewed_at)))?,
             item_id: new.item_id,
             rating: new.rating,
             reviewed_at: new.reviewed_at,

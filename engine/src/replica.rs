@@ -108,9 +108,15 @@ impl Replica {
         })
     }
 
-    /// A fresh id for a review or a session.
+    /// A fresh id for a session.
     pub fn new_id(&mut self) -> String {
         crate::ids::uuid_text(self.ids.next_id())
+    }
+
+    /// A fresh id for a review made at `reviewed_at`: newest first in its
+    /// month ([`crate::ids::review_id`] says why).
+    pub fn new_review_id(&mut self, reviewed_at: crate::TimestampMs) -> String {
+        crate::ids::review_id(reviewed_at, self.ids.next_id())
     }
 
     /// This data directory's storage identity (stable across restarts).

@@ -2,7 +2,7 @@
 //! reopen, and documents with entries a buggy or hostile peer wrote.
 
 use automerge::transaction::Transactable;
-use automerge::{Automerge, ObjType, ROOT};
+use automerge::{Automerge, ObjType, ROOT, ReadDoc};
 use engine::{Engine, EngineConfig, EngineError, NewReview, Rating, SessionCounts, progress_doc};
 
 fn open(dir: &std::path::Path) -> Engine {
@@ -168,4 +168,46 @@ fn a_second_engine_on_one_directory_is_refused_until_the_first_closes() {
     // Dropping (not closing) lets go as well.
     let third = open(dir.path());
     assert_eq!(third.review_count().expect("count"), 1);
+}
+
+/// Each new review is the first key of its month's document (automerge
+/// applies a change to a map by walking its keys from the first: see
+/// `engine::ids::review_id`), also in a month that already holds reviews
+/// with random ids, as months written before this scheme do.
+#[test]
+fn the_newest_review_is_the_first_key_of_its_month() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    // A month as an older build wrote it: 200 reviews with random ids.
+    let mut old = Automerge::new();
+    for i in 0..200 {
+        let r = engine::Review {
+            id: uuid::Uuid::new_v4().to_string(),
+            item_id: format!("old-{i}"),
+            rating: Rating::Good,
+            reviewed_at: T0 + i,
+            duration_ms: 1000,
+            device_id: "old-phone".into(),
+            session_id: None,
+        };
+        old.transact::<_, _, automerge::AutomergeError>(|tx| progress_doc::put_review(tx, &r)).unwrap();
+    }
+    let month = progress_doc::doc_id("u", &progress_doc::partition_of(T0)).to_string();
+    e.import_documents(&[(month.clone(), old.save())]).unwrap();
+    let mut recorded = Vec::new();
+    for i in 0..20 {
+        let newest = e.record_review(review("new", T0 + 60_000 * (i + 1))).unwrap();
+        let key = progress_doc::review_key(&newest.id);
+        recorded.push(key.clone());
+        let docs = e.export_documents().unwrap();
+        let bytes = &docs.iter().find(|(id, _)| *id == month).unwrap().1;
+        let doc = Automerge::load(bytes).unwrap();
+        let before: Vec<String> = doc.keys(ROOT).take_while(|k| *k != key).collect();
+        // Only random ids that happen to start with "00" (1 in 256) may
+        // come before it; never a review recorded earlier.
+        assert!(
+            before.iter().all(|k| k.starts_with("r/00") && !recorded.contains(k)),
+            "review {i} lands after {before:?}"
+        );
+    }
 }

@@ -29,11 +29,14 @@ impl Rng {
     }
 }
 
-pub fn uuid_from(rng: &mut Rng) -> String {
+fn random_bytes(rng: &mut Rng) -> [u8; 16] {
     let hi = rng.next();
     let lo = rng.next();
-    let b = ((hi as u128) << 64 | lo as u128).to_be_bytes();
-    let mut bytes = b;
+    ((hi as u128) << 64 | lo as u128).to_be_bytes()
+}
+
+pub fn uuid_from(rng: &mut Rng) -> String {
+    let mut bytes = random_bytes(rng);
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
     let h: String = bytes.iter().map(|x| format!("{x:02x}")).collect();
@@ -47,7 +50,8 @@ pub fn uuid_from(rng: &mut Rng) -> String {
 pub fn cached(user: &str, device: &str, reviews: usize, items: usize, days: i64) -> (History, bool) {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
     // v2: reviews as one JSON string each (the document format changed).
-    let path = dir.join(format!("sync-bench-history-v2-{user}-{device}-{reviews}-{items}-{days}.bin"));
+    // v3: review ids as the engine makes them, newest first in a month.
+    let path = dir.join(format!("sync-bench-history-v3-{user}-{device}-{reviews}-{items}-{days}.bin"));
     if let Some(h) = std::fs::read(&path).ok().and_then(|b| decode(&b)) {
         return (h, true);
     }
@@ -120,11 +124,13 @@ pub fn build(user: &str, device: &str, reviews: usize, items: usize, days: i64) 
             if written >= reviews {
                 break;
             }
+            let reviewed_at = day_start + i * 8_000;
             let r = Review {
-                id: uuid_from(&mut rng),
+                // As the engine makes them (`Engine::record_review`).
+                id: engine::ids::review_id(reviewed_at, random_bytes(&mut rng)),
                 item_id: format!("item-{}", rng.next() % items as u64),
                 rating: Rating::from_u8((rng.next() % 10).saturating_sub(5).clamp(1, 4) as u8).unwrap_or(Rating::Good),
-                reviewed_at: day_start + i * 8_000,
+                reviewed_at,
                 duration_ms: 2000 + (rng.next() % 6000) as u32,
                 device_id: device.into(),
                 session_id: Some(session.id.clone()),
