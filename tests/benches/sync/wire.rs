@@ -112,9 +112,11 @@ async fn warm_latency(report: &mut Report, a: &Engine, b: &Engine, relay_pid: &s
     let fine = |pid: &str| integration_tests::admin::process_cpu_seconds_fine(pid);
     let own = std::process::id().to_string();
     let mut cpu0 = (0.0, 0.0);
+    let mut profile = None;
     for i in 0..n + 2 {
         if i == 2 {
             cpu0 = (fine(relay_pid), fine(&own));
+            profile = perf_record(relay_pid);
         }
         let (from, to) = if i % 2 == 0 { (a, b) } else { (b, a) };
         let item = format!("warm-{i}");
@@ -130,6 +132,9 @@ async fn warm_latency(report: &mut Report, a: &Engine, b: &Engine, relay_pid: &s
         }
     }
     let cpu1 = (fine(relay_pid), fine(&own));
+    if let Some(perf) = profile {
+        perf_stop(report, perf);
+    }
     let reviews = n.max(1) as f64;
     report.figure(
         format!("warm: CPU per review, relay / devices' process ({n} reviews into a heavy month)"),
@@ -150,6 +155,36 @@ async fn warm_latency(report: &mut Report, a: &Engine, b: &Engine, relay_pid: &s
         ms(p99),
         p99 <= Duration::from_millis(30),
     );
+}
+
+/// With `SYNC_BENCH_PERF_WARM` naming a directory, `perf record` (call
+/// graphs through DWARF) of the relay and of this process over the warm
+/// reviews, into `relay.perf` and `devices.perf` there, for `perf report -i`.
+fn perf_record(relay_pid: &str) -> Option<Vec<std::process::Child>> {
+    let dir = std::path::PathBuf::from(std::env::var_os("SYNC_BENCH_PERF_WARM")?);
+    let own = std::process::id().to_string();
+    let record = |pid: &str, file: &str| {
+        std::process::Command::new("perf")
+            .args(["record", "--call-graph", "dwarf", "-F", "1000", "-p", pid, "-o"])
+            .arg(dir.join(file))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()
+    };
+    // perf takes a moment to attach: the first reviews are left out of the
+    // profiles rather than the phase delayed.
+    Some([record(relay_pid, "relay.perf"), record(&own, "devices.perf")].into_iter().flatten().collect())
+}
+
+/// Stops each `perf record` as Ctrl-C would, so it writes its file.
+fn perf_stop(report: &mut Report, perfs: Vec<std::process::Child>) {
+    for mut perf in perfs {
+        let _ = std::process::Command::new("kill").args(["-INT", &perf.id().to_string()]).status();
+        if perf.wait().is_err() {
+            report.figure("warm: perf record", "did not stop");
+        }
+    }
 }
 
 /// CPU seconds the relay process and this (the devices') process used.
