@@ -26,8 +26,6 @@ use std::path::Path;
 /// written plus the sync client's push window of four (`client::PUSH_WINDOW`)
 /// and one more, so an upload loads each month once.
 const DOC_CACHE_CAPACITY: usize = 6;
-/// Chunks written since the last snapshot before the document is compacted.
-const COMPACT_AFTER_CHUNKS: u64 = 64;
 /// Partition recorded for a document that arrived from a peer before any of
 /// its entries could be read.
 const UNKNOWN_PARTITION: &str = "unknown";
@@ -351,7 +349,7 @@ impl Replica {
         let defer = self.store.in_batch() && !local;
         let scheduler = &self.scheduler;
         let mut materialized = (Vec::new(), false);
-        let chunks = self.store.transaction(|conn| {
+        let appended = self.store.transaction(|conn| {
             let n = store::append_chunk(conn, id, &partition, &chunk, &heads, dirty)?;
             if partition != UNKNOWN_PARTITION {
                 conn.prepare_cached("UPDATE documents SET partition = ?2 WHERE doc_id = ?1 AND partition = ?3")?
@@ -379,12 +377,15 @@ impl Replica {
         // unless chunks pile up with no quiet moment (no sync running). The
         // write is committed: a failed compaction (disk full) must not turn
         // it into an error the app would take as "not recorded".
-        if chunks >= COMPACT_AFTER_CHUNKS * 4 {
+        // Due after a number of chunks that grows with the document
+        // (`protocol::compaction` says why).
+        let due = protocol::compaction::chunks_before_compaction(appended.stored_bytes);
+        if appended.chunks >= due.saturating_mul(4) {
             self.compact_due.remove(id);
             if let Err(e) = self.compact(id) {
                 tracing::warn!(doc = %id, error = %e, "compaction failed; chunks kept");
             }
-        } else if chunks >= COMPACT_AFTER_CHUNKS {
+        } else if appended.chunks >= due {
             self.compact_due.insert(*id);
         }
         Ok(())

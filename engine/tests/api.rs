@@ -211,3 +211,45 @@ fn the_newest_review_is_the_first_key_of_its_month() {
         );
     }
 }
+
+/// A heavy month gathers chunks in proportion to its size before it is
+/// compacted (`protocol::compaction`): 300 reviews recorded with no sync
+/// running, past the 4 x 64 that compacted any month inline before.
+#[test]
+fn a_heavy_month_is_compacted_after_chunks_in_proportion_to_its_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    let mut month = Automerge::new();
+    month
+        .transact::<_, _, automerge::AutomergeError>(|tx| {
+            for i in 0..6500u32 {
+                let r = engine::Review {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    item_id: format!("item-{}", i % 3000),
+                    rating: Rating::Good,
+                    reviewed_at: T0 + i64::from(i),
+                    duration_ms: 1000 + i,
+                    device_id: "old-phone".into(),
+                    session_id: None,
+                };
+                progress_doc::put_review(tx, &r)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    let id = progress_doc::doc_id("u", &progress_doc::partition_of(T0)).to_string();
+    e.import_documents(&[(id.clone(), month.save())]).unwrap();
+    for i in 0..300 {
+        e.record_review(review("new", T0 + 60_000 * (i + 1))).unwrap();
+    }
+    let conn = rusqlite::Connection::open(dir.path().join("progress.sqlite3")).unwrap();
+    let (chunks, bytes): (i64, i64) = conn
+        .query_row("SELECT count(*), sum(length(data)) FROM doc_changes WHERE doc_id = ?1", [&id], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    // Heavy enough that four times its threshold is past 300 chunks.
+    assert!(bytes > 300 / 4 * 1024, "the month is heavy: {bytes} bytes stored");
+    assert_eq!(chunks, 301, "the month as it arrived and every review since, not compacted yet");
+    assert_eq!(e.review_count().unwrap(), 6800);
+}

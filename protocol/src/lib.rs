@@ -18,6 +18,7 @@
 //!   for every received message).
 
 pub mod automerge_sync;
+pub mod compaction;
 pub mod doc_id;
 pub mod heads;
 pub mod token;

@@ -24,13 +24,11 @@ use crate::storage::{EncodedHeads, StorageError, encode_heads};
 use crate::stored_chunk::Received;
 use automerge::Automerge;
 use automerge::sync;
-use protocol::{DocumentId, Message, automerge_sync, whole_doc};
+use protocol::{DocumentId, Message, automerge_sync, compaction, whole_doc};
 use std::collections::HashMap;
 use std::sync::{Arc, MutexGuard};
 use std::time::Instant;
 
-/// Chunks appended since the last snapshot before the relay compacts.
-const COMPACT_AFTER_CHUNKS: u64 = 64;
 /// Loaded documents offered after a join that may be in flight at once. A
 /// device catching up on 61 months gets them a few at a time, so the relay
 /// holds a few loaded (not all 61: megabytes each), and each is loaded once.
@@ -122,8 +120,10 @@ pub struct ConnCore {
     states: HashMap<DocumentId, sync::State>,
     /// Shared heads last written to storage, to skip redundant writes.
     persisted: HashMap<DocumentId, EncodedHeads>,
-    /// Documents past the compaction threshold, compacted by [`ConnCore::maintain`].
-    compact_due: std::collections::BTreeSet<DocumentId>,
+    /// Documents past the smallest compaction threshold, with their chunks
+    /// since the last snapshot; [`ConnCore::maintain`] compacts those past
+    /// their own (see [`protocol::compaction`]).
+    compact_due: std::collections::BTreeMap<DocumentId, u64>,
     /// Documents to offer after the join, waiting for a place in the window.
     offer_queue: std::collections::VecDeque<DocumentId>,
     /// Documents offered and not yet in sync with the peer.
@@ -214,11 +214,15 @@ impl ConnCore {
                 tracing::warn!(reason = %reason.text, "sync state not saved");
             }
         }
-        for doc_id in std::mem::take(&mut self.compact_due) {
+        for (doc_id, chunks) in std::mem::take(&mut self.compact_due) {
             let slot = self.hub.slot(&self.reg.user, doc_id);
             let mut guard = lock(&slot);
             self.settle(&mut guard, &doc_id);
             let Some(doc) = guard.doc.as_ref().filter(|_| guard.loaded) else { continue };
+            let stored_bytes = guard.bytes / crate::hub::MEMORY_PER_STORED_BYTE;
+            if chunks < compaction::chunks_before_compaction(stored_bytes as u64) {
+                continue; // a later append brings it back
+            }
             let snapshot = doc.save();
             if let Err(e) = self.hub.storage.compact(&self.reg.user, &doc_id, &snapshot, guard.seq) {
                 tracing::warn!(error = %e, "compaction failed; chunks kept");
@@ -512,10 +516,10 @@ impl ConnCore {
     fn stored(&mut self, doc_id: DocumentId, appended: crate::storage::Appended) {
         Metrics::inc(&self.hub.metrics.changes_stored);
         self.hub.note_storage(true);
-        if appended.since_snapshot >= COMPACT_AFTER_CHUNKS {
+        if appended.since_snapshot >= compaction::MIN_CHUNKS {
             // After the reply: saving a heavy month takes milliseconds
             // the acknowledgement should not wait for.
-            self.compact_due.insert(doc_id);
+            self.compact_due.insert(doc_id, appended.since_snapshot);
         }
         self.hub.notify_others(&self.reg.user, self.reg.id, doc_id);
     }

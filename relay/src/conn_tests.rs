@@ -451,3 +451,45 @@ fn a_change_that_fails_to_store_is_dropped_from_memory_by_the_next_user() {
     let guard = slot.lock().expect("lock");
     assert_eq!(guard.doc.as_ref().map(Automerge::get_heads), Some(stored_heads), "reloaded without the change");
 }
+
+/// A large document gathers chunks in proportion to its size before the
+/// relay compacts it (a save costs in proportion to the size); a small one
+/// is compacted after 64 (`protocol::compaction`).
+#[test]
+fn a_large_document_gathers_more_chunks_before_its_compaction() {
+    let storage = Arc::new(MemStorage::new("relay"));
+    let (_hub, doc, mut phone, mut tablet) = synced_pair(storage.clone());
+    // 150,000 characters of pseudo-random hex text make the document large.
+    let mut x = 0x2545_f491_4f6c_dd1d_u64;
+    let text: String = (0..150_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from_digit((x % 16) as u32, 16).unwrap_or('0')
+        })
+        .collect();
+    let _ = phone.0.doc.transact::<_, _, automerge::AutomergeError>(|tx| tx.put(automerge::ROOT, "big", text.as_str()));
+    let mut sent = Vec::new();
+    let stored = || storage.load("ann", &doc).expect("read").expect("stored");
+    exchange(&mut phone, &mut tablet, doc, 10, Path::InlineFirst, &mut sent);
+    let size: usize = stored().chunks.iter().map(Vec::len).sum();
+    let threshold = compaction::chunks_before_compaction(size as u64) as usize;
+    assert!(threshold > 100, "the document is large: {size} bytes, {threshold} chunks");
+    // The document grows with its chunks, and so does its threshold (the
+    // relay counts what it holds in memory): compacted a little past the
+    // first figure, never at 64.
+    let (mut most_chunks, mut compacted) = (0, false);
+    for i in 0..threshold * 2 {
+        exchange(&mut phone, &mut tablet, doc, 11 + i as i64, Path::InlineFirst, &mut sent);
+        let chunks = stored().chunks.len();
+        most_chunks = most_chunks.max(chunks);
+        if chunks < most_chunks {
+            compacted = true;
+            break;
+        }
+    }
+    assert!(compacted, "compacted within {} edits", threshold * 2);
+    assert!(most_chunks >= threshold, "not before its threshold: {most_chunks} at most, {threshold} due");
+    assert!(most_chunks <= threshold + threshold / 4, "soon after it: {most_chunks} at most, {threshold} due");
+}

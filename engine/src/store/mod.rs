@@ -208,7 +208,7 @@ pub fn append_chunk(
     chunk: &[u8],
     heads: &[ChangeHash],
     dirty: bool,
-) -> Result<u64> {
+) -> Result<Appended> {
     let id = doc.to_string();
     conn.prepare_cached(
         "INSERT INTO documents(doc_id, partition, heads, dirty) VALUES (?1, ?2, ?3, ?4)
@@ -218,9 +218,26 @@ pub fn append_chunk(
     if !chunk.is_empty() {
         conn.prepare_cached("INSERT INTO doc_changes(doc_id, data) VALUES (?1, ?2)")?.execute(params![id, chunk])?;
     }
-    let count: i64 =
-        conn.prepare_cached("SELECT count(*) FROM doc_changes WHERE doc_id = ?1")?.query_row([&id], |r| r.get(0))?;
-    Ok(count as u64)
+    // `length` of a blob is read from its record's header: the bytes
+    // themselves (a whole month, for a document that arrived whole) are
+    // not read.
+    let (count, bytes): (i64, i64) = conn
+        .prepare_cached(
+            "SELECT count(*), coalesce(sum(length(data)), 0)
+               + coalesce((SELECT length(snapshot) FROM doc_snapshots WHERE doc_id = ?1), 0)
+             FROM doc_changes WHERE doc_id = ?1",
+        )?
+        .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(Appended { chunks: count.max(0) as u64, stored_bytes: bytes.max(0) as u64 })
+}
+
+/// What a document holds after an append: the chunks since its snapshot,
+/// and the bytes stored for it (snapshot and chunks), which decide when it
+/// is compacted ([`protocol::compaction`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub chunks: u64,
+    pub stored_bytes: u64,
 }
 
 /// Replaces the chunks of a document with one snapshot.
