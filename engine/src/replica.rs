@@ -379,7 +379,7 @@ impl Replica {
         // it into an error the app would take as "not recorded".
         // Due after a number of chunks that grows with the document
         // (`protocol::compaction` says why).
-        let due = protocol::compaction::chunks_before_compaction(appended.stored_bytes);
+        let due = protocol::compaction::chunks_before_compaction(appended.snapshot_bytes);
         if appended.chunks >= due.saturating_mul(4) {
             self.compact_due.remove(id);
             if let Err(e) = self.compact(id) {

@@ -212,9 +212,11 @@ fn the_newest_review_is_the_first_key_of_its_month() {
     }
 }
 
-/// A heavy month gathers chunks in proportion to its size before it is
-/// compacted (`protocol::compaction`): 300 reviews recorded with no sync
-/// running, past the 4 x 64 that compacted any month inline before.
+/// A heavy month gathers chunks in proportion to its snapshot's size before
+/// it is compacted (`protocol::compaction`), with no sync running (inline,
+/// at four times the threshold): the month that arrived whole is compacted
+/// into a snapshot after 4 x 64 chunks, and the next 345 reviews then wait, where
+/// any month used to be compacted every 4 x 64.
 #[test]
 fn a_heavy_month_is_compacted_after_chunks_in_proportion_to_its_size() {
     let dir = tempfile::tempdir().unwrap();
@@ -239,17 +241,17 @@ fn a_heavy_month_is_compacted_after_chunks_in_proportion_to_its_size() {
         .unwrap();
     let id = progress_doc::doc_id("u", &progress_doc::partition_of(T0)).to_string();
     e.import_documents(&[(id.clone(), month.save())]).unwrap();
-    for i in 0..300 {
+    for i in 0..600 {
         e.record_review(review("new", T0 + 60_000 * (i + 1))).unwrap();
     }
     let conn = rusqlite::Connection::open(dir.path().join("progress.sqlite3")).unwrap();
-    let (chunks, bytes): (i64, i64) = conn
-        .query_row("SELECT count(*), sum(length(data)) FROM doc_changes WHERE doc_id = ?1", [&id], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .unwrap();
-    // Heavy enough that four times its threshold is past 300 chunks.
-    assert!(bytes > 300 / 4 * 1024, "the month is heavy: {bytes} bytes stored");
-    assert_eq!(chunks, 301, "the month as it arrived and every review since, not compacted yet");
-    assert_eq!(e.review_count().unwrap(), 6800);
+    let chunks: i64 =
+        conn.query_row("SELECT count(*) FROM doc_changes WHERE doc_id = ?1", [&id], |r| r.get(0)).unwrap();
+    let snapshot: i64 =
+        conn.query_row("SELECT length(snapshot) FROM doc_snapshots WHERE doc_id = ?1", [&id], |r| r.get(0)).unwrap();
+    // Heavy enough that four times its threshold is past the 345.
+    assert!(snapshot > 345 / 4 * 1024, "the month is heavy: a snapshot of {snapshot} bytes");
+    // The month as it arrived is the first of the 4 x 64 chunks.
+    assert_eq!(chunks, 600 - (4 * 64 - 1), "compacted once, when the month was still chunks ({snapshot} bytes since)");
+    assert_eq!(e.review_count().unwrap(), 7100);
 }
