@@ -209,6 +209,8 @@ async fn load(report: &mut Report) {
     // at a fixed offered load (each sender edits every 500 ms: 1,000 edits/s
     // in all), then as fast as each pair can (500 edits always in flight).
     let every = std::time::Duration::from_millis(500);
+    // 1,000 devices: a sender and a receiver per pair.
+    const PAIRS: usize = 500;
     for (label, pace) in
         [("1 edit / 500 ms per sender, 1,000 edits/s", load::Pace::Every(every)), ("saturated", load::Pace::Saturated)]
     {
@@ -217,7 +219,7 @@ async fn load(report: &mut Report) {
             (of(relay.id()), of(std::process::id()), std::time::Instant::now())
         };
         let before = cpu();
-        let r = load::run(&url, 500, 20, pace).await;
+        let r = load::run(&url, PAIRS, 20, pace).await;
         let after = cpu();
         let ack_p99 = percentile(&r.ack, 0.99);
         report.target(
@@ -249,8 +251,8 @@ async fn load(report: &mut Report) {
                 format!("{:.1} s / {:.1} s", after.0 - before.0, after.1 - before.1),
             );
             report.figure(
-                format!("1,000 devices ({label}): 500 edits in flight / throughput (Little's law: the mean wait at this throughput)"),
-                ms(std::time::Duration::from_secs_f64(500.0 / r.throughput().max(1.0))),
+                format!("1,000 devices ({label}): {PAIRS} edits in flight / throughput (Little's law: the mean wait at this throughput)"),
+                ms(std::time::Duration::from_secs_f64(PAIRS as f64 / r.throughput().max(1.0))),
             );
         }
         if r.failed_pairs > 0 {
