@@ -132,12 +132,15 @@ async fn warm_latency(report: &mut Report, a: &Engine, b: &Engine, relay_pid: &s
         }
     }
     let cpu1 = (fine(relay_pid), fine(&own));
+    // perf's sampling costs both processes CPU: a profiled run's figure
+    // says so, and is not one to compare with an unprofiled run's.
+    let profiled = if profile.is_some() { ", under perf record" } else { "" };
     if let Some(perf) = profile {
         perf_stop(report, perf);
     }
     let reviews = n.max(1) as f64;
     report.figure(
-        format!("warm: CPU per review, relay / devices' process ({n} reviews into a heavy month)"),
+        format!("warm: CPU per review, relay / devices' process ({n} reviews into a heavy month{profiled})"),
         format!("{:.0} us / {:.0} us", (cpu1.0 - cpu0.0) * 1e6 / reviews, (cpu1.1 - cpu0.1) * 1e6 / reviews),
     );
     samples.sort();
